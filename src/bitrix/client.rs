@@ -1,0 +1,522 @@
+//! Bitrix24 REST client for incoming-webhook URLs (contracts/bitrix24.md §1–3).
+//!
+//! - JSON bodies for every call; responses accept the PHP quirks (numbers as strings, `[]` for
+//!   empty maps, `result` lists as objects).
+//! - Errors are classified by `error` code first and HTTP status second; the codes of log.*
+//!   methods are unreliable, so callers match method errors on `error_description`.
+//! - A client-side token bucket keeps under the portal's leaky bucket; transient failures are
+//!   retried with exponential backoff and jitter (backon). Calls that create something are
+//!   retried only when the portal certainly did not run them (rate-limit rejections, refused
+//!   connections); other failures go back to the engine, which reconciles before resending.
+//! - The webhook URL contains its key: it is never logged, and transport errors are stripped of
+//!   their URL before they are shown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde_json::{Map, Value, json};
+use tracing::{debug, trace};
+
+use crate::core::model::Failure;
+use crate::metrics::Metrics;
+use crate::ratelimit::TokenBucket;
+use crate::secret::{Secret, scrub};
+
+const PLATFORM: &str = "bitrix24";
+
+/// A successful call's payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub result: Value,
+    pub total: Option<u64>,
+    pub next: Option<u64>,
+}
+
+/// How a failed call should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The portal rejected the call before running it (rate limits): safe to repeat.
+    Rejected,
+    /// Network trouble or a server error: the call may or may not have run.
+    Transient,
+    /// Credentials, scopes, plan: nothing works until an operator acts.
+    Auth,
+    /// This call can never succeed as made.
+    Permanent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{method}: {code} {description} (HTTP {status:?})")]
+pub struct ApiError {
+    pub method: String,
+    pub status: Option<u16>,
+    pub code: String,
+    pub description: String,
+    pub class: ErrorClass,
+    /// How long the portal asked us to wait, when it said.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// Whether the description matches (method errors are identified by their text).
+    pub fn says(&self, text: &str) -> bool {
+        self.description
+            .to_lowercase()
+            .contains(&text.to_lowercase())
+    }
+
+    pub fn to_failure(&self) -> Failure {
+        let reason = self.to_string();
+        match self.class {
+            ErrorClass::Rejected | ErrorClass::Transient => match self.retry_after {
+                Some(after) => Failure::retry_after(reason, after),
+                None => Failure::transient(reason),
+            },
+            ErrorClass::Auth => Failure::auth(reason),
+            ErrorClass::Permanent => Failure::permanent(reason),
+        }
+    }
+}
+
+/// Whether repeating a call is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// Reads, deletes, updates to a given state.
+    Safe,
+    /// Creates: repeat only when the portal certainly did not run the call.
+    OnlyIfRejected,
+}
+
+/// The outcome of a `batch` call: per-command results and errors.
+#[derive(Debug, Clone, Default)]
+pub struct BatchResponse {
+    pub results: BTreeMap<String, Value>,
+    pub errors: BTreeMap<String, ApiError>,
+    pub totals: BTreeMap<String, u64>,
+    pub nexts: BTreeMap<String, u64>,
+}
+
+#[derive(Clone)]
+pub struct BitrixClient {
+    http: reqwest::Client,
+    webhook: Secret,
+    limiter: Option<Arc<TokenBucket>>,
+    metrics: Arc<Metrics>,
+    backoff: ExponentialBuilder,
+    /// Last `time.operating_reset_at` seen per method: when an OPERATION_TIME_LIMIT lifts.
+    operating_reset: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+impl BitrixClient {
+    pub fn new(
+        webhook: Secret,
+        per_second: Option<(f64, u32)>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("livefeed-bridge/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(BitrixClient {
+            http,
+            webhook,
+            limiter: per_second.map(|(rate, burst)| Arc::new(TokenBucket::new(rate, burst))),
+            metrics,
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(8))
+                .with_max_times(5)
+                .with_jitter(),
+            operating_reset: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Shorter retries for tests.
+    pub fn with_backoff(mut self, min: Duration, max: Duration, times: usize) -> Self {
+        self.backoff = ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_max_times(times)
+            .with_jitter();
+        self
+    }
+
+    /// Call a method with retries per `repeat`.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Value,
+        repeat: Repeat,
+    ) -> Result<Response, ApiError> {
+        let attempt = || self.call_once(method, &params);
+        attempt
+            .retry(self.backoff)
+            .when(|e: &ApiError| match repeat {
+                Repeat::Safe => matches!(e.class, ErrorClass::Rejected | ErrorClass::Transient),
+                Repeat::OnlyIfRejected => e.class == ErrorClass::Rejected,
+            })
+            // `dur` is None once the attempts are used up; a server hint only stretches a delay.
+            .adjust(|e: &ApiError, dur| dur.map(|d| e.retry_after.map_or(d, |r| r.max(d))))
+            .notify(|e: &ApiError, dur| {
+                self.metrics.retry(PLATFORM);
+                debug!(method, error = %e, retry_in_ms = dur.as_millis() as u64, "retrying Bitrix24 call");
+            })
+            .await
+    }
+
+    /// Run up to 50 commands in one request (`key → (method, params)`). Commands that fail
+    /// appear in `errors`; the call itself fails only if the whole request does.
+    pub async fn batch(&self, cmds: &[(String, String, Value)]) -> Result<BatchResponse, ApiError> {
+        assert!(cmds.len() <= 50, "batch takes at most 50 commands");
+        let mut cmd = Map::new();
+        for (key, method, params) in cmds {
+            let query = php_query(params);
+            let line = if query.is_empty() {
+                method.clone()
+            } else {
+                format!("{method}?{query}")
+            };
+            cmd.insert(key.clone(), Value::String(line));
+        }
+        let resp = self
+            .call("batch", json!({ "halt": 0, "cmd": cmd }), Repeat::Safe)
+            .await?;
+        let mut out = BatchResponse::default();
+        let section = |name: &str| -> Vec<(String, Value)> {
+            match resp.result.get(name) {
+                Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                // `[]` is PHP's empty map; list-shaped sections index by position.
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), v.clone()))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        for (key, value) in section("result") {
+            out.results.insert(key, value);
+        }
+        for (key, value) in section("result_error") {
+            let (method, _) = cmds
+                .iter()
+                .find(|(k, _, _)| *k == key)
+                .map(|(_, m, p)| (m.clone(), p))
+                .unwrap_or_default();
+            let code = value.get("error").map(value_text).unwrap_or_default();
+            let description = value
+                .get("error_description")
+                .map(value_text)
+                .unwrap_or_default();
+            let class = classify(None, &code);
+            out.errors.insert(
+                key,
+                ApiError {
+                    method,
+                    status: None,
+                    code,
+                    description,
+                    class,
+                    retry_after: None,
+                },
+            );
+        }
+        for (key, value) in section("result_total") {
+            if let Some(n) = as_u64(&value) {
+                out.totals.insert(key, n);
+            }
+        }
+        for (key, value) in section("result_next") {
+            if let Some(n) = as_u64(&value) {
+                out.nexts.insert(key, n);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn call_once(&self, method: &str, params: &Value) -> Result<Response, ApiError> {
+        if let Some(limiter) = &self.limiter
+            && limiter.acquire().await
+        {
+            self.metrics.rate_limit_wait(PLATFORM);
+        }
+        let url = format!("{}{}", self.webhook.expose(), method);
+        trace!(method, "Bitrix24 request");
+        let sent = self
+            .http
+            .post(&url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(params)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.api_call(PLATFORM, method, "network_error");
+                return Err(self.transport_error(method, e));
+            }
+        };
+        let status = response.status().as_u16();
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.api_call(PLATFORM, method, "network_error");
+                return Err(self.transport_error(method, e));
+            }
+        };
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let result = match parsed {
+            Some(Value::Object(obj)) if obj.contains_key("error") => {
+                let code = obj.get("error").map(value_text).unwrap_or_default();
+                let description = obj
+                    .get("error_description")
+                    .map(value_text)
+                    .unwrap_or_default();
+                let class = classify(Some(status), &code);
+                let retry_after = if code == "OPERATION_TIME_LIMIT" {
+                    self.operating_wait(method)
+                } else {
+                    None
+                };
+                Err(ApiError {
+                    method: method.to_string(),
+                    status: Some(status),
+                    code,
+                    description: scrub(&description, &[&self.webhook]),
+                    class,
+                    retry_after,
+                })
+            }
+            Some(Value::Object(obj)) if status < 300 && obj.contains_key("result") => {
+                if let Some(reset) = obj
+                    .get("time")
+                    .and_then(|t| t.get("operating_reset_at"))
+                    .and_then(as_i64)
+                {
+                    self.operating_reset
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(method.to_string(), reset);
+                }
+                Ok(Response {
+                    total: obj.get("total").and_then(as_u64),
+                    next: obj.get("next").and_then(as_u64),
+                    result: obj.get("result").cloned().unwrap_or(Value::Null),
+                })
+            }
+            _ => Err(ApiError {
+                method: method.to_string(),
+                status: Some(status),
+                code: String::new(),
+                description: format!(
+                    "unexpected answer ({} bytes, not a REST envelope)",
+                    body.len()
+                ),
+                class: if status >= 500 || status == 429 {
+                    ErrorClass::Transient
+                } else if status == 401 || status == 403 {
+                    ErrorClass::Auth
+                } else {
+                    ErrorClass::Permanent
+                },
+                retry_after: None,
+            }),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => match e.class {
+                ErrorClass::Rejected => "rate_limited",
+                ErrorClass::Transient => "server_error",
+                ErrorClass::Auth => "auth_error",
+                ErrorClass::Permanent => "error",
+            },
+        };
+        self.metrics.api_call(PLATFORM, method, outcome);
+        if let Err(e) = &result
+            && e.class == ErrorClass::Rejected
+        {
+            self.metrics.rate_limit_wait(PLATFORM);
+        }
+        result
+    }
+
+    fn operating_wait(&self, method: &str) -> Option<Duration> {
+        let reset = *self
+            .operating_reset
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)?;
+        let now = crate::core::store::now_ms() / 1000;
+        Some(Duration::from_secs((reset - now).clamp(1, 600) as u64))
+    }
+
+    fn transport_error(&self, method: &str, e: reqwest::Error) -> ApiError {
+        // Refused connections never reached the portal; everything else may have.
+        let class = if e.is_connect() {
+            ErrorClass::Rejected
+        } else {
+            ErrorClass::Transient
+        };
+        let text = scrub(&e.without_url().to_string(), &[&self.webhook]);
+        ApiError {
+            method: method.to_string(),
+            status: None,
+            code: "NETWORK".into(),
+            description: text,
+            class,
+            retry_after: None,
+        }
+    }
+}
+
+/// Classify by code first, HTTP status second (contract §1.4).
+pub fn classify(status: Option<u16>, code: &str) -> ErrorClass {
+    match code {
+        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" => ErrorClass::Rejected,
+        "INTERNAL_SERVER_ERROR" | "ERROR_UNEXPECTED_ANSWER" => ErrorClass::Transient,
+        "NO_AUTH_FOUND"
+        | "INVALID_CREDENTIALS"
+        | "expired_token"
+        | "invalid_token"
+        | "insufficient_scope"
+        | "ACCESS_DENIED"
+        | "user_access_error"
+        | "WRONG_AUTH_TYPE"
+        | "METHOD_CONFIRM_WAITING"
+        | "WRONG_LICENSE"
+        | "PORTAL_DELETED"
+        | "OVERLOAD_LIMIT"
+        | "INVALID_REQUEST" => ErrorClass::Auth,
+        "ERROR_METHOD_NOT_FOUND" => ErrorClass::Permanent,
+        "ERROR_CORE" if status.is_some_and(|s| s >= 500) => ErrorClass::Transient,
+        _ => match status {
+            Some(s) if s >= 500 => ErrorClass::Transient,
+            Some(429) => ErrorClass::Rejected,
+            Some(401) | Some(403) => ErrorClass::Auth,
+            _ => ErrorClass::Permanent,
+        },
+    }
+}
+
+/// PHP-style query string for `batch` command lines: nested values as `KEY[0]=…`,
+/// `FILTER[ID][0]=…`, percent-encoded.
+pub fn php_query(params: &Value) -> String {
+    let mut pairs = Vec::new();
+    if let Value::Object(map) = params {
+        for (k, v) in map {
+            flatten(k.clone(), v, &mut pairs);
+        }
+    }
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &pairs {
+        ser.append_pair(k, v);
+    }
+    ser.finish()
+}
+
+fn flatten(prefix: String, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                flatten(format!("{prefix}[{k}]"), v, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(format!("{prefix}[{i}]"), v, out);
+            }
+        }
+        Value::Null => out.push((prefix, String::new())),
+        Value::Bool(b) => out.push((prefix, if *b { "Y" } else { "N" }.to_string())),
+        other => out.push((prefix, value_text(other))),
+    }
+}
+
+/// A JSON scalar as text (strings without quotes).
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A number that may arrive as a JSON number or a numeric string.
+pub fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+pub fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A list result that PHP may have serialised as an object with numeric keys.
+pub fn as_list(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(m) => m.values().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn php_query_encoding() {
+        let q =
+            php_query(&json!({"LOG_RIGHTS": ["UA", "SG5"], "start": 50, "FILTER": {"ID": [1, 5]}}));
+        assert_eq!(
+            q,
+            "FILTER%5BID%5D%5B0%5D=1&FILTER%5BID%5D%5B1%5D=5&LOG_RIGHTS%5B0%5D=UA&LOG_RIGHTS%5B1%5D=SG5&start=50"
+        );
+    }
+
+    #[test]
+    fn classification_follows_the_contract() {
+        assert_eq!(
+            classify(Some(503), "QUERY_LIMIT_EXCEEDED"),
+            ErrorClass::Rejected
+        );
+        assert_eq!(
+            classify(Some(429), "OPERATION_TIME_LIMIT"),
+            ErrorClass::Rejected
+        );
+        assert_eq!(
+            classify(Some(500), "INTERNAL_SERVER_ERROR"),
+            ErrorClass::Transient
+        );
+        assert_eq!(classify(Some(401), "INVALID_CREDENTIALS"), ErrorClass::Auth);
+        assert_eq!(classify(Some(403), "insufficient_scope"), ErrorClass::Auth);
+        assert_eq!(classify(None, "insufficient_scope"), ErrorClass::Auth);
+        assert_eq!(classify(Some(400), ""), ErrorClass::Permanent);
+        assert_eq!(classify(Some(400), "100"), ErrorClass::Permanent);
+        assert_eq!(classify(Some(502), ""), ErrorClass::Transient);
+        assert_eq!(
+            classify(Some(404), "ERROR_METHOD_NOT_FOUND"),
+            ErrorClass::Permanent
+        );
+    }
+
+    #[test]
+    fn lenient_numbers_and_lists() {
+        assert_eq!(as_u64(&json!("217")), Some(217));
+        assert_eq!(as_u64(&json!(217)), Some(217));
+        assert_eq!(as_u64(&json!("x")), None);
+        assert_eq!(as_list(&json!({"0": 1, "1": 2})).len(), 2);
+        assert_eq!(as_list(&json!([])).len(), 0);
+    }
+}

@@ -1,0 +1,89 @@
+//! Bitrix24 users as authors: names and photos from `user.get`, cached for a day, so a busy
+//! feed costs one lookup per new author, not one per post.
+
+use serde_json::json;
+use tracing::warn;
+
+use super::client::{BitrixClient, Repeat, as_list, as_u64, value_text};
+use crate::core::model::Person;
+use crate::core::people::PersonCache;
+use crate::core::store::Store;
+
+const TTL_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Clone)]
+pub struct People {
+    client: BitrixClient,
+    cache: PersonCache,
+}
+
+impl People {
+    pub fn new(client: BitrixClient, store: Store) -> Self {
+        People {
+            client,
+            cache: PersonCache::new(store, "bitrix24", TTL_MS),
+        }
+    }
+
+    /// Look up every id not freshly cached, 50 per request.
+    pub async fn prefetch(&self, ids: &[u64]) {
+        let mut missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.cache.get(&id.to_string()).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for chunk in missing.chunks(50) {
+            let params = json!({ "FILTER": { "ID": chunk } });
+            match self.client.call("user.get", params, Repeat::Safe).await {
+                Ok(resp) => {
+                    for user in as_list(&resp.result) {
+                        if let Some(person) = person(user) {
+                            self.cache.put(person);
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read author names; showing ids for now"),
+            }
+        }
+    }
+
+    /// The author as known; a placeholder name if the lookup failed.
+    pub async fn get(&self, id: u64) -> Person {
+        if let Some(p) = self.cache.get(&id.to_string()) {
+            return p;
+        }
+        self.prefetch(&[id]).await;
+        self.cache.get(&id.to_string()).unwrap_or_else(|| Person {
+            id: id.to_string(),
+            name: format!("Bitrix24 user {id}"),
+            avatar_url: None,
+        })
+    }
+}
+
+/// A `user.get` item as a person.
+fn person(user: &serde_json::Value) -> Option<Person> {
+    let id = user.get("ID").and_then(as_u64)?;
+    let name = [user.get("NAME"), user.get("LAST_NAME")]
+        .into_iter()
+        .flatten()
+        .map(value_text)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(Person {
+        id: id.to_string(),
+        name: if name.is_empty() {
+            format!("Bitrix24 user {id}")
+        } else {
+            name
+        },
+        avatar_url: user
+            .get("PERSONAL_PHOTO")
+            .map(value_text)
+            .filter(|p| p.starts_with("http")),
+    })
+}

@@ -1,0 +1,263 @@
+//! Assembly: turns a validated [`Config`] into running parts — store, adapters, engine,
+//! intakes, HTTP server — and stops them again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::bitrix::adapter::BitrixFeed;
+use crate::bitrix::client::BitrixClient;
+use crate::bitrix::intake::PollIntake;
+use crate::bitrix::people::People;
+use crate::config::{Config, SlackIntake as SlackIntakeMode};
+use crate::core::adapters::{ChatAdapter, FeedAdapter};
+use crate::core::engine::{Engine, EngineConfig};
+use crate::core::journal::Journal;
+use crate::core::model::Platform;
+use crate::core::route::{Route, Router};
+use crate::core::store::{Store, StoreError};
+use crate::health::Health;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::slack::adapter::SlackChat;
+use crate::slack::api::SlackApi;
+use crate::slack::events::EventsApi;
+use crate::slack::intake::{Identity, SlackIntake};
+use crate::slack::socket::SocketMode;
+
+/// Knobs that are not in `bridge.yaml` (tests shorten the engine's retry delays).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub engine: EngineConfig,
+    /// Override of the Bitrix24 client's retry backoff: (min, max, attempts).
+    pub bitrix_backoff: Option<(Duration, Duration, usize)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("cannot build an HTTP client: {0}")]
+    Client(String),
+    #[error("Slack auth.test failed: {0}")]
+    Slack(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running bridge. Dropping it without [`Running::shutdown`] aborts every task.
+pub struct Running {
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    pub http_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub store: Store,
+}
+
+pub fn router_from(config: &Config) -> Router {
+    Router::new(
+        config
+            .mappings
+            .iter()
+            .map(|m| Route {
+                name: m.name.clone(),
+                audiences: m.audiences.clone(),
+                rooms: m.rooms.clone(),
+                replies: m.replies,
+            })
+            .collect(),
+    )
+}
+
+pub async fn start(config: &Config, options: Options) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.store.path).map_err(|e| StartError::Store {
+        path: config.store.path.display().to_string(),
+        source: StoreError::Sled(e.into()),
+    })?;
+    let store = Store::open(&config.store.path).map_err(|source| StartError::Store {
+        path: config.store.path.display().to_string(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let journal = Journal::new(store.clone(), metrics.clone());
+    let router = router_from(config);
+
+    let b = &config.bitrix24;
+    let mut bitrix = BitrixClient::new(
+        b.webhook_url.clone(),
+        b.rate_limit.map(|r| (r.per_second, r.burst)),
+        b.request_timeout,
+        metrics.clone(),
+    )
+    .map_err(|e| StartError::Client(e.without_url().to_string()))?;
+    if let Some((min, max, times)) = options.bitrix_backoff {
+        bitrix = bitrix.with_backoff(min, max, times);
+    }
+    let feed: Arc<dyn FeedAdapter> = Arc::new(BitrixFeed::new(bitrix.clone()));
+
+    let mut chats: Vec<Arc<dyn ChatAdapter>> = Vec::new();
+    let mut slack_events = None;
+    if let Some(s) = &config.slack {
+        let api = SlackApi::new(
+            s.api_base.clone(),
+            s.bot_token.clone(),
+            s.post_rate.map(|r| (r.per_second, r.burst)),
+            s.request_timeout,
+            metrics.clone(),
+        )
+        .map_err(|e| StartError::Client(e.without_url().to_string()))?;
+        let auth = api
+            .auth_test()
+            .await
+            .map_err(|e| StartError::Slack(e.to_string()))?;
+        let text = |k: &str| {
+            auth.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let own = Identity {
+            user_id: text("user_id"),
+            bot_id: text("bot_id"),
+            app_id: auth
+                .get("app_id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        };
+        info!(team = %text("team"), bot_user = %own.user_id, "Slack bot identified");
+        let channels = router
+            .rooms()
+            .into_iter()
+            .filter(|r| r.platform == Platform::Slack)
+            .map(|r| r.id)
+            .collect();
+        chats.push(Arc::new(SlackChat::new(
+            api.clone(),
+            own.bot_id.clone(),
+            b.portal_url.clone(),
+        )));
+        let intake = SlackIntake::new(api.clone(), journal.clone(), own, channels);
+        match &s.intake {
+            SlackIntakeMode::SocketMode { app_token } => {
+                let socket = SocketMode::new(api, app_token.clone(), intake, health.clone());
+                tasks.spawn(socket.run(cancel.clone()));
+            }
+            SlackIntakeMode::EventsApi { signing_secret } => {
+                health.ok("slack");
+                slack_events = Some(EventsApi {
+                    signing_secret: signing_secret.clone(),
+                    intake,
+                });
+            }
+        }
+    }
+
+    let engine = Engine::new(
+        journal.clone(),
+        router.clone(),
+        chats,
+        feed,
+        metrics.clone(),
+        options.engine.clone(),
+        cancel.clone(),
+    );
+    tasks.spawn(async move {
+        if let Err(e) = engine.run().await {
+            warn!(error = %e, "engine stopped on a store error");
+        }
+    });
+
+    let people = People::new(bitrix.clone(), store.clone());
+    let poll = PollIntake::new(
+        bitrix,
+        journal,
+        people,
+        router.audiences().into_iter().collect(),
+        b.poll,
+        b.backfill,
+        b.portal_url.clone(),
+        health.clone(),
+    );
+    tasks.spawn(poll.run(cancel.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.http.listen,
+        source,
+    })?;
+    let app = http::router(
+        HttpState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            store: store.clone(),
+        },
+        slack_events,
+        config.http.max_body_bytes,
+    );
+    let stop = cancel.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "HTTP server stopped");
+        }
+    });
+    info!(listen = %http_addr, "livefeed-bridge running");
+    Ok(Running {
+        cancel,
+        tasks,
+        http_addr,
+        metrics,
+        health,
+        store,
+    })
+}
+
+impl Running {
+    /// Stop intake, let in-flight work end (everything unfinished stays journaled), flush the
+    /// store. Tasks still running after `grace` are aborted.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.cancel.cancel();
+        let joined = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            warn!("some tasks did not stop in time; aborting them");
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        if let Err(e) = self.store.sync().await {
+            warn!(error = %e, "final store flush failed");
+        }
+        info!("livefeed-bridge stopped");
+    }
+
+    /// Stop abruptly, as a crash would: no final flush, tasks aborted mid-flight.
+    pub async fn abort(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}

@@ -1,0 +1,682 @@
+//! The engine: turns journal entries into effects on the platforms (DESIGN.md §3).
+//!
+//! - **Dispatch** reads the journal in sequence order. A feed event updates the post's record
+//!   and becomes one *mirror sync* per room; a chat event becomes one *reply* task.
+//! - **Lanes** run tasks: one lane per chat room (root messages in a room keep their order and
+//!   one slow room never blocks another) and a few feed lanes sharded by thread (replies of one
+//!   thread keep their order). Lanes retry transient failures with backoff and dead-letter
+//!   permanent ones; either way the other lanes keep flowing.
+//! - **Effects are state-based and idempotent.** A mirror sync makes the room's message match the
+//!   post's *latest* record (create, edit if the content hash changed, delete); replaying an
+//!   entry after a crash changes nothing that is already right. The only non-idempotent effects
+//!   — creating a root message or a comment — are guarded by an intent flushed before the call;
+//!   an intent found open means the call may have happened, so the engine first asks the
+//!   platform (reconciliation) and only then sends.
+//! - A journal entry is removed once all its tasks are done.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::adapters::{ChatAdapter, ChatPost, FeedAdapter};
+use super::journal::Journal;
+use super::layout::{attributed_comment, content_hash, root_message};
+use super::model::{
+    ChatEvent, Failure, FailureKind, FeedEvent, Inbound, Person, Platform, PostId, Room,
+};
+use super::richtext::Doc;
+use super::route::Router;
+use super::store::{
+    CommentRecord, Intent, JournalEntry, Mirror, PostRecord, Store, StoreError, comment_intent_key,
+    now_ms, post_intent_key,
+};
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Lanes for replies going to the feed (sharded by thread).
+    pub feed_lanes: usize,
+    /// First retry delay of a failed task; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            feed_lanes: 4,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    journal: Journal,
+    router: Router,
+    chats: BTreeMap<Platform, Arc<dyn ChatAdapter>>,
+    feed: Arc<dyn FeedAdapter>,
+    metrics: Arc<Metrics>,
+    cfg: EngineConfig,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum LaneKey {
+    Room(Room),
+    Feed(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Task {
+    SyncMirror { post: PostId, room: Room },
+    Reply(ChatEvent),
+}
+
+/// Completion tracking of one journal entry across its tasks.
+struct Ticket {
+    seq: u64,
+    remaining: AtomicUsize,
+    source: &'static str,
+    kind: &'static str,
+    source_ms: Option<i64>,
+}
+
+type LaneSender = mpsc::UnboundedSender<(Task, Arc<Ticket>)>;
+
+impl Engine {
+    pub fn new(
+        journal: Journal,
+        router: Router,
+        chats: Vec<Arc<dyn ChatAdapter>>,
+        feed: Arc<dyn FeedAdapter>,
+        metrics: Arc<Metrics>,
+        cfg: EngineConfig,
+        cancel: CancellationToken,
+    ) -> Self {
+        let chats = chats.into_iter().map(|c| (c.platform(), c)).collect();
+        Engine {
+            inner: Arc::new(Inner {
+                store: journal.store().clone(),
+                journal,
+                router,
+                chats,
+                feed,
+                metrics,
+                cfg,
+                cancel,
+            }),
+        }
+    }
+
+    /// Run until cancelled: first whatever the journal still holds (a restart), then each new
+    /// entry as it is accepted.
+    pub async fn run(self) -> Result<(), StoreError> {
+        let inner = self.inner;
+        let mut lanes: HashMap<LaneKey, LaneSender> = HashMap::new();
+        let mut workers = JoinSet::new();
+        let mut last: Option<u64> = None;
+        let pending = inner.store.journal_depth();
+        if pending > 0 {
+            info!(pending, "replaying the journal");
+        }
+        let result = loop {
+            let notified = inner.journal.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let dispatched = loop {
+                let batch = match inner.store.journal_after(last, 512) {
+                    Ok(b) => b,
+                    Err(e) => break Err(e),
+                };
+                if batch.is_empty() {
+                    break Ok(());
+                }
+                for (seq, entry) in batch {
+                    last = Some(seq);
+                    if let Err(e) = inner.dispatch(seq, entry, &mut lanes, &mut workers) {
+                        warn!(seq, error = %e, "dispatch failed; the entry stays in the journal");
+                    }
+                }
+            };
+            if let Err(e) = dispatched {
+                break Err(e);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = inner.cancel.cancelled() => break Ok(()),
+            }
+        };
+        drop(lanes);
+        inner.cancel.cancel();
+        while workers.join_next().await.is_some() {}
+        result
+    }
+}
+
+impl Inner {
+    fn dispatch(
+        self: &Arc<Self>,
+        seq: u64,
+        entry: JournalEntry,
+        lanes: &mut HashMap<LaneKey, LaneSender>,
+        workers: &mut JoinSet<()>,
+    ) -> Result<(), StoreError> {
+        let tasks = match &entry.event {
+            Inbound::Feed(event) => self.plan_feed(event)?,
+            Inbound::Refresh(post) => self
+                .live_mirror_rooms(*post)?
+                .into_iter()
+                .map(|room| sync_task(*post, room))
+                .collect(),
+            Inbound::SyncRoom { post, room } => vec![sync_task(*post, room.clone())],
+            Inbound::Chat(event) => self.plan_chat(event)?,
+        };
+        let ticket = Arc::new(Ticket {
+            seq,
+            remaining: AtomicUsize::new(tasks.len()),
+            source: entry.event.source(),
+            kind: entry.event.kind(),
+            source_ms: entry.source_ms,
+        });
+        if tasks.is_empty() {
+            self.finish(&ticket);
+            return Ok(());
+        }
+        for (lane, task) in tasks {
+            let sender = lanes.entry(lane.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                workers.spawn(self.clone().lane(lane, rx));
+                tx
+            });
+            // A closed lane means we are shutting down; the entry stays journaled.
+            let _ = sender.send((task, ticket.clone()));
+        }
+        Ok(())
+    }
+
+    fn plan_feed(&self, event: &FeedEvent) -> Result<Vec<(LaneKey, Task)>, StoreError> {
+        let id = event.post_id();
+        let record = match event {
+            FeedEvent::PostCreated(post)
+            | FeedEvent::PostEdited(post)
+            | FeedEvent::CommentsChanged(post) => {
+                self.store.update_post(id, |current| match current {
+                    // A deleted post stays deleted: a stale snapshot must not bring it back.
+                    Some(rec) if rec.deleted => None,
+                    Some(mut rec) => {
+                        rec.post = post.clone();
+                        Some(rec)
+                    }
+                    None => Some(PostRecord {
+                        post: post.clone(),
+                        deleted: false,
+                        bridge_comments: 0,
+                    }),
+                })?
+            }
+            FeedEvent::PostDeleted(_) => self.store.update_post(id, |current| {
+                current.filter(|r| !r.deleted).map(|mut rec| {
+                    rec.deleted = true;
+                    rec
+                })
+            })?,
+        };
+        let Some(record) = record else {
+            return Ok(Vec::new());
+        };
+        let mut rooms: BTreeSet<Room> = self.live_mirror_rooms(id)?.into_iter().collect();
+        if !record.deleted {
+            rooms.extend(self.router.rooms_for(&record.post));
+        }
+        Ok(rooms.into_iter().map(|room| sync_task(id, room)).collect())
+    }
+
+    fn plan_chat(&self, event: &ChatEvent) -> Result<Vec<(LaneKey, Task)>, StoreError> {
+        let room = event.room();
+        if !self.router.serves(room) {
+            debug!(%room, "event for a room no mapping names; ignored");
+            return Ok(Vec::new());
+        }
+        let thread = match event {
+            ChatEvent::ReplyPosted { thread, .. } | ChatEvent::ReplyEdited { thread, .. } => {
+                Some(thread.clone())
+            }
+            ChatEvent::ReplyDeleted { thread, reply, .. } => match thread {
+                Some(t) => Some(t.clone()),
+                None => self.store.comment_for_reply(room, reply)?.map(|c| c.thread),
+            },
+        };
+        let Some(thread) = thread else {
+            debug!(%room, "deleted message was never bridged; ignored");
+            return Ok(Vec::new());
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (room, &thread).hash(&mut h);
+        let shard = (h.finish() % self.cfg.feed_lanes.max(1) as u64) as usize;
+        Ok(vec![(LaneKey::Feed(shard), Task::Reply(event.clone()))])
+    }
+
+    fn live_mirror_rooms(&self, post: PostId) -> Result<Vec<Room>, StoreError> {
+        Ok(self
+            .store
+            .mirrors(post)?
+            .into_iter()
+            .filter(|(_, m)| !m.deleted)
+            .map(|(room, _)| room)
+            .collect())
+    }
+
+    /// A lane: runs its tasks one after another until the engine stops.
+    async fn lane(
+        self: Arc<Self>,
+        key: LaneKey,
+        mut rx: mpsc::UnboundedReceiver<(Task, Arc<Ticket>)>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = self.cancel.cancelled() => None,
+            };
+            let Some((task, ticket)) = next else { break };
+            let done = tokio::select! {
+                done = self.run_task(&task) => done,
+                // Stopping mid-effect is safe: the entry stays journaled and any open intent
+                // is reconciled on the next start.
+                _ = self.cancel.cancelled() => false,
+            };
+            if !done {
+                break;
+            }
+            if ticket.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.finish(&ticket);
+                if let (LaneKey::Room(room), Some(source_ms)) = (&key, ticket.source_ms) {
+                    self.metrics.lag(
+                        room.platform.as_str(),
+                        (now_ms() - source_ms) as f64 / 1000.0,
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self, ticket: &Ticket) {
+        if let Err(e) = self.store.complete(ticket.seq) {
+            warn!(seq = ticket.seq, error = %e, "cannot remove an applied journal entry; it will be replayed");
+        }
+        self.metrics.applied(ticket.source, ticket.kind);
+        self.metrics
+            .journal_depth
+            .set(self.store.journal_depth() as i64);
+    }
+
+    /// Run a task to its end: success, or a dead letter. Returns false only if the engine
+    /// stopped first.
+    async fn run_task(&self, task: &Task) -> bool {
+        let mut attempt: u32 = 0;
+        loop {
+            let (platform, action) = self.describe(task);
+            match self.execute(task).await {
+                Ok(()) => return true,
+                Err(failure) if failure.kind == FailureKind::Permanent => {
+                    self.metrics.effect(platform, action, "dead_letter");
+                    self.dead_letter(task, &failure);
+                    return true;
+                }
+                Err(failure) => {
+                    attempt += 1;
+                    self.metrics.effect(platform, action, "retry");
+                    let delay = self.backoff(attempt, &failure);
+                    warn!(
+                        task = %self.task_label(task),
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        error = %failure,
+                        "effect failed; will retry"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.cancel.cancelled() => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32, failure: &Failure) -> Duration {
+        let base = self.cfg.retry_base.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << attempt.min(16).saturating_sub(1));
+        let mut ms = exp.min(self.cfg.retry_max.as_millis() as u64);
+        // ±20% jitter so lanes that failed together do not retry together.
+        ms = ms * (80 + fastrand::u64(0..=40)) / 100;
+        if failure.kind == FailureKind::Auth {
+            // Credentials will not fix themselves quickly: no hot loop.
+            ms = ms.max(self.cfg.retry_max.as_millis() as u64);
+        }
+        let mut delay = Duration::from_millis(ms);
+        if let Some(hint) = failure.retry_hint() {
+            delay = delay.max(hint);
+        }
+        delay
+    }
+
+    fn describe(&self, task: &Task) -> (&'static str, &'static str) {
+        match task {
+            Task::SyncMirror { room, .. } => (room.platform.as_str(), "sync_mirror"),
+            Task::Reply(e) => ("bitrix24", e.kind()),
+        }
+    }
+
+    fn task_label(&self, task: &Task) -> String {
+        match task {
+            Task::SyncMirror { post, room } => format!("post {post} → {room}"),
+            Task::Reply(e) => match e {
+                ChatEvent::ReplyPosted { room, reply, .. } => {
+                    format!("reply {room}/{reply} → feed")
+                }
+                ChatEvent::ReplyEdited { room, reply, .. } => {
+                    format!("edit of {room}/{reply} → feed")
+                }
+                ChatEvent::ReplyDeleted { room, reply, .. } => {
+                    format!("deletion of {room}/{reply} → feed")
+                }
+            },
+        }
+    }
+
+    fn dead_letter(&self, task: &Task, failure: &Failure) {
+        let event = match task {
+            Task::SyncMirror { post, room } => {
+                // The creation will not be retried on its own: its intent has no meaning now.
+                let _ = self.store.remove_intent(&post_intent_key(*post, room));
+                Inbound::SyncRoom {
+                    post: *post,
+                    room: room.clone(),
+                }
+            }
+            Task::Reply(e) => {
+                if let ChatEvent::ReplyPosted { room, reply, .. }
+                | ChatEvent::ReplyEdited { room, reply, .. } = e
+                {
+                    let _ = self.store.remove_intent(&comment_intent_key(room, reply));
+                }
+                Inbound::Chat(e.clone())
+            }
+        };
+        let label = self.task_label(task);
+        match self
+            .store
+            .add_dead_letter(label.clone(), failure.reason.clone(), event)
+        {
+            Ok(letter) => warn!(
+                dead_letter = letter.id,
+                task = %label,
+                error = %failure,
+                "permanent failure; moved to dead letters"
+            ),
+            Err(e) => {
+                warn!(task = %label, error = %e, "permanent failure and the dead letter could not be stored")
+            }
+        }
+        self.metrics
+            .dead_letters
+            .set(self.store.dead_letter_count() as i64);
+    }
+
+    async fn execute(&self, task: &Task) -> Result<(), Failure> {
+        match task {
+            Task::SyncMirror { post, room } => self.sync_mirror(*post, room).await,
+            Task::Reply(event) => self.apply_reply(event).await,
+        }
+    }
+
+    /// Make `room`'s message for `post` match the post's latest record.
+    async fn sync_mirror(&self, post: PostId, room: &Room) -> Result<(), Failure> {
+        let Some(record) = self.store.post(post).map_err(store_failure)? else {
+            return Ok(());
+        };
+        let chat = self.chat(room.platform)?;
+        let platform = room.platform.as_str();
+        let mirror = self.store.mirror(post, room).map_err(store_failure)?;
+        if record.deleted {
+            if let Some(mut m) = mirror.filter(|m| !m.deleted) {
+                chat.delete(&room.id, &m.message_id).await?;
+                m.deleted = true;
+                self.store
+                    .put_mirror(post, room, &m)
+                    .map_err(store_failure)?;
+                self.metrics.effect(platform, "delete", "ok");
+                info!(%post, %room, "mirror deleted");
+            }
+            return Ok(());
+        }
+        let comments = record
+            .post
+            .num_comments
+            .saturating_sub(record.bridge_comments);
+        let msg = ChatPost {
+            post,
+            author: record.post.author.clone(),
+            doc: root_message(&record.post, comments, chat.layout()),
+        };
+        let hash = content_hash(&(&msg.author, &msg.doc));
+        match mirror {
+            None => {
+                let key = post_intent_key(post, room);
+                let message_id = match self.store.intent(&key).map_err(store_failure)? {
+                    Some(intent) => {
+                        match chat.find_post(&room.id, post, intent.started_ms).await? {
+                            Some(found) => {
+                                info!(%post, %room, "found the root message sent before a restart");
+                                found
+                            }
+                            None => chat.post(&room.id, &msg).await?,
+                        }
+                    }
+                    None => {
+                        self.store
+                            .put_intent(
+                                &key,
+                                &Intent {
+                                    started_ms: now_ms(),
+                                },
+                            )
+                            .map_err(store_failure)?;
+                        self.store.sync().await.map_err(store_failure)?;
+                        chat.post(&room.id, &msg).await?
+                    }
+                };
+                let mirror = Mirror {
+                    message_id,
+                    content_hash: hash,
+                    deleted: false,
+                };
+                self.store
+                    .record_mirror(post, room, &mirror, &key)
+                    .map_err(store_failure)?;
+                self.metrics.effect(platform, "post", "ok");
+                info!(%post, %room, message = %mirror.message_id, "post mirrored");
+            }
+            Some(m) if m.deleted || m.content_hash == hash => {}
+            Some(mut m) => {
+                chat.edit(&room.id, &m.message_id, &msg).await?;
+                m.content_hash = hash;
+                self.store
+                    .put_mirror(post, room, &m)
+                    .map_err(store_failure)?;
+                self.metrics.effect(platform, "edit", "ok");
+                info!(%post, %room, "mirror updated");
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_reply(&self, event: &ChatEvent) -> Result<(), Failure> {
+        match event {
+            ChatEvent::ReplyPosted {
+                room,
+                thread,
+                reply,
+                author,
+                body,
+            } => self.add_comment(room, thread, reply, author, body).await,
+            ChatEvent::ReplyEdited {
+                room,
+                thread,
+                reply,
+                author,
+                body,
+            } => {
+                let doc = attributed_comment(author, room.platform, body);
+                if let Some(existing) = self
+                    .store
+                    .comment_for_reply(room, reply)
+                    .map_err(store_failure)?
+                {
+                    if existing.content_hash == content_hash(&doc) {
+                        return Ok(());
+                    }
+                    // Feed comments cannot be edited through the API: replace the comment.
+                    self.remove_comment(room, reply, &existing).await?;
+                }
+                self.add_comment(room, thread, reply, author, body).await
+            }
+            ChatEvent::ReplyDeleted { room, reply, .. } => {
+                if let Some(existing) = self
+                    .store
+                    .comment_for_reply(room, reply)
+                    .map_err(store_failure)?
+                {
+                    self.remove_comment(room, reply, &existing).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn add_comment(
+        &self,
+        room: &Room,
+        thread: &str,
+        reply: &str,
+        author: &Person,
+        body: &Doc,
+    ) -> Result<(), Failure> {
+        if !self.router.replies_enabled(room) {
+            debug!(%room, "replies are off for this room; reply ignored");
+            return Ok(());
+        }
+        if self
+            .store
+            .comment_for_reply(room, reply)
+            .map_err(store_failure)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let Some(post) = self
+            .store
+            .post_for_message(room, thread)
+            .map_err(store_failure)?
+        else {
+            if self.store.has_post_intent_in(room).map_err(store_failure)? {
+                // The root may be one the bridge is sending right now; wait for its record.
+                return Err(Failure::retry_after(
+                    "thread root not recorded yet",
+                    Duration::from_millis(200),
+                ));
+            }
+            debug!(%room, thread, "reply in a thread the bridge did not start; ignored");
+            return Ok(());
+        };
+        match self.store.post(post).map_err(store_failure)? {
+            Some(rec) if !rec.deleted => {}
+            _ => {
+                debug!(%post, "reply to a deleted post; ignored");
+                return Ok(());
+            }
+        }
+        let doc = attributed_comment(author, room.platform, body);
+        let key = comment_intent_key(room, reply);
+        let comment = match self.store.intent(&key).map_err(store_failure)? {
+            Some(intent) => match self
+                .feed
+                .find_comment(post, &doc, intent.started_ms)
+                .await?
+            {
+                Some(found) => {
+                    info!(%post, %room, "found the comment written before a restart");
+                    found
+                }
+                None => self.feed.add_comment(post, &doc).await?,
+            },
+            None => {
+                self.store
+                    .put_intent(
+                        &key,
+                        &Intent {
+                            started_ms: now_ms(),
+                        },
+                    )
+                    .map_err(store_failure)?;
+                self.store.sync().await.map_err(store_failure)?;
+                self.feed.add_comment(post, &doc).await?
+            }
+        };
+        let record = CommentRecord {
+            post,
+            comment,
+            thread: thread.to_string(),
+            content_hash: content_hash(&doc),
+        };
+        self.store
+            .record_comment(room, reply, &record, &key)
+            .map_err(store_failure)?;
+        self.journal.wake();
+        self.metrics.effect("bitrix24", "comment_add", "ok");
+        info!(%post, %room, comment = %comment, "reply added as a feed comment");
+        Ok(())
+    }
+
+    async fn remove_comment(
+        &self,
+        room: &Room,
+        reply: &str,
+        existing: &CommentRecord,
+    ) -> Result<(), Failure> {
+        self.feed.delete_comment(existing.comment).await?;
+        self.store
+            .remove_comment(room, reply, existing)
+            .map_err(store_failure)?;
+        self.journal.wake();
+        self.metrics.effect("bitrix24", "comment_delete", "ok");
+        info!(post = %existing.post, comment = %existing.comment, "feed comment deleted");
+        Ok(())
+    }
+
+    fn chat(&self, platform: Platform) -> Result<&Arc<dyn ChatAdapter>, Failure> {
+        self.chats
+            .get(&platform)
+            .ok_or_else(|| Failure::permanent(format!("{platform} is not configured")))
+    }
+}
+
+fn sync_task(post: PostId, room: Room) -> (LaneKey, Task) {
+    (LaneKey::Room(room.clone()), Task::SyncMirror { post, room })
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    Failure::transient(e.to_string())
+}

@@ -1,0 +1,87 @@
+//! The journal's front door: intakes hand over what they noticed; once [`Journal::accept`]
+//! returns, the events are durable and the intake may acknowledge its source (DESIGN.md §3.1).
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::model::Inbound;
+use super::store::{JournalEntry, Store, StoreError, now_ms};
+use crate::metrics::Metrics;
+
+/// What an intake accepts in one step.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Events with their source time (unix ms), if known.
+    pub events: Vec<(Inbound, Option<i64>)>,
+    /// Intake bookkeeping written in the same transaction (e.g. the poll state).
+    pub cursors: Vec<(String, Vec<u8>)>,
+    /// Source event ids to remember for deduplication.
+    pub dedupe: Vec<String>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.cursors.is_empty() && self.dedupe.is_empty()
+    }
+}
+
+#[derive(Clone)]
+pub struct Journal {
+    store: Store,
+    notify: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl Journal {
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        Journal {
+            store,
+            notify: Arc::new(Notify::new()),
+            metrics,
+        }
+    }
+
+    /// Durably accept a batch (one transaction, one group-committed flush), then wake the
+    /// engine.
+    pub async fn accept(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let accepted_ms = now_ms();
+        let entries: Vec<JournalEntry> = batch
+            .events
+            .iter()
+            .map(|(event, source_ms)| JournalEntry {
+                accepted_ms,
+                source_ms: *source_ms,
+                event: event.clone(),
+            })
+            .collect();
+        self.store.append(&entries, &batch.cursors, &batch.dedupe)?;
+        self.store.sync().await?;
+        for (event, _) in &batch.events {
+            self.metrics.accepted(event.source(), event.kind());
+        }
+        self.metrics
+            .journal_depth
+            .set(self.store.journal_depth() as i64);
+        if !entries.is_empty() {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Tell the engine the journal grew (e.g. after the store appended a refresh).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}

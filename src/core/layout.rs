@@ -1,0 +1,272 @@
+//! The shape of what the bridge writes, as neutral documents: a mirrored post's root message
+//! and an attributed comment. Adapters only render these; every platform gets the same layout.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::adapters::LayoutOptions;
+use super::model::{FeedPost, Person, Platform};
+use super::richtext::{Block, Doc, Inline, normalize_inlines};
+
+/// The root message for a post: important mark, (author), title, body, link and comment count.
+///
+/// `comments` counts the post's comments *not* written by the bridge.
+pub fn root_message(post: &FeedPost, comments: u32, opts: LayoutOptions) -> Doc {
+    let mut blocks = Vec::new();
+    if post.important {
+        blocks.push(Block::Paragraph(vec![
+            Inline::Text("❗ ".into()),
+            Inline::Bold(vec![Inline::Text("Important".into())]),
+        ]));
+    }
+    if opts.author_in_body {
+        blocks.push(Block::Paragraph(vec![
+            Inline::Bold(vec![Inline::Text(post.author.name.clone())]),
+            Inline::Text(" in Bitrix24:".into()),
+        ]));
+    }
+    if let Some(title) = post.title.as_deref().filter(|t| !t.trim().is_empty()) {
+        blocks.push(Block::Paragraph(vec![Inline::Bold(vec![Inline::Text(
+            title.trim().to_string(),
+        )])]));
+    }
+    let (body, cut) = truncate(&post.body, opts.max_body_chars);
+    blocks.extend(body.blocks);
+    if cut {
+        blocks.push(Block::Paragraph(vec![Inline::Italic(vec![Inline::Text(
+            "(continued in Bitrix24)".into(),
+        )])]));
+    }
+    let mut footer = vec![Inline::Link {
+        url: post.url.clone(),
+        text: vec![Inline::Text("Open in Bitrix24".into())],
+    }];
+    if comments > 0 {
+        let noun = if comments == 1 { "comment" } else { "comments" };
+        footer.push(Inline::Text(" · ".into()));
+        footer.push(Inline::Link {
+            url: post.url.clone(),
+            text: vec![Inline::Text(format!("{comments} {noun} in Bitrix24"))],
+        });
+    }
+    blocks.push(Block::Paragraph(footer));
+    Doc::new(blocks).normalize()
+}
+
+/// A chat reply as a feed comment: `**Name** (Platform): text…`.
+pub fn attributed_comment(author: &Person, platform: Platform, body: &Doc) -> Doc {
+    let mut prefix = vec![
+        Inline::Bold(vec![Inline::Text(author.name.clone())]),
+        Inline::Text(format!(" ({}): ", platform.display_name())),
+    ];
+    let mut blocks = body.blocks.clone();
+    match blocks.first_mut() {
+        Some(Block::Paragraph(first)) => {
+            prefix.append(first);
+            *first = prefix;
+        }
+        _ => {
+            prefix[1] = Inline::Text(format!(" ({}):", platform.display_name()));
+            blocks.insert(0, Block::Paragraph(prefix));
+        }
+    }
+    Doc::new(blocks).normalize()
+}
+
+/// A stable 64-bit hash of anything serializable (what was sent, to detect real changes).
+pub fn content_hash<T: Serialize>(value: &T) -> u64 {
+    let bytes = serde_json::to_vec(value).expect("hashable values serialize");
+    let digest = Sha256::digest(&bytes);
+    u64::from_be_bytes(digest[..8].try_into().expect("digest has 8 bytes"))
+}
+
+/// Cut a document to about `max_chars` characters of text (0 = no limit). Returns whether
+/// anything was cut.
+fn truncate(doc: &Doc, max_chars: usize) -> (Doc, bool) {
+    if max_chars == 0 || doc.plain_text().chars().count() <= max_chars {
+        return (doc.clone(), false);
+    }
+    let mut budget = max_chars;
+    let blocks = truncate_blocks(&doc.blocks, &mut budget);
+    (Doc::new(blocks).normalize(), true)
+}
+
+fn truncate_blocks(blocks: &[Block], budget: &mut usize) -> Vec<Block> {
+    let mut out = Vec::new();
+    for block in blocks {
+        if *budget == 0 {
+            break;
+        }
+        match block {
+            Block::Paragraph(inlines) => {
+                out.push(Block::Paragraph(truncate_inlines(inlines, budget)));
+            }
+            Block::Code(text) => out.push(Block::Code(take_chars(text, budget))),
+            Block::Quote(inner) => out.push(Block::Quote(truncate_blocks(inner, budget))),
+            Block::List { ordered, items } => {
+                let mut kept = Vec::new();
+                for item in items {
+                    if *budget == 0 {
+                        break;
+                    }
+                    kept.push(truncate_blocks(item, budget));
+                }
+                out.push(Block::List {
+                    ordered: *ordered,
+                    items: kept,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn truncate_inlines(inlines: &[Inline], budget: &mut usize) -> Vec<Inline> {
+    let mut out = Vec::new();
+    for inline in inlines {
+        if *budget == 0 {
+            out.push(Inline::Text("…".into()));
+            break;
+        }
+        match inline {
+            Inline::Text(t) => {
+                let kept = take_chars(t, budget);
+                let cut = kept.len() < t.len();
+                out.push(Inline::Text(kept));
+                if cut {
+                    out.push(Inline::Text("…".into()));
+                    break;
+                }
+            }
+            Inline::Bold(c) => out.push(Inline::Bold(truncate_inlines(c, budget))),
+            Inline::Italic(c) => out.push(Inline::Italic(truncate_inlines(c, budget))),
+            Inline::Underline(c) => out.push(Inline::Underline(truncate_inlines(c, budget))),
+            Inline::Strike(c) => out.push(Inline::Strike(truncate_inlines(c, budget))),
+            other => {
+                // Atoms (links, mentions, code) are kept whole or not at all.
+                let len = super::richtext::inlines_plain(std::slice::from_ref(other))
+                    .chars()
+                    .count();
+                if len > *budget {
+                    out.push(Inline::Text("…".into()));
+                    *budget = 0;
+                    break;
+                }
+                *budget -= len;
+                out.push(other.clone());
+            }
+        }
+    }
+    normalize_inlines(out)
+}
+
+fn take_chars(text: &str, budget: &mut usize) -> String {
+    let kept: String = text.chars().take(*budget).collect();
+    *budget -= kept.chars().count();
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::PostId;
+
+    fn post() -> FeedPost {
+        FeedPost {
+            id: PostId(217),
+            author: Person {
+                id: "5".into(),
+                name: "Ivan Petrov".into(),
+                avatar_url: None,
+            },
+            title: Some("Quarterly plan".into()),
+            body: Doc::plain("Line one\nLine two"),
+            important: false,
+            audiences: Default::default(),
+            url: "https://acme.bitrix24.com/company/personal/user/5/blog/217/".into(),
+            published_at: 0,
+            num_comments: 0,
+        }
+    }
+
+    const OPTS: LayoutOptions = LayoutOptions {
+        author_in_body: false,
+        max_body_chars: 3500,
+    };
+
+    #[test]
+    fn root_message_parts() {
+        let doc = root_message(&post(), 0, OPTS);
+        assert_eq!(
+            doc.plain_text(),
+            "Quarterly plan\n\nLine one\nLine two\n\nOpen in Bitrix24"
+        );
+        let mut p = post();
+        p.important = true;
+        p.title = None;
+        let doc = root_message(
+            &p,
+            2,
+            LayoutOptions {
+                author_in_body: true,
+                ..OPTS
+            },
+        );
+        assert_eq!(
+            doc.plain_text(),
+            "❗ Important\n\nIvan Petrov in Bitrix24:\n\nLine one\nLine two\n\nOpen in Bitrix24 · 2 comments in Bitrix24"
+        );
+        assert!(
+            root_message(&p, 1, OPTS)
+                .plain_text()
+                .ends_with("1 comment in Bitrix24")
+        );
+    }
+
+    #[test]
+    fn long_bodies_are_cut() {
+        let mut p = post();
+        p.body = Doc::plain(&"word ".repeat(2000));
+        let doc = root_message(
+            &p,
+            0,
+            LayoutOptions {
+                max_body_chars: 100,
+                ..OPTS
+            },
+        );
+        let text = doc.plain_text();
+        assert!(text.chars().count() < 200, "{text}");
+        assert!(
+            text.contains("…\n\n(continued in Bitrix24)\n\nOpen in Bitrix24"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn attribution_joins_the_first_paragraph() {
+        let who = Person {
+            id: "U1".into(),
+            name: "Anna Smirnova".into(),
+            avatar_url: None,
+        };
+        let doc = attributed_comment(&who, Platform::Slack, &Doc::plain("Looks good"));
+        assert_eq!(
+            doc,
+            Doc::paragraph(vec![
+                Inline::Bold(vec![Inline::Text("Anna Smirnova".into())]),
+                Inline::Text(" (Slack): Looks good".into()),
+            ])
+        );
+        let code = Doc::new(vec![Block::Code("x = 1".into())]);
+        let doc = attributed_comment(&who, Platform::Matrix, &code);
+        assert_eq!(doc.plain_text(), "Anna Smirnova (Matrix):\n\nx = 1");
+    }
+
+    #[test]
+    fn hashes_are_stable_and_distinct() {
+        assert_eq!(content_hash(&"a"), content_hash(&"a"));
+        assert_ne!(content_hash(&"a"), content_hash(&"b"));
+        assert_eq!(content_hash(&1u32), 0x6b86b273ff34fce1);
+    }
+}

@@ -1,0 +1,153 @@
+//! Which post goes to which rooms, and where replies may come back from (DESIGN.md §4).
+//!
+//! Privacy-safe by construction: a post reaches a room only if one of the room's mappings names
+//! an audience the post was addressed to. A room appears once in the result however many
+//! mappings match, so it receives a post once.
+
+use std::collections::BTreeSet;
+
+use super::model::{Audience, FeedPost, Room};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub audiences: Vec<Audience>,
+    pub rooms: Vec<Room>,
+    pub replies: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Router { routes }
+    }
+
+    /// The rooms a post is mirrored to, each once, in mapping order.
+    pub fn rooms_for(&self, post: &FeedPost) -> Vec<Room> {
+        let mut seen = BTreeSet::new();
+        self.routes
+            .iter()
+            .filter(|r| r.audiences.iter().any(|a| post.audiences.contains(a)))
+            .flat_map(|r| r.rooms.iter())
+            .filter(|room| seen.insert((*room).clone()))
+            .cloned()
+            .collect()
+    }
+
+    /// Replies in `room` become feed comments if any mapping naming the room allows it.
+    pub fn replies_enabled(&self, room: &Room) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.replies && r.rooms.contains(room))
+    }
+
+    pub fn serves(&self, room: &Room) -> bool {
+        self.routes.iter().any(|r| r.rooms.contains(room))
+    }
+
+    /// Every audience some mapping asks for: what the feed intake must watch.
+    pub fn audiences(&self) -> BTreeSet<Audience> {
+        self.routes
+            .iter()
+            .flat_map(|r| r.audiences.iter().copied())
+            .collect()
+    }
+
+    pub fn rooms(&self) -> BTreeSet<Room> {
+        self.routes
+            .iter()
+            .flat_map(|r| r.rooms.iter().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{Person, Platform, PostId};
+    use crate::core::richtext::Doc;
+
+    fn post(audiences: &[Audience]) -> FeedPost {
+        FeedPost {
+            id: PostId(1),
+            author: Person {
+                id: "1".into(),
+                name: "A".into(),
+                avatar_url: None,
+            },
+            title: None,
+            body: Doc::plain("x"),
+            important: false,
+            audiences: audiences.iter().copied().collect(),
+            url: String::new(),
+            published_at: 0,
+            num_comments: 0,
+        }
+    }
+
+    fn router() -> Router {
+        let slack = |c: &str| Room::new(Platform::Slack, c);
+        Router::new(vec![
+            Route {
+                name: "news".into(),
+                audiences: vec![Audience::All],
+                rooms: vec![slack("CNEWS0001")],
+                replies: true,
+            },
+            Route {
+                name: "dev".into(),
+                audiences: vec![Audience::Group(5), Audience::Department(2)],
+                rooms: vec![slack("CDEV00001")],
+                replies: false,
+            },
+            Route {
+                name: "dev-also-news".into(),
+                audiences: vec![Audience::Group(5)],
+                rooms: vec![slack("CNEWS0001"), slack("CDEV00001")],
+                replies: false,
+            },
+        ])
+    }
+
+    #[test]
+    fn group_posts_never_reach_company_channels_unless_mapped() {
+        let r = router();
+        let only_all: Vec<String> = r
+            .rooms_for(&post(&[Audience::All]))
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(only_all, vec!["CNEWS0001"]);
+        let dept: Vec<String> = r
+            .rooms_for(&post(&[Audience::Department(2)]))
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(dept, vec!["CDEV00001"]);
+        assert!(r.rooms_for(&post(&[Audience::Group(9)])).is_empty());
+    }
+
+    #[test]
+    fn a_room_gets_a_post_once() {
+        let r = router();
+        let rooms: Vec<String> = r
+            .rooms_for(&post(&[Audience::All, Audience::Group(5)]))
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(rooms, vec!["CNEWS0001", "CDEV00001"]);
+    }
+
+    #[test]
+    fn replies_follow_any_mapping_of_the_room() {
+        let r = router();
+        assert!(r.replies_enabled(&Room::new(Platform::Slack, "CNEWS0001")));
+        assert!(!r.replies_enabled(&Room::new(Platform::Slack, "CDEV00001")));
+        assert!(!r.replies_enabled(&Room::new(Platform::Matrix, "CNEWS0001")));
+        assert_eq!(r.audiences().len(), 3);
+    }
+}

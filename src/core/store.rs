@@ -1,0 +1,880 @@
+//! The sled store: everything the bridge must not forget (DESIGN.md §3).
+//!
+//! One sled database, one tree per kind of fact. Keys are typed by tree and namespaced by
+//! platform *and* room wherever a foreign id appears; values are JSON (small, readable with a
+//! debugger, versioned by `meta/schema_version`).
+//!
+//! | tree          | key                                   | value                 |
+//! |---------------|---------------------------------------|-----------------------|
+//! | `posts`       | post id (u64 BE)                      | [`PostRecord`]        |
+//! | `posts`       | post id (u64 BE) ++ room key          | [`Mirror`]            |
+//! | `chat_index`  | room key ++ message id                | [`IndexEntry`]        |
+//! | `comments`    | `r` ++ room key ++ reply id           | [`CommentRecord`]     |
+//! | `comments`    | `c` ++ comment id (u64 BE)            | room key ++ reply id  |
+//! | `cursors`     | intake name (utf-8)                   | intake-specific JSON  |
+//! | `journal`     | sequence (u64 BE)                     | [`JournalEntry`]      |
+//! | `intents`     | action key (utf-8)                    | [`Intent`]            |
+//! | `dead_letters`| id (u64 BE)                           | [`DeadLetter`]        |
+//! | `dedupe`      | source event id (utf-8)               | accepted-at ms        |
+//! | `users`       | `platform:id`                         | [`CachedPerson`]      |
+//! | `meta`        | `schema_version`                      | u32 as JSON           |
+//!
+//! Durability: writes go to sled's page cache; [`Store::sync`] makes them durable. Concurrent
+//! callers share one flush (group commit), so many lanes syncing at once cost one fsync.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::model::{CommentId, FeedPost, Inbound, Person, PostId, Room};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt value in {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+    #[error(
+        "store: written by a newer livefeed-bridge (schema {found}, this build knows {known}); upgrade the bridge"
+    )]
+    NewerSchema { found: u32, known: u32 },
+}
+
+impl<E: Into<StoreError>> From<TransactionError<E>> for StoreError {
+    fn from(e: TransactionError<E>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e.into(),
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The latest snapshot of a post and what the bridge did with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostRecord {
+    pub post: FeedPost,
+    pub deleted: bool,
+    /// Comments the bridge wrote on this post that still exist.
+    pub bridge_comments: u32,
+}
+
+/// One chat message mirroring a post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mirror {
+    pub message_id: String,
+    /// Hash of what was last sent, to skip edits that change nothing.
+    pub content_hash: u64,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub post: PostId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommentRecord {
+    pub post: PostId,
+    pub comment: CommentId,
+    /// The thread root the reply was in.
+    pub thread: String,
+    pub content_hash: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub accepted_ms: i64,
+    /// When the change happened at its source, if known (for lag metrics).
+    pub source_ms: Option<i64>,
+    pub event: Inbound,
+}
+
+/// An effect that was started; if it is still here after a restart, the effect may or may not
+/// have happened and must be reconciled before it is tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub started_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: u64,
+    pub at_ms: i64,
+    /// What the bridge tried, in words ("post 217 → slack:C01").
+    pub action: String,
+    pub error: String,
+    /// The event to re-journal on retry.
+    pub event: Inbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPerson {
+    pub person: Person,
+    pub fetched_ms: i64,
+}
+
+/// Durable state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    posts: sled::Tree,
+    chat_index: sled::Tree,
+    comments: sled::Tree,
+    cursors: sled::Tree,
+    journal: sled::Tree,
+    intents: sled::Tree,
+    dead_letters: sled::Tree,
+    dedupe: sled::Tree,
+    users: sled::Tree,
+    meta: sled::Tree,
+    /// Group commit: tickets handed out to `sync` callers, and the highest ticket known flushed.
+    sync_requested: AtomicU64,
+    sync_done: AtomicU64,
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Held around every transaction that appends to the journal, so sequence numbers commit in
+    /// the order they are allocated and a reader that has seen `n` never misses a later `< n`.
+    journal_lock: std::sync::Mutex<()>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store values serialize")
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
+}
+
+/// `platform \0 room \0` — the namespace of a room's foreign ids.
+pub fn room_key(room: &Room) -> Vec<u8> {
+    let mut k = Vec::with_capacity(room.id.len() + 8);
+    k.extend_from_slice(room.platform.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(room.id.as_bytes());
+    k.push(0);
+    k
+}
+
+fn message_key(room: &Room, message: &str) -> Vec<u8> {
+    let mut k = room_key(room);
+    k.extend_from_slice(message.as_bytes());
+    k
+}
+
+fn reply_key(room: &Room, reply: &str) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    k.extend(message_key(room, reply));
+    k
+}
+
+fn comment_key(comment: CommentId) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    k.extend_from_slice(&comment.0.to_be_bytes());
+    k
+}
+
+fn mirror_key(post: PostId, room: &Room) -> Vec<u8> {
+    let mut k = post.0.to_be_bytes().to_vec();
+    k.extend(room_key(room));
+    k
+}
+
+fn room_from_key(key: &[u8]) -> Option<Room> {
+    let mut parts = key.split(|b| *b == 0);
+    let platform = match parts.next()? {
+        b"slack" => super::model::Platform::Slack,
+        b"matrix" => super::model::Platform::Matrix,
+        _ => return None,
+    };
+    let id = std::str::from_utf8(parts.next()?).ok()?;
+    Some(Room::new(platform, id))
+}
+
+/// Intent keys: one per non-idempotent effect.
+pub fn post_intent_key(post: PostId, room: &Room) -> String {
+    format!("post/{}/{}/{}", room.platform, room.id, post.0)
+}
+
+pub fn comment_intent_key(room: &Room, reply: &str) -> String {
+    format!("comment/{}/{}/{}", room.platform, room.id, reply)
+}
+
+fn post_intent_prefix(room: &Room) -> String {
+    format!("post/{}/{}/", room.platform, room.id)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            // We flush explicitly (group commit); sled's timer flush is only a backstop.
+            .flush_every_ms(Some(1_000))
+            .open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let inner = Inner {
+            posts: tree("posts")?,
+            chat_index: tree("chat_index")?,
+            comments: tree("comments")?,
+            cursors: tree("cursors")?,
+            journal: tree("journal")?,
+            intents: tree("intents")?,
+            dead_letters: tree("dead_letters")?,
+            dedupe: tree("dedupe")?,
+            users: tree("users")?,
+            meta: tree("meta")?,
+            db,
+            sync_requested: AtomicU64::new(0),
+            sync_done: AtomicU64::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
+            journal_lock: std::sync::Mutex::new(()),
+        };
+        let store = Store {
+            inner: Arc::new(inner),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let meta = &self.inner.meta;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", enc(&SCHEMA_VERSION))?;
+                meta.flush()?;
+            }
+            Some(v) => {
+                let found: u32 = dec("meta", &v)?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        found,
+                        known: SCHEMA_VERSION,
+                    });
+                }
+                // Version 1 is the first; later versions add their migrations here.
+            }
+        }
+        Ok(())
+    }
+
+    /// Make every write that happened before this call durable. Concurrent callers share flushes.
+    pub async fn sync(&self) -> Result<()> {
+        let inner = &self.inner;
+        let ticket = inner.sync_requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _guard = inner.flush_lock.lock().await;
+        if inner.sync_done.load(Ordering::SeqCst) >= ticket {
+            return Ok(()); // a flush that started after our writes already finished
+        }
+        let upto = inner.sync_requested.load(Ordering::SeqCst);
+        inner.db.flush_async().await?;
+        inner.sync_done.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Blocking flush, for shutdown paths outside the runtime.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    // -- posts and mirrors ----------------------------------------------------------------
+
+    pub fn post(&self, id: PostId) -> Result<Option<PostRecord>> {
+        self.inner
+            .posts
+            .get(id.0.to_be_bytes())?
+            .map(|v| dec("posts", &v))
+            .transpose()
+    }
+
+    /// Read-modify-write a post record atomically; `f` gets the current record (if any) and
+    /// returns the new one (or `None` to leave it unchanged).
+    pub fn update_post(
+        &self,
+        id: PostId,
+        f: impl Fn(Option<PostRecord>) -> Option<PostRecord>,
+    ) -> Result<Option<PostRecord>> {
+        let key = id.0.to_be_bytes();
+        let res = self
+            .inner
+            .posts
+            .transaction(|t| {
+                let current = match t.get(key)? {
+                    Some(v) => Some(
+                        dec::<PostRecord>("posts", &v)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
+                };
+                let next = f(current.clone());
+                if let Some(next) = &next {
+                    t.insert(&key, enc(next))?;
+                    Ok(Some(next.clone()))
+                } else {
+                    Ok(current)
+                }
+            })
+            .map_err(StoreError::from)?;
+        Ok(res)
+    }
+
+    pub fn mirror(&self, post: PostId, room: &Room) -> Result<Option<Mirror>> {
+        self.inner
+            .posts
+            .get(mirror_key(post, room))?
+            .map(|v| dec("posts", &v))
+            .transpose()
+    }
+
+    /// All mirrors of a post, with their rooms.
+    pub fn mirrors(&self, post: PostId) -> Result<Vec<(Room, Mirror)>> {
+        let prefix = post.0.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.inner.posts.scan_prefix(prefix) {
+            let (k, v) = item?;
+            if k.len() == 8 {
+                continue; // the record itself
+            }
+            if let Some(room) = room_from_key(&k[8..]) {
+                out.push((room, dec("posts", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record a new mirror, its index entry, and drop the intent that protected its creation,
+    /// in one transaction.
+    pub fn record_mirror(
+        &self,
+        post: PostId,
+        room: &Room,
+        mirror: &Mirror,
+        intent: &str,
+    ) -> Result<()> {
+        let i = &self.inner;
+        (&i.posts, &i.chat_index, &i.intents)
+            .transaction(|(posts, index, intents)| {
+                posts.insert(mirror_key(post, room), enc(mirror))?;
+                index.insert(
+                    message_key(room, &mirror.message_id),
+                    enc(&IndexEntry { post }),
+                )?;
+                intents.remove(intent.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(StoreError::from)
+    }
+
+    pub fn put_mirror(&self, post: PostId, room: &Room, mirror: &Mirror) -> Result<()> {
+        self.inner
+            .posts
+            .insert(mirror_key(post, room), enc(mirror))?;
+        Ok(())
+    }
+
+    /// The post a chat message mirrors (a thread root), if any.
+    pub fn post_for_message(&self, room: &Room, message: &str) -> Result<Option<PostId>> {
+        Ok(self
+            .inner
+            .chat_index
+            .get(message_key(room, message))?
+            .map(|v| dec::<IndexEntry>("chat_index", &v))
+            .transpose()?
+            .map(|e| e.post))
+    }
+
+    // -- comments ---------------------------------------------------------------------------
+
+    pub fn comment_for_reply(&self, room: &Room, reply: &str) -> Result<Option<CommentRecord>> {
+        self.inner
+            .comments
+            .get(reply_key(room, reply))?
+            .map(|v| dec("comments", &v))
+            .transpose()
+    }
+
+    /// Record a comment the bridge wrote for a chat reply: both directions, the post's count of
+    /// bridge comments, the intent's removal and a journal entry to refresh the post's mirrors
+    /// — atomically.
+    pub fn record_comment(
+        &self,
+        room: &Room,
+        reply: &str,
+        record: &CommentRecord,
+        intent: &str,
+    ) -> Result<u64> {
+        let i = &self.inner;
+        let _order = i.journal_order();
+        let seq = (&i.comments, &i.posts, &i.intents, &i.journal)
+            .transaction(|(comments, posts, intents, journal)| {
+                comments.insert(reply_key(room, reply), enc(record))?;
+                comments.insert(comment_key(record.comment), message_key(room, reply))?;
+                intents.remove(intent.as_bytes())?;
+                adjust_bridge_comments(posts, record.post, 1)?;
+                let seq = journal.generate_id()?;
+                journal.insert(&seq.to_be_bytes(), enc(&refresh_entry(record.post)))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(seq)
+            })
+            .map_err(StoreError::from)?;
+        Ok(seq)
+    }
+
+    /// Forget a comment the bridge deleted; journals a refresh of the post's mirrors.
+    pub fn remove_comment(&self, room: &Room, reply: &str, record: &CommentRecord) -> Result<u64> {
+        let i = &self.inner;
+        let _order = i.journal_order();
+        let seq = (&i.comments, &i.posts, &i.journal)
+            .transaction(|(comments, posts, journal)| {
+                comments.remove(reply_key(room, reply))?;
+                comments.remove(comment_key(record.comment))?;
+                adjust_bridge_comments(posts, record.post, -1)?;
+                let seq = journal.generate_id()?;
+                journal.insert(&seq.to_be_bytes(), enc(&refresh_entry(record.post)))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(seq)
+            })
+            .map_err(StoreError::from)?;
+        Ok(seq)
+    }
+
+    // -- intents ----------------------------------------------------------------------------
+
+    pub fn intent(&self, key: &str) -> Result<Option<Intent>> {
+        self.inner
+            .intents
+            .get(key.as_bytes())?
+            .map(|v| dec("intents", &v))
+            .transpose()
+    }
+
+    pub fn put_intent(&self, key: &str, intent: &Intent) -> Result<()> {
+        self.inner.intents.insert(key.as_bytes(), enc(intent))?;
+        Ok(())
+    }
+
+    pub fn remove_intent(&self, key: &str) -> Result<()> {
+        self.inner.intents.remove(key.as_bytes())?;
+        Ok(())
+    }
+
+    /// Whether a root message for some post is being created in `room` right now (or was when
+    /// the bridge stopped): a reply to an unknown thread there may belong to it.
+    pub fn has_post_intent_in(&self, room: &Room) -> Result<bool> {
+        Ok(self
+            .inner
+            .intents
+            .scan_prefix(post_intent_prefix(room).as_bytes())
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    pub fn intent_count(&self) -> usize {
+        self.inner.intents.len()
+    }
+
+    // -- journal ----------------------------------------------------------------------------
+
+    /// Append events and apply intake bookkeeping (cursor values, dedupe keys) in one
+    /// transaction. Not yet durable: call [`Store::sync`] before acknowledging the source.
+    pub fn append(
+        &self,
+        entries: &[JournalEntry],
+        cursors: &[(String, Vec<u8>)],
+        dedupe: &[String],
+    ) -> Result<Vec<u64>> {
+        let i = &self.inner;
+        let now = enc(&now_ms());
+        let _order = i.journal_order();
+        let seqs = (&i.journal, &i.cursors, &i.dedupe)
+            .transaction(|(journal, cur, dd)| {
+                let mut seqs = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let seq = journal.generate_id()?;
+                    journal.insert(&seq.to_be_bytes(), enc(entry))?;
+                    seqs.push(seq);
+                }
+                for (k, v) in cursors {
+                    cur.insert(k.as_bytes(), v.as_slice())?;
+                }
+                for k in dedupe {
+                    dd.insert(k.as_bytes(), now.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(seqs)
+            })
+            .map_err(StoreError::from)?;
+        Ok(seqs)
+    }
+
+    /// Journal entries with a sequence greater than `after`, in order.
+    pub fn journal_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, JournalEntry)>> {
+        let start = after.map(|s| s + 1).unwrap_or(0);
+        let mut out = Vec::new();
+        for item in self.inner.journal.range(start.to_be_bytes()..).take(limit) {
+            let (k, v) = item?;
+            let seq =
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "journal",
+                    detail: "key is not a sequence".into(),
+                })?);
+            out.push((seq, dec("journal", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn complete(&self, seq: u64) -> Result<()> {
+        self.inner.journal.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn journal_depth(&self) -> usize {
+        self.inner.journal.len()
+    }
+
+    // -- cursors, dedupe, users ---------------------------------------------------------------
+
+    pub fn cursor<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.inner
+            .cursors
+            .get(key.as_bytes())?
+            .map(|v| dec("cursors", &v))
+            .transpose()
+    }
+
+    pub fn cursors_with_prefix<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for item in self.inner.cursors.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                dec("cursors", &v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn put_cursor<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.inner.cursors.insert(key.as_bytes(), enc(value))?;
+        Ok(())
+    }
+
+    pub fn seen_event(&self, key: &str) -> Result<bool> {
+        Ok(self.inner.dedupe.contains_key(key.as_bytes())?)
+    }
+
+    /// Forget dedupe keys older than `max_age_ms`.
+    pub fn prune_dedupe(&self, max_age_ms: i64) -> Result<usize> {
+        let cutoff = now_ms() - max_age_ms;
+        let mut removed = 0;
+        for item in self.inner.dedupe.iter() {
+            let (k, v) = item?;
+            let at: i64 = dec("dedupe", &v)?;
+            if at < cutoff {
+                self.inner.dedupe.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn cached_person(&self, key: &str) -> Result<Option<CachedPerson>> {
+        self.inner
+            .users
+            .get(key.as_bytes())?
+            .map(|v| dec("users", &v))
+            .transpose()
+    }
+
+    pub fn put_person(&self, key: &str, person: &CachedPerson) -> Result<()> {
+        self.inner.users.insert(key.as_bytes(), enc(person))?;
+        Ok(())
+    }
+
+    // -- dead letters -------------------------------------------------------------------------
+
+    pub fn add_dead_letter(
+        &self,
+        action: String,
+        error: String,
+        event: Inbound,
+    ) -> Result<DeadLetter> {
+        let id = self.inner.db.generate_id()?;
+        let letter = DeadLetter {
+            id,
+            at_ms: now_ms(),
+            action,
+            error,
+            event,
+        };
+        self.inner
+            .dead_letters
+            .insert(id.to_be_bytes(), enc(&letter))?;
+        Ok(letter)
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.inner
+            .dead_letters
+            .iter()
+            .values()
+            .map(|v| dec("dead_letters", &v?))
+            .collect()
+    }
+
+    pub fn dead_letter_count(&self) -> usize {
+        self.inner.dead_letters.len()
+    }
+
+    /// Move a dead letter back into the journal; returns false if there is no such letter.
+    pub fn retry_dead_letter(&self, id: u64) -> Result<bool> {
+        let i = &self.inner;
+        let _order = i.journal_order();
+        let done = (&i.dead_letters, &i.journal)
+            .transaction(|(dl, journal)| {
+                let Some(v) = dl.remove(&id.to_be_bytes())? else {
+                    return Ok(false);
+                };
+                let letter: DeadLetter =
+                    dec("dead_letters", &v).map_err(ConflictableTransactionError::Abort)?;
+                let seq = journal.generate_id()?;
+                let entry = JournalEntry {
+                    accepted_ms: now_ms(),
+                    source_ms: None,
+                    event: letter.event,
+                };
+                journal.insert(&seq.to_be_bytes(), enc(&entry))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            })
+            .map_err(StoreError::from)?;
+        Ok(done)
+    }
+}
+
+impl Inner {
+    fn journal_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.journal_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn refresh_entry(post: PostId) -> JournalEntry {
+    JournalEntry {
+        accepted_ms: now_ms(),
+        source_ms: None,
+        event: Inbound::Refresh(post),
+    }
+}
+
+fn adjust_bridge_comments(
+    posts: &sled::transaction::TransactionalTree,
+    post: PostId,
+    delta: i64,
+) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
+    let key = post.0.to_be_bytes();
+    if let Some(v) = posts.get(key)? {
+        let mut rec: PostRecord = dec("posts", &v).map_err(ConflictableTransactionError::Abort)?;
+        rec.bridge_comments = (rec.bridge_comments as i64 + delta).max(0) as u32;
+        posts.insert(&key, enc(&rec))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{FeedEvent, Platform};
+    use crate::core::richtext::Doc;
+
+    fn post(id: u64) -> FeedPost {
+        FeedPost {
+            id: PostId(id),
+            author: Person {
+                id: "1".into(),
+                name: "Ivan".into(),
+                avatar_url: None,
+            },
+            title: Some("T".into()),
+            body: Doc::plain("b"),
+            important: false,
+            audiences: Default::default(),
+            url: "https://p/".into(),
+            published_at: 0,
+            num_comments: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn mirrors_index_and_intents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let room = Room::new(Platform::Slack, "C1");
+        store
+            .update_post(PostId(7), |_| {
+                Some(PostRecord {
+                    post: post(7),
+                    deleted: false,
+                    bridge_comments: 0,
+                })
+            })
+            .unwrap();
+        let key = post_intent_key(PostId(7), &room);
+        store.put_intent(&key, &Intent { started_ms: 1 }).unwrap();
+        assert!(store.has_post_intent_in(&room).unwrap());
+        store.sync().await.unwrap();
+        let m = Mirror {
+            message_id: "1.0001".into(),
+            content_hash: 9,
+            deleted: false,
+        };
+        store.record_mirror(PostId(7), &room, &m, &key).unwrap();
+        assert!(!store.has_post_intent_in(&room).unwrap());
+        assert_eq!(store.mirror(PostId(7), &room).unwrap(), Some(m.clone()));
+        assert_eq!(store.mirrors(PostId(7)).unwrap(), vec![(room.clone(), m)]);
+        assert_eq!(
+            store.post_for_message(&room, "1.0001").unwrap(),
+            Some(PostId(7))
+        );
+        let other = Room::new(Platform::Matrix, "C1");
+        assert_eq!(store.post_for_message(&other, "1.0001").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn comments_adjust_counts_and_journal_refreshes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let room = Room::new(Platform::Slack, "C1");
+        store
+            .update_post(PostId(7), |_| {
+                Some(PostRecord {
+                    post: post(7),
+                    deleted: false,
+                    bridge_comments: 0,
+                })
+            })
+            .unwrap();
+        let rec = CommentRecord {
+            post: PostId(7),
+            comment: CommentId(300),
+            thread: "1.0001".into(),
+            content_hash: 1,
+        };
+        store.record_comment(&room, "2.0002", &rec, "k").unwrap();
+        assert_eq!(store.post(PostId(7)).unwrap().unwrap().bridge_comments, 1);
+        assert_eq!(
+            store.comment_for_reply(&room, "2.0002").unwrap(),
+            Some(rec.clone())
+        );
+        let j = store.journal_after(None, 10).unwrap();
+        assert_eq!(j.len(), 1);
+        assert_eq!(j[0].1.event, Inbound::Refresh(PostId(7)));
+        store.remove_comment(&room, "2.0002", &rec).unwrap();
+        assert_eq!(store.post(PostId(7)).unwrap().unwrap().bridge_comments, 0);
+        assert_eq!(store.comment_for_reply(&room, "2.0002").unwrap(), None);
+        assert_eq!(store.journal_depth(), 2);
+    }
+
+    #[tokio::test]
+    async fn journal_survives_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let entries: Vec<JournalEntry> = (1..=3)
+                .map(|i| JournalEntry {
+                    accepted_ms: i,
+                    source_ms: None,
+                    event: Inbound::Feed(FeedEvent::PostDeleted(PostId(i as u64))),
+                })
+                .collect();
+            store
+                .append(&entries, &[("c".into(), b"1".to_vec())], &["ev1".into()])
+                .unwrap();
+            store.sync().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let j = store.journal_after(None, 10).unwrap();
+        let ids: Vec<i64> = j.iter().map(|(_, e)| e.accepted_ms).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert!(store.seen_event("ev1").unwrap());
+        assert_eq!(store.cursor::<u32>("c").unwrap(), Some(1));
+        store.complete(j[0].0).unwrap();
+        assert_eq!(store.journal_after(Some(j[0].0), 10).unwrap().len(), 2);
+        assert_eq!(store.journal_after(None, 10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_syncs_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..50u64 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.put_cursor(&format!("k{i}"), &i).unwrap();
+                s.sync().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(store.cursor::<u64>("k49").unwrap(), Some(49));
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .inner
+                .meta
+                .insert("schema_version", enc(&99u32))
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("newer schema refused");
+        assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }));
+    }
+
+    #[test]
+    fn dead_letters_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let letter = store
+            .add_dead_letter(
+                "post 1 → slack:C1".into(),
+                "channel_not_found".into(),
+                Inbound::Refresh(PostId(1)),
+            )
+            .unwrap();
+        assert_eq!(store.dead_letters().unwrap(), vec![letter.clone()]);
+        assert!(store.retry_dead_letter(letter.id).unwrap());
+        assert!(!store.retry_dead_letter(letter.id).unwrap());
+        assert_eq!(store.dead_letter_count(), 0);
+        assert_eq!(store.journal_depth(), 1);
+    }
+}

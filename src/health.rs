@@ -1,0 +1,60 @@
+//! What each side of the bridge last reported: connected or not, last success, last error.
+//! Read by `/readyz`; written by intakes and clients.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::core::store::now_ms;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SideHealth {
+    pub connected: bool,
+    /// Unix ms of the last successful poll / sync / handshake.
+    pub last_ok_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Credentials refused: the side is down until an operator acts.
+    pub auth_failed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Health {
+    sides: Mutex<BTreeMap<String, SideHealth>>,
+}
+
+impl Health {
+    pub fn register(&self, side: &str) {
+        self.with(side, |_| {});
+    }
+
+    pub fn ok(&self, side: &str) {
+        self.with(side, |s| {
+            s.connected = true;
+            s.last_ok_ms = Some(now_ms());
+            s.last_error = None;
+            s.auth_failed = false;
+        });
+    }
+
+    pub fn error(&self, side: &str, error: &str, auth: bool) {
+        self.with(side, |s| {
+            s.connected = false;
+            s.last_error = Some(error.to_string());
+            s.auth_failed = auth;
+        });
+    }
+
+    pub fn disconnected(&self, side: &str) {
+        self.with(side, |s| s.connected = false);
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, SideHealth> {
+        self.sides.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn with(&self, side: &str, f: impl FnOnce(&mut SideHealth)) {
+        let mut sides = self.sides.lock().unwrap_or_else(|p| p.into_inner());
+        f(sides.entry(side.to_string()).or_default());
+    }
+}

@@ -1,0 +1,13 @@
+//! livefeed-bridge: mirrors the Bitrix24 Live Feed into chat rooms and carries thread replies
+//! back as feed comments. See DESIGN.md for the architecture; `README.md` for operating it.
+
+pub mod bitrix;
+pub mod bridge;
+pub mod config;
+pub mod core;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod secret;
+pub mod slack;

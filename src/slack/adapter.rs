@@ -1,0 +1,195 @@
+//! The Slack side of the engine: root messages for feed posts (contracts/slack.md §2.2–2.4,
+//! §2.8). Each root message carries the post id in its `metadata`, which is how reconciliation
+//! recognises a message the bridge sent just before it stopped.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tracing::debug;
+
+use super::api::{Body, Repeat, SlackApi, SlackErrorKind};
+use super::mrkdwn;
+use crate::core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
+use crate::core::model::{Failure, Platform, PostId};
+
+pub const METADATA_EVENT: &str = "b24_feed_post";
+/// Slack shows up to 4,000 characters of `text` well; leave room for the layout.
+const MAX_BODY_CHARS: usize = 3_500;
+/// How far before an intent's start reconciliation looks (clock skew between us and Slack).
+const RECONCILE_SLACK: Duration = Duration::from_secs(120);
+
+pub struct SlackChat {
+    api: SlackApi,
+    bot_id: String,
+    portal: String,
+}
+
+impl SlackChat {
+    /// `portal` names the Bitrix24 portal in message metadata (informational).
+    pub fn new(api: SlackApi, bot_id: String, portal: String) -> Self {
+        SlackChat {
+            api,
+            bot_id,
+            portal,
+        }
+    }
+
+    fn message_body(&self, channel: &str, msg: &ChatPost) -> Value {
+        let mut body = json!({
+            "channel": channel,
+            "text": mrkdwn::render(&msg.doc),
+            "username": msg.author.name,
+            "unfurl_links": false,
+            "unfurl_media": false,
+            "metadata": {
+                "event_type": METADATA_EVENT,
+                "event_payload": { "b24_post_id": msg.post.0.to_string(), "b24_portal": self.portal },
+            },
+        });
+        if let Some(icon) = &msg.author.avatar_url {
+            body["icon_url"] = json!(icon);
+        }
+        body
+    }
+
+    async fn find(
+        &self,
+        channel: &str,
+        post: PostId,
+        since_ms: i64,
+    ) -> Result<Option<String>, Failure> {
+        let oldest = (since_ms - RECONCILE_SLACK.as_millis() as i64).max(0) as f64 / 1000.0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut form = vec![
+                ("channel".to_string(), channel.to_string()),
+                ("oldest".into(), format!("{oldest:.6}")),
+                ("include_all_metadata".into(), "true".into()),
+                ("limit".into(), "200".into()),
+            ];
+            if let Some(c) = &cursor {
+                form.push(("cursor".into(), c.clone()));
+            }
+            let page = self
+                .api
+                .call(
+                    "conversations.history",
+                    Some(channel),
+                    Body::Form(form),
+                    Repeat::Safe,
+                )
+                .await
+                .map_err(|e| e.to_failure())?;
+            let messages = page.get("messages").and_then(Value::as_array);
+            let found = messages.into_iter().flatten().find(|m| {
+                let meta = m.get("metadata");
+                m.get("bot_id").and_then(Value::as_str) == Some(self.bot_id.as_str())
+                    && meta
+                        .and_then(|x| x.get("event_type"))
+                        .and_then(Value::as_str)
+                        == Some(METADATA_EVENT)
+                    && meta
+                        .and_then(|x| x.get("event_payload"))
+                        .and_then(|p| p.get("b24_post_id"))
+                        .and_then(|id| {
+                            id.as_str()
+                                .map(str::to_string)
+                                .or_else(|| id.as_u64().map(|n| n.to_string()))
+                        })
+                        == Some(post.0.to_string())
+            });
+            if let Some(m) = found {
+                return Ok(m.get("ts").and_then(Value::as_str).map(str::to_string));
+            }
+            cursor = page
+                .get("response_metadata")
+                .and_then(|r| r.get("next_cursor"))
+                .and_then(Value::as_str)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            if cursor.is_none() {
+                debug!(%post, channel, "no earlier root message found");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl ChatAdapter for SlackChat {
+    fn platform(&self) -> Platform {
+        Platform::Slack
+    }
+
+    fn layout(&self) -> LayoutOptions {
+        LayoutOptions {
+            author_in_body: false,
+            max_body_chars: MAX_BODY_CHARS,
+        }
+    }
+
+    fn post<'a>(
+        &'a self,
+        room: &'a str,
+        msg: &'a ChatPost,
+    ) -> BoxFuture<'a, Result<String, Failure>> {
+        Box::pin(async move {
+            let resp = self
+                .api
+                .call(
+                    "chat.postMessage",
+                    Some(room),
+                    Body::Json(self.message_body(room, msg)),
+                    Repeat::OnlyIfRejected,
+                )
+                .await
+                .map_err(|e| e.to_failure())?;
+            resp.get("ts")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
+        })
+    }
+
+    fn find_post<'a>(
+        &'a self,
+        room: &'a str,
+        post: PostId,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+        Box::pin(self.find(room, post, since_ms))
+    }
+
+    fn edit<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a str,
+        msg: &'a ChatPost,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            // Metadata and the author customisation stay as posted; only the text changes.
+            let body = json!({ "channel": room, "ts": message, "text": mrkdwn::render(&msg.doc) });
+            self.api
+                .call("chat.update", Some(room), Body::Json(body), Repeat::Safe)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_failure())
+        })
+    }
+
+    fn delete<'a>(&'a self, room: &'a str, message: &'a str) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let body = json!({ "channel": room, "ts": message });
+            match self
+                .api
+                .call("chat.delete", Some(room), Body::Json(body), Repeat::Safe)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind == SlackErrorKind::Permanent && e.error == "message_not_found" => {
+                    Ok(())
+                }
+                Err(e) => Err(e.to_failure()),
+            }
+        })
+    }
+}

@@ -1,0 +1,437 @@
+//! Slack events → chat events (contracts/slack.md §3.3–3.4). Shared by Socket Mode and the
+//! Events API: both hand over the same `event_callback` payload.
+//!
+//! What counts: replies in threads (`thread_ts` ≠ `ts`, including "also send to channel"),
+//! their edits (`message_changed` whose text really changed) and deletions
+//! (`message_deleted`). What never counts: the bot's own messages and echoes of its own
+//! updates and deletions (by `user`/`bot_id`/`app_id`, also inside `message` and
+//! `previous_message`), other bots, top-level messages, channels no mapping names.
+//! Events are deduplicated by `event_id`, because Slack redelivers.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tracing::debug;
+
+use super::api::SlackApi;
+use super::mrkdwn;
+use crate::core::journal::{Batch, Journal};
+use crate::core::model::{ChatEvent, Inbound, Person, Platform, Room};
+use crate::core::people::PersonCache;
+use crate::core::store::StoreError;
+
+/// The bot's own ids, from `auth.test`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub user_id: String,
+    pub bot_id: String,
+    pub app_id: Option<String>,
+}
+
+/// A Slack message event reduced to what the bridge acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Reply {
+        channel: String,
+        thread: String,
+        ts: String,
+        user: String,
+        text: String,
+    },
+    Edited {
+        channel: String,
+        thread: String,
+        ts: String,
+        user: String,
+        text: String,
+    },
+    Deleted {
+        channel: String,
+        thread: Option<String>,
+        ts: String,
+    },
+    Ignored(&'static str),
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+impl Identity {
+    /// Whether a message (or an echo of one) came from this bot.
+    pub fn is_own(&self, msg: &Value) -> bool {
+        let app = self.app_id.as_deref();
+        s(msg, "user") == Some(self.user_id.as_str())
+            || s(msg, "bot_id") == Some(self.bot_id.as_str())
+            || (app.is_some() && s(msg, "app_id") == app)
+            || (app.is_some() && msg.get("bot_profile").and_then(|b| s(b, "app_id")) == app)
+    }
+}
+
+/// Decide what an inner `event` means for the bridge. Pure: no lookups.
+pub fn classify(event: &Value, own: &Identity) -> Incoming {
+    if s(event, "type") != Some("message") {
+        return Incoming::Ignored("not a message event");
+    }
+    let Some(channel) = s(event, "channel") else {
+        return Incoming::Ignored("no channel");
+    };
+    let channel = channel.to_string();
+    match s(event, "subtype") {
+        None | Some("thread_broadcast") | Some("file_share") | Some("me_message") => {
+            if own.is_own(event) {
+                return Incoming::Ignored("the bridge's own message");
+            }
+            if s(event, "bot_id").is_some() {
+                return Incoming::Ignored("another bot's message");
+            }
+            let (Some(ts), Some(user)) = (s(event, "ts"), s(event, "user")) else {
+                return Incoming::Ignored("message without ts or user");
+            };
+            match s(event, "thread_ts") {
+                Some(thread) if thread != ts => Incoming::Reply {
+                    channel,
+                    thread: thread.into(),
+                    ts: ts.into(),
+                    user: user.into(),
+                    text: s(event, "text").unwrap_or_default().into(),
+                },
+                _ => Incoming::Ignored("top-level message"),
+            }
+        }
+        Some("message_changed") => {
+            let Some(msg) = event.get("message") else {
+                return Incoming::Ignored("change without message");
+            };
+            if own.is_own(msg) {
+                return Incoming::Ignored("echo of the bridge's own edit");
+            }
+            if s(msg, "subtype") == Some("tombstone") || s(msg, "bot_id").is_some() {
+                return Incoming::Ignored("tombstone or bot message changed");
+            }
+            let (Some(ts), Some(user)) = (s(msg, "ts"), s(msg, "user")) else {
+                return Incoming::Ignored("changed message without ts or user");
+            };
+            let Some(thread) = s(msg, "thread_ts").filter(|t| *t != ts) else {
+                return Incoming::Ignored("change of a top-level message");
+            };
+            let text = s(msg, "text").unwrap_or_default();
+            let before = event.get("previous_message").and_then(|p| s(p, "text"));
+            if before == Some(text) {
+                // Unfurls, reply counts, language detection: not an edit.
+                return Incoming::Ignored("change without new text");
+            }
+            Incoming::Edited {
+                channel,
+                thread: thread.into(),
+                ts: ts.into(),
+                user: user.into(),
+                text: text.into(),
+            }
+        }
+        Some("message_deleted") => {
+            let Some(ts) = s(event, "deleted_ts") else {
+                return Incoming::Ignored("deletion without deleted_ts");
+            };
+            let prev = event.get("previous_message");
+            if prev.is_some_and(|p| own.is_own(p)) {
+                return Incoming::Ignored("echo of the bridge's own deletion");
+            }
+            let thread = prev
+                .and_then(|p| s(p, "thread_ts"))
+                .filter(|t| *t != ts)
+                .map(str::to_string);
+            Incoming::Deleted {
+                channel,
+                thread,
+                ts: ts.into(),
+            }
+        }
+        Some(_) => Incoming::Ignored("message subtype the bridge does not handle"),
+    }
+}
+
+#[derive(Clone)]
+pub struct SlackIntake {
+    api: SlackApi,
+    journal: Journal,
+    own: Identity,
+    channels: Arc<BTreeSet<String>>,
+    people: PersonCache,
+}
+
+impl SlackIntake {
+    pub fn new(api: SlackApi, journal: Journal, own: Identity, channels: BTreeSet<String>) -> Self {
+        let people = PersonCache::new(journal.store().clone(), "slack", 3600 * 1000);
+        SlackIntake {
+            api,
+            journal,
+            own,
+            channels: Arc::new(channels),
+            people,
+        }
+    }
+
+    /// Handle one `event_callback` payload. `Ok` means: acknowledge it (it is journaled, or
+    /// there is nothing to do); `Err` means: do not acknowledge, let Slack redeliver.
+    pub async fn handle(&self, payload: &Value) -> Result<(), StoreError> {
+        if s(payload, "type") != Some("event_callback") {
+            debug!(kind = ?s(payload, "type"), "Slack payload ignored");
+            return Ok(());
+        }
+        let Some(event) = payload.get("event") else {
+            return Ok(());
+        };
+        let dedupe_key = s(payload, "event_id").map(|id| format!("slack/{id}"));
+        if let Some(key) = &dedupe_key
+            && self.journal.store().seen_event(key)?
+        {
+            debug!(key, "Slack event already accepted; redelivery ignored");
+            return Ok(());
+        }
+        let incoming = classify(event, &self.own);
+        let served = |c: &str| self.channels.contains(c);
+        let chat_event = match incoming {
+            Incoming::Ignored(why) => {
+                debug!(why, "Slack event ignored");
+                return Ok(());
+            }
+            Incoming::Reply { channel, .. }
+            | Incoming::Edited { channel, .. }
+            | Incoming::Deleted { channel, .. }
+                if !served(&channel) =>
+            {
+                debug!(channel, "event in a channel no mapping names; ignored");
+                return Ok(());
+            }
+            Incoming::Reply {
+                channel,
+                thread,
+                ts,
+                user,
+                text,
+            } => ChatEvent::ReplyPosted {
+                room: Room::new(Platform::Slack, channel),
+                thread,
+                reply: ts,
+                author: self.person(&user).await,
+                body: self.parse_text(&text).await,
+            },
+            Incoming::Edited {
+                channel,
+                thread,
+                ts,
+                user,
+                text,
+            } => ChatEvent::ReplyEdited {
+                room: Room::new(Platform::Slack, channel),
+                thread,
+                reply: ts,
+                author: self.person(&user).await,
+                body: self.parse_text(&text).await,
+            },
+            Incoming::Deleted {
+                channel,
+                thread,
+                ts,
+            } => ChatEvent::ReplyDeleted {
+                room: Room::new(Platform::Slack, channel),
+                thread,
+                reply: ts,
+            },
+        };
+        let source_ms = payload
+            .get("event_time")
+            .and_then(Value::as_i64)
+            .map(|t| t * 1000);
+        self.journal
+            .accept(Batch {
+                events: vec![(Inbound::Chat(chat_event), source_ms)],
+                cursors: Vec::new(),
+                dedupe: dedupe_key.into_iter().collect(),
+            })
+            .await
+    }
+
+    async fn parse_text(&self, text: &str) -> crate::core::richtext::Doc {
+        let mut names = std::collections::HashMap::new();
+        for id in mrkdwn::mentioned_users(text) {
+            let p = self.person(&id).await;
+            names.insert(id, p.name);
+        }
+        mrkdwn::parse(text, &|id| names.get(id).cloned())
+    }
+
+    /// A Slack user as a person: display name, else real name, else handle; falls back to the
+    /// id when Slack cannot be asked (the reply must not wait for a directory).
+    async fn person(&self, user: &str) -> Person {
+        if let Some(p) = self.people.get(user) {
+            return p;
+        }
+        match self.api.users_info(user).await {
+            Ok(v) => {
+                let u = &v["user"];
+                let profile = &u["profile"];
+                let name = [
+                    s(profile, "display_name"),
+                    s(profile, "real_name"),
+                    s(u, "real_name"),
+                    s(u, "name"),
+                ]
+                .into_iter()
+                .flatten()
+                .map(str::trim)
+                .find(|n| !n.is_empty())
+                .unwrap_or(user)
+                .to_string();
+                let person = Person {
+                    id: user.to_string(),
+                    name,
+                    avatar_url: s(profile, "image_72").map(str::to_string),
+                };
+                self.people.put(person.clone());
+                person
+            }
+            Err(e) => {
+                debug!(user, error = %e, "users.info failed; using the id");
+                Person {
+                    id: user.to_string(),
+                    name: user.to_string(),
+                    avatar_url: None,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn own() -> Identity {
+        Identity {
+            user_id: "U0B24BOT1".into(),
+            bot_id: "B0B24BOT1".into(),
+            app_id: Some("A0B24APP1".into()),
+        }
+    }
+
+    #[test]
+    fn thread_reply_and_broadcast() {
+        let ev = json!({"type": "message", "channel": "C1", "user": "U2", "text": "Looks good",
+            "ts": "1700000100.000200", "thread_ts": "1700000000.000100", "parent_user_id": "U0B24BOT1"});
+        assert_eq!(
+            classify(&ev, &own()),
+            Incoming::Reply {
+                channel: "C1".into(),
+                thread: "1700000000.000100".into(),
+                ts: "1700000100.000200".into(),
+                user: "U2".into(),
+                text: "Looks good".into()
+            }
+        );
+        let mut b = ev.clone();
+        b["subtype"] = json!("thread_broadcast");
+        assert!(matches!(classify(&b, &own()), Incoming::Reply { .. }));
+    }
+
+    #[test]
+    fn own_messages_and_their_echoes_are_ignored() {
+        let own_post = json!({"type": "message", "channel": "C1", "user": "U0B24BOT1", "bot_id": "B0B24BOT1",
+            "text": "x", "ts": "2.0", "thread_ts": "1.0"});
+        assert_eq!(
+            classify(&own_post, &own()),
+            Incoming::Ignored("the bridge's own message")
+        );
+        let customised = json!({"type": "message", "subtype": "bot_message", "channel": "C1", "bot_id": "B0B24BOT1",
+            "username": "Ivan Petrov", "text": "x", "ts": "2.0"});
+        assert!(matches!(
+            classify(&customised, &own()),
+            Incoming::Ignored(_)
+        ));
+        let echo_edit = json!({"type": "message", "subtype": "message_changed", "channel": "C1",
+            "message": {"bot_id": "B0B24BOT1", "text": "new", "ts": "1.0"},
+            "previous_message": {"bot_id": "B0B24BOT1", "text": "old", "ts": "1.0"}});
+        assert_eq!(
+            classify(&echo_edit, &own()),
+            Incoming::Ignored("echo of the bridge's own edit")
+        );
+        let echo_delete = json!({"type": "message", "subtype": "message_deleted", "channel": "C1",
+            "deleted_ts": "1.0", "previous_message": {"app_id": "A0B24APP1", "text": "old", "ts": "1.0"}});
+        assert_eq!(
+            classify(&echo_delete, &own()),
+            Incoming::Ignored("echo of the bridge's own deletion")
+        );
+        let other_bot = json!({"type": "message", "channel": "C1", "bot_id": "B0OTHER", "user": "U9",
+            "text": "x", "ts": "2.0", "thread_ts": "1.0"});
+        assert_eq!(
+            classify(&other_bot, &own()),
+            Incoming::Ignored("another bot's message")
+        );
+    }
+
+    #[test]
+    fn edits_need_new_text_and_deletes_keep_their_thread() {
+        let edit = json!({"type": "message", "subtype": "message_changed", "channel": "C1", "ts": "9.0",
+            "message": {"user": "U2", "text": "Looks great", "ts": "2.0", "thread_ts": "1.0"},
+            "previous_message": {"user": "U2", "text": "Looks good", "ts": "2.0", "thread_ts": "1.0"}});
+        assert_eq!(
+            classify(&edit, &own()),
+            Incoming::Edited {
+                channel: "C1".into(),
+                thread: "1.0".into(),
+                ts: "2.0".into(),
+                user: "U2".into(),
+                text: "Looks great".into()
+            }
+        );
+        let mut noop = edit.clone();
+        noop["previous_message"]["text"] = json!("Looks great");
+        assert_eq!(
+            classify(&noop, &own()),
+            Incoming::Ignored("change without new text")
+        );
+        let del = json!({"type": "message", "subtype": "message_deleted", "channel": "C1", "ts": "9.1",
+            "deleted_ts": "2.0", "previous_message": {"user": "U2", "text": "x", "ts": "2.0", "thread_ts": "1.0"}});
+        assert_eq!(
+            classify(&del, &own()),
+            Incoming::Deleted {
+                channel: "C1".into(),
+                thread: Some("1.0".into()),
+                ts: "2.0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn top_level_and_other_events_are_ignored() {
+        let top =
+            json!({"type": "message", "channel": "C1", "user": "U2", "text": "hi", "ts": "1.0"});
+        assert_eq!(
+            classify(&top, &own()),
+            Incoming::Ignored("top-level message")
+        );
+        let parent = json!({"type": "message", "channel": "C1", "user": "U2", "text": "hi", "ts": "1.0", "thread_ts": "1.0"});
+        assert_eq!(
+            classify(&parent, &own()),
+            Incoming::Ignored("top-level message")
+        );
+        assert!(matches!(
+            classify(&json!({"type": "reaction_added"}), &own()),
+            Incoming::Ignored(_)
+        ));
+        assert!(matches!(
+            classify(
+                &json!({"type": "message", "subtype": "channel_join", "channel": "C1"}),
+                &own()
+            ),
+            Incoming::Ignored(_)
+        ));
+        assert!(matches!(
+            classify(&json!("nonsense"), &own()),
+            Incoming::Ignored(_)
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! Socket Mode intake (contracts/slack.md §5): no public URL needed.
+//!
+//! `apps.connections.open` (app-level token) gives a single-use WebSocket URL; Slack greets with
+//! `hello`, sends `events_api` envelopes, and asks us to reconnect with `disconnect`
+//! (`warning`, `refresh_requested`) or simply drops the socket. An envelope is acknowledged only
+//! after its event is in the journal: a crash before that point makes Slack redeliver it, and
+//! the `event_id` deduplication makes the redelivery harmless. Reconnects back off
+//! exponentially with jitter; `link_disabled` (Socket Mode switched off) waits long instead of
+//! looping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::api::{Body, Repeat, SlackApi, SlackErrorKind};
+use super::intake::SlackIntake;
+use crate::health::Health;
+use crate::secret::Secret;
+
+pub const SIDE: &str = "slack";
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// No frame (not even a pong) for this long means a half-open socket.
+const IDLE_LIMIT: Duration = Duration::from_secs(35);
+
+enum End {
+    /// Slack asked for a new connection.
+    Reconnect,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("Slack refused the app token or Socket Mode is off: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct SocketMode {
+    api: SlackApi,
+    app_token: Secret,
+    intake: SlackIntake,
+    health: Arc<Health>,
+}
+
+impl SocketMode {
+    pub fn new(api: SlackApi, app_token: Secret, intake: SlackIntake, health: Arc<Health>) -> Self {
+        health.register(SIDE);
+        SocketMode {
+            api,
+            app_token,
+            intake,
+            health,
+        }
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let outcome = tokio::select! {
+                o = self.session() => o,
+                _ = cancel.cancelled() => return,
+            };
+            self.health.disconnected(SIDE);
+            let delay = match outcome {
+                Ok(End::Reconnect) => {
+                    failures = 0;
+                    info!("Socket Mode: reconnecting as Slack asked");
+                    Duration::ZERO
+                }
+                Err(SessionError::Auth(e)) => {
+                    warn!(error = %e, "Socket Mode cannot connect; retrying in 60 s");
+                    self.health.error(SIDE, &e, true);
+                    Duration::from_secs(60)
+                }
+                Err(SessionError::Other(e)) => {
+                    failures += 1;
+                    let base = 500u64.saturating_mul(1 << failures.min(6));
+                    let delay = Duration::from_millis(base.min(30_000) + fastrand::u64(0..500));
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Socket Mode connection lost");
+                    self.health.error(SIDE, &e, false);
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn session(&self) -> Result<End, SessionError> {
+        let opened = self
+            .api
+            .call_with(
+                "apps.connections.open",
+                None,
+                Body::Form(Vec::new()),
+                Repeat::Safe,
+                &self.app_token,
+            )
+            .await
+            .map_err(|e| match e.kind {
+                SlackErrorKind::Auth => SessionError::Auth(e.to_string()),
+                _ => SessionError::Other(e.to_string()),
+            })?;
+        let url = opened
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SessionError::Other("apps.connections.open returned no url".into()))?;
+        // The URL carries a one-time ticket: never log it.
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| SessionError::Other(format!("WebSocket connect failed: {e}")))?;
+        let (mut sink, mut stream) = ws.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut last_frame = Instant::now();
+        loop {
+            let frame = tokio::select! {
+                f = stream.next() => f,
+                _ = ping.tick() => {
+                    if last_frame.elapsed() > IDLE_LIMIT {
+                        return Err(SessionError::Other("no traffic from Slack; the socket is half-open".into()));
+                    }
+                    sink.send(Message::Ping(Vec::new().into()))
+                        .await
+                        .map_err(|e| SessionError::Other(format!("ping failed: {e}")))?;
+                    continue;
+                }
+            };
+            let frame = match frame {
+                None => return Err(SessionError::Other("Slack closed the socket".into())),
+                Some(Err(e)) => return Err(SessionError::Other(format!("socket error: {e}"))),
+                Some(Ok(f)) => f,
+            };
+            last_frame = Instant::now();
+            let text = match frame {
+                Message::Text(t) => t,
+                Message::Ping(p) => {
+                    let _ = sink.send(Message::Pong(p)).await;
+                    continue;
+                }
+                Message::Close(_) => {
+                    return Err(SessionError::Other("Slack closed the socket".into()));
+                }
+                _ => continue,
+            };
+            let Ok(envelope) = serde_json::from_str::<Value>(text.as_str()) else {
+                warn!(bytes = text.len(), "Socket Mode frame is not JSON; ignored");
+                continue;
+            };
+            match envelope.get("type").and_then(Value::as_str) {
+                Some("hello") => {
+                    info!("Socket Mode connected");
+                    self.health.ok(SIDE);
+                }
+                Some("disconnect") => {
+                    let reason = envelope.get("reason").and_then(Value::as_str).unwrap_or("");
+                    if reason == "link_disabled" {
+                        return Err(SessionError::Auth(
+                            "Socket Mode is disabled in the Slack app's settings".into(),
+                        ));
+                    }
+                    debug!(reason, "Slack asked for a reconnect");
+                    let _ = sink.send(Message::Close(None)).await;
+                    return Ok(End::Reconnect);
+                }
+                Some("events_api") => {
+                    let Some(id) = envelope.get("envelope_id").and_then(Value::as_str) else {
+                        warn!("events_api envelope without envelope_id; ignored");
+                        continue;
+                    };
+                    let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
+                    match self.intake.handle(&payload).await {
+                        Ok(()) => {
+                            let ack = json!({ "envelope_id": id }).to_string();
+                            sink.send(Message::Text(ack.into()))
+                                .await
+                                .map_err(|e| SessionError::Other(format!("ack failed: {e}")))?;
+                            self.health.ok(SIDE);
+                        }
+                        // Not acknowledged: Slack redelivers it.
+                        Err(e) => {
+                            warn!(error = %e, "cannot journal a Slack event; leaving it unacknowledged")
+                        }
+                    }
+                }
+                other => {
+                    // Slash commands and interactivity are not ours; acknowledge so Slack stops.
+                    if let Some(id) = envelope.get("envelope_id").and_then(Value::as_str) {
+                        let ack = json!({ "envelope_id": id }).to_string();
+                        let _ = sink.send(Message::Text(ack.into())).await;
+                    }
+                    debug!(kind = ?other, "Socket Mode frame ignored");
+                }
+            }
+        }
+    }
+}
