@@ -3,11 +3,13 @@
 
 pub mod bitrix;
 pub mod bridge;
+pub mod check;
 pub mod config;
 pub mod core;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod secret;
 pub mod slack;

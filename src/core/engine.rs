@@ -317,9 +317,7 @@ impl Inner {
             warn!(seq = ticket.seq, error = %e, "cannot remove an applied journal entry; it will be replayed");
         }
         self.metrics.applied(ticket.source, ticket.kind);
-        self.metrics
-            .journal_depth
-            .set(self.store.journal_depth() as i64);
+        self.journal.publish_depth();
     }
 
     /// Run a task to its end: success, or a dead letter. Returns false only if the engine
@@ -644,6 +642,7 @@ impl Inner {
         self.store
             .record_comment(room, reply, &record, &key)
             .map_err(store_failure)?;
+        self.journal.publish_depth();
         self.journal.wake();
         self.metrics.effect("bitrix24", "comment_add", "ok");
         info!(%post, %room, comment = %comment, "reply added as a feed comment");
@@ -660,6 +659,7 @@ impl Inner {
         self.store
             .remove_comment(room, reply, existing)
             .map_err(store_failure)?;
+        self.journal.publish_depth();
         self.journal.wake();
         self.metrics.effect("bitrix24", "comment_delete", "ok");
         info!(post = %existing.post, comment = %existing.comment, "feed comment deleted");

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
 
 use super::model::Inbound;
 use super::store::{JournalEntry, Store, StoreError, now_ms};
@@ -31,14 +33,18 @@ pub struct Journal {
     store: Store,
     notify: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// The number of entries not yet applied, published on every change.
+    depth: Arc<watch::Sender<usize>>,
 }
 
 impl Journal {
     pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        let depth = Arc::new(watch::channel(store.journal_depth()).0);
         Journal {
             store,
             notify: Arc::new(Notify::new()),
             metrics,
+            depth,
         }
     }
 
@@ -63,9 +69,7 @@ impl Journal {
         for (event, _) in &batch.events {
             self.metrics.accepted(event.source(), event.kind());
         }
-        self.metrics
-            .journal_depth
-            .set(self.store.journal_depth() as i64);
+        self.publish_depth();
         if !entries.is_empty() {
             self.wake();
         }
@@ -75,6 +79,21 @@ impl Journal {
     /// Tell the engine the journal grew (e.g. after the store appended a refresh).
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    /// Re-read the journal's depth and tell whoever watches it.
+    pub fn publish_depth(&self) {
+        let depth = self.store.journal_depth();
+        self.metrics.journal_depth.set(depth as i64);
+        self.depth.send_replace(depth);
+    }
+
+    /// Wait until every accepted entry has been applied; false on timeout.
+    pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        let mut rx = self.depth.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|d| *d == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     pub(crate) fn notify(&self) -> &Notify {
