@@ -882,6 +882,15 @@ mappings:
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../bridge.yaml");
+        let c = Config::parse(text, "bridge.yaml", &good_env()).unwrap();
+        assert_eq!(c.mappings[0].rooms[0].id, "C0123456789");
+        assert_eq!(c.bitrix24.poll.max_pages, 20);
+        assert_eq!(c.http.max_body_bytes, 1_048_576);
+    }
+
+    #[test]
     fn signing_secret_selects_events_api() {
         let e = env(&[
             (
