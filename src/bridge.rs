@@ -61,6 +61,7 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub store: Store,
+    pub journal: Journal,
 }
 
 pub fn router_from(config: &Config) -> Router {
@@ -164,6 +165,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         }
     }
 
+    let running_journal = journal.clone();
     let engine = Engine::new(
         journal.clone(),
         router.clone(),
@@ -228,6 +230,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         metrics,
         health,
         store,
+        journal: running_journal,
     })
 }
 
