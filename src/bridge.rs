@@ -42,6 +42,10 @@ pub struct Options {
 pub enum StartError {
     #[error("cannot open the store at {path}: {source}")]
     Store { path: String, source: StoreError },
+    #[error(
+        "the store at {path} is in use by another livefeed-bridge process (one process per store)"
+    )]
+    Locked { path: String },
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
     #[error("Slack auth.test failed: {0}")]
@@ -84,10 +88,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         path: config.store.path.display().to_string(),
         source: StoreError::Sled(e.into()),
     })?;
-    let store = Store::open(&config.store.path).map_err(|source| StartError::Store {
-        path: config.store.path.display().to_string(),
-        source,
-    })?;
+    let store = open_store(&config.store.path).await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let cancel = CancellationToken::new();
@@ -232,6 +233,34 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         store,
         journal: running_journal,
     })
+}
+
+/// Open the store, waiting a little if another handle still holds its lock (a bridge that was
+/// just stopped may still be finishing a flush).
+async fn open_store(path: &std::path::Path) -> Result<Store, StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(path) {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Sled(e))
+                if e.to_string().contains("could not acquire lock")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(StoreError::Sled(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StartError::Locked {
+                    path: path.display().to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(StartError::Store {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 impl Running {

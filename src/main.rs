@@ -1,6 +1,6 @@
 //! The `livefeed-bridge` command line: `run`, `check`, `dead-letters`, `sandbox`, `version`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)

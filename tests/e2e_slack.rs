@@ -1,0 +1,385 @@
+//! Bitrix24 Live Feed ⇄ Slack, end to end: the real bridge against the fake portal and the
+//! fake workspace. Each test asserts exact outcomes: which messages, in which channel and
+//! thread, how many.
+
+mod support;
+
+use livefeed_bridge::sandbox::bitrix::{Fault as B24Fault, FaultKind as B24FaultKind, NewPost};
+use livefeed_bridge::sandbox::slack::{Fault as SlackFault, FaultKind as SlackFaultKind, SignMode};
+use support::{IVAN_PHOTO, Setup, WAIT, World};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_for_everyone_becomes_exactly_one_root_message() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.post_all(
+        "Quarterly plan",
+        "[B]Targets[/B] are set & [URL=https://example.com/plan?q=1&x=2]the plan[/URL] is out.\n[LIST][*]hire[*]ship[/LIST]",
+    );
+    let root = w.wait_root(&w.news.clone(), post).await;
+    w.settle().await;
+
+    assert_eq!(w.roots(&w.news).len(), 1, "exactly one root message");
+    assert_eq!(
+        w.roots(&w.dev).len(),
+        0,
+        "a post for all is not a group post"
+    );
+    assert_eq!(root.username.as_deref(), Some("Ivan Petrov"));
+    assert_eq!(root.icon_url.as_deref(), Some(IVAN_PHOTO));
+    assert_eq!(root.thread_ts, None, "a root, not a reply");
+    let url = format!(
+        "{}company/personal/user/{}/blog/{post}/",
+        w.portal.base_url(),
+        w.ivan
+    );
+    assert_eq!(
+        root.text,
+        format!(
+            "*Quarterly plan*\n\n*Targets* are set &amp; <https://example.com/plan?q=1&amp;x=2|the plan> is out.\n\n• hire\n• ship\n\n<{url}|Open in Bitrix24>"
+        )
+    );
+    let meta = root.metadata.expect("metadata");
+    assert_eq!(meta["event_type"], "b24_feed_post");
+    assert_eq!(meta["event_payload"]["b24_post_id"], post.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_post_reaches_only_the_group_channel() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let group_post = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Sprint review".into()),
+            text: "Friday 15:00".into(),
+            dest: vec![format!("SG{}", w.group)],
+            important: false,
+        },
+    );
+    let both = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: None,
+            text: "For everyone and the developers".into(),
+            dest: vec!["UA".into(), format!("SG{}", w.group)],
+            important: true,
+        },
+    );
+    w.wait_root(&w.dev.clone(), group_post).await;
+    let news_root = w.wait_root(&w.news.clone(), both).await;
+    w.wait_root(&w.dev.clone(), both).await;
+    w.settle().await;
+    assert!(
+        w.root_for(&w.news, group_post).is_none(),
+        "a group post never reaches the company channel"
+    );
+    assert_eq!(w.roots(&w.news).len(), 1);
+    assert_eq!(w.roots(&w.dev).len(), 2);
+    // Micro post: no title line; important: marked.
+    assert!(
+        news_root
+            .text
+            .starts_with("❗ *Important*\n\nFor everyone and the developers"),
+        "{}",
+        news_root.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_update_and_deletions_delete_the_root_message() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.post_all("Menu", "Soup on Monday");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    w.portal
+        .update_post(post, Some("Menu (updated)".into()), "Soup on Tuesday");
+    let (news, ts) = (w.news.clone(), root.ts.clone());
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| s
+                .message(&news, &ts)
+                .is_some_and(|m| m.text.contains("Soup on Tuesday")))
+            .await,
+        "edit never arrived"
+    );
+    let edited = w.slack.message(&news, &ts).unwrap();
+    assert!(edited.edited);
+    assert!(
+        edited.text.starts_with("*Menu (updated)*"),
+        "{}",
+        edited.text
+    );
+
+    w.portal.delete_post(post);
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| s.message(&news, &ts).is_none())
+            .await,
+        "deletion never arrived"
+    );
+    assert!(w.slack.was_deleted(&news, &ts));
+    w.settle().await;
+    assert_eq!(w.roots(&w.news).len(), 0);
+    assert_eq!(w.slack.request_count("chat.postMessage"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_replies_become_attributed_comments_and_deletions_follow() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.post_all("Offsite", "Where shall we go?");
+    let other = w.post_all("Unrelated", "Nothing to see");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    w.wait_root(&w.news.clone(), other).await;
+
+    let reply = w
+        .slack
+        .reply(&w.anna, &w.news, &root.ts, "The lake & the *forest*", false);
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(
+        comments,
+        vec!["[B]Anna Smirnova[/B] (Slack): The lake & the [B]forest[/B]".to_string()]
+    );
+    let broadcast = w
+        .slack
+        .reply(&w.anna, &w.news, &root.ts, "Also in the channel", true);
+    w.wait_comments(post, 2).await;
+    w.settle().await;
+    assert_eq!(
+        w.comments(other),
+        Vec::<String>::new(),
+        "replies land on the right post only"
+    );
+    assert_eq!(w.comments(post).len(), 2);
+    // The post now has 2 comments, both the bridge's own: the root does not count them.
+    assert!(!w.root_for(&w.news, post).unwrap().text.contains("comment"));
+
+    w.slack.delete(&w.anna, &w.news, &reply);
+    w.wait_comments(post, 1).await;
+    w.slack.delete(&w.anna, &w.news, &broadcast);
+    w.wait_comments(post, 0).await;
+    w.settle().await;
+    assert_eq!(w.portal.request_count("log.blogcomment.add"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_replies_replace_their_comment() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.post_all("Poll", "Pizza or sushi?");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    let reply = w.slack.reply(&w.anna, &w.news, &root.ts, "Pizza", false);
+    w.wait_comments(post, 1).await;
+    w.slack.edit(&w.anna, &w.news, &reply, "Sushi, actually");
+    assert!(
+        w.portal
+            .wait_until(WAIT, |p| p
+                .comments(post)
+                .iter()
+                .any(|c| c.text.ends_with("Sushi, actually")))
+            .await
+    );
+    w.settle().await;
+    assert_eq!(
+        w.comments(post),
+        vec!["[B]Anna Smirnova[/B] (Slack): Sushi, actually".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bots_own_messages_never_come_back() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.post_all("Echo test", "Original");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    w.portal
+        .update_post(post, Some("Echo test".into()), "Edited");
+    let (news, ts) = (w.news.clone(), root.ts.clone());
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| s.message(&news, &ts).is_some_and(|m| m.edited))
+            .await
+    );
+    // A human's top-level message is not a reply either.
+    w.slack.post(&w.anna, &w.news, "hello channel");
+    w.settle().await;
+    let echoes = w
+        .slack
+        .events_sent()
+        .into_iter()
+        .filter(|e| {
+            e["event"]["bot_id"] == w.slack.config().bot_id
+                || e["event"]["message"]["bot_id"] == w.slack.config().bot_id
+        })
+        .count();
+    assert!(
+        echoes >= 2,
+        "the fake echoed the bot's post and edit ({echoes})"
+    );
+    assert_eq!(w.portal.request_count("log.blogcomment.add"), 0);
+    assert_eq!(w.comments(post), Vec::<String>::new());
+    assert_eq!(w.slack.request_count("chat.postMessage"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_repost_nothing_and_catch_up_on_what_happened_meanwhile() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let before = w.post_all("Before", "posted while running");
+    let root = w.wait_root(&w.news.clone(), before).await;
+    w.settle().await;
+    w.stop().await;
+
+    let during = w.post_all("During", "posted while the bridge was down");
+    // A reply made while the bridge is down is queued by Slack and delivered on reconnect.
+    w.slack.reply(
+        &w.anna,
+        &w.news,
+        &root.ts,
+        "written during the outage",
+        false,
+    );
+    w.start().await;
+    w.wait_root(&w.news.clone(), during).await;
+    w.wait_comments(before, 1).await;
+    w.settle().await;
+
+    // And a crash (no graceful stop) repeats nothing either.
+    w.crash().await;
+    w.start().await;
+    let after = w.post_all("After", "posted after the crash");
+    w.wait_root(&w.news.clone(), after).await;
+    w.settle().await;
+    assert_eq!(w.roots(&w.news).len(), 3);
+    assert_eq!(w.slack.request_count("chat.postMessage"), 3);
+    assert_eq!(w.comments(before).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_on_both_sides_still_give_exactly_one_of_each() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    // Two audiences are watched, so the feed is read with one `batch` per cycle.
+    w.portal.inject(B24Fault {
+        method: Some("batch".into()),
+        kind: B24FaultKind::QueryLimitExceeded,
+        times: 3,
+    });
+    w.slack.inject(
+        SlackFault::on(
+            "chat.postMessage",
+            SlackFaultKind::RateLimited { retry_after: 1 },
+        )
+        .times(1),
+    );
+    let post = w.post_all("Under pressure", "rate limited on both sides");
+    let root = w.wait_root(&w.news.clone(), post).await;
+
+    w.portal.inject(B24Fault {
+        method: Some("log.blogcomment.add".into()),
+        kind: B24FaultKind::QueryLimitExceeded,
+        times: 2,
+    });
+    w.slack
+        .reply(&w.anna, &w.news, &root.ts, "still one comment", false);
+    w.wait_comments(post, 1).await;
+    w.settle().await;
+    assert_eq!(w.roots(&w.news).len(), 1);
+    assert_eq!(w.comments(post).len(), 1);
+    let limited = w
+        .slack
+        .requests()
+        .iter()
+        .filter(|r| r.status == 429)
+        .count();
+    assert_eq!(limited, 1, "the injected 429 was hit");
+    assert_eq!(
+        w.slack.rate_limit_violations(),
+        0,
+        "nothing was sent inside the Retry-After window"
+    );
+    assert_eq!(
+        w.portal
+            .requests()
+            .iter()
+            .filter(|r| r.status == 503)
+            .count(),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_mode_refresh_mid_stream_loses_nothing() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.post_all("Busy thread", "reply away");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    let mut replies = Vec::new();
+    for i in 0..6 {
+        replies.push(w.slack.reply(
+            &w.anna,
+            &w.news,
+            &root.ts,
+            &format!("reply number {i}"),
+            false,
+        ));
+        if i == 2 {
+            w.slack.disconnect_sockets("refresh_requested");
+        }
+    }
+    w.wait_comments(post, 6).await;
+    w.settle().await;
+    let mut got = w.comments(post);
+    got.sort();
+    let want: Vec<String> = (0..6)
+        .map(|i| format!("[B]Anna Smirnova[/B] (Slack): reply number {i}"))
+        .collect();
+    assert_eq!(got, want);
+    assert!(w.slack.acks() >= 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_api_delivery_is_verified_and_bridged() {
+    let mut w = World::new(Setup {
+        events_api: true,
+        ..Setup::default()
+    })
+    .await;
+    w.start().await;
+    let post = w.post_all("Over HTTP", "Events API mode");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    w.slack
+        .reply(&w.anna, &w.news, &root.ts, "signed and delivered", false);
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(
+        comments,
+        vec!["[B]Anna Smirnova[/B] (Slack): signed and delivered".to_string()]
+    );
+
+    let url = format!(
+        "http://{}/slack/events",
+        w.running.as_ref().unwrap().http_addr
+    );
+    let body = r#"{"type":"url_verification","challenge":"c-123"}"#;
+    let ok = w
+        .slack
+        .send_signed(&url, body.as_bytes(), SignMode::Valid)
+        .await
+        .unwrap();
+    assert_eq!((ok.status, ok.body.as_str()), (200, "c-123"));
+    let bad = w
+        .slack
+        .send_signed(&url, body.as_bytes(), SignMode::BadSignature)
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 401);
+    let stale = w
+        .slack
+        .send_signed(&url, body.as_bytes(), SignMode::StaleTimestamp)
+        .await
+        .unwrap();
+    assert_eq!(stale.status, 401);
+    w.settle().await;
+    assert_eq!(w.comments(post).len(), 1);
+}

@@ -1,0 +1,282 @@
+//! The end-to-end world: a fake Bitrix24 portal, a fake Slack workspace, and the real bridge
+//! (in-process) configured against them. Every wait is on a condition, never a fixed sleep.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use livefeed_bridge::bridge::{self, Options, Running};
+use livefeed_bridge::config::Config;
+use livefeed_bridge::core::engine::EngineConfig;
+use livefeed_bridge::sandbox::bitrix::{self as b24, FakePortal, PortalConfig};
+use livefeed_bridge::sandbox::slack::{self as sl, FakeSlack, MessageView, WorkspaceConfig};
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct World {
+    pub portal: FakePortal,
+    pub slack: FakeSlack,
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    /// Bitrix24 users.
+    pub ivan: u64,
+    pub olga: u64,
+    /// A workgroup the webhook user belongs to, and one it does not.
+    pub group: u64,
+    /// Slack.
+    pub anna: String,
+    pub news: String,
+    pub dev: String,
+    pub events_api: bool,
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct Setup {
+    /// Deliver Slack events over signed HTTP instead of Socket Mode.
+    pub events_api: bool,
+    /// Keep the portal's leaky bucket and Slack's per-channel pacing on.
+    pub real_limits: bool,
+}
+
+pub const IVAN_PHOTO: &str = "https://b24-sandbox.bitrix24.com/upload/ivan.png";
+
+impl World {
+    pub async fn new(setup: Setup) -> World {
+        let portal = FakePortal::start(PortalConfig {
+            rate_limit: if setup.real_limits {
+                PortalConfig::default().rate_limit
+            } else {
+                None
+            },
+            ..PortalConfig::default()
+        })
+        .await
+        .expect("fake portal starts");
+        let ivan = portal.add_user(b24::NewUser {
+            name: "Ivan".into(),
+            last_name: "Petrov".into(),
+            photo: Some(IVAN_PHOTO.into()),
+            ..Default::default()
+        });
+        let olga = portal.add_user(b24::NewUser {
+            name: "Olga".into(),
+            last_name: "Kuznetsova".into(),
+            ..Default::default()
+        });
+        let group = portal.add_group("Developers");
+        portal.add_group_member(group, 1);
+        portal.add_group_member(group, ivan);
+
+        let slack = FakeSlack::start(WorkspaceConfig {
+            post_rate: if setup.real_limits {
+                WorkspaceConfig::default().post_rate
+            } else {
+                None
+            },
+            ack_timeout: Duration::from_millis(600),
+            http_retry_delays: vec![Duration::from_millis(200), Duration::from_millis(500)],
+            ..WorkspaceConfig::default()
+        })
+        .await
+        .expect("fake Slack starts");
+        let anna = slack.add_user(sl::NewUser {
+            display_name: "Anna Smirnova".into(),
+            ..sl::NewUser::new("anna", "Anna Smirnova")
+        });
+        let news = slack.add_channel("company-news", false, true);
+        let dev = slack.add_channel("dev", false, true);
+        World {
+            portal,
+            slack,
+            dir: tempfile::tempdir().expect("temp dir"),
+            running: None,
+            ivan,
+            olga,
+            group,
+            anna,
+            news,
+            dev,
+            events_api: setup.events_api,
+        }
+    }
+
+    /// The bridge.yaml these tests run with: fast polling, both mappings, limits per setup.
+    pub fn config_text(&self, listen: &str) -> String {
+        let cfg = self.slack.config();
+        let intake = if self.events_api {
+            format!("signing_secret: {}", cfg.signing_secret)
+        } else {
+            format!("app_token: {}", cfg.app_token)
+        };
+        format!(
+            r#"bitrix24:
+  webhook_url: {webhook}
+  poll: {{ interval: 40ms, reconcile_window: 7d, reconcile_interval: 250ms }}
+  rate_limit: {{ per_second: 0 }}
+slack:
+  bot_token: {bot}
+  {intake}
+  api_base: {api}
+  post_rate: {{ per_second: 0 }}
+store: {{ path: {store} }}
+http: {{ listen: {listen} }}
+mappings:
+  - name: company-news
+    audience: [all]
+    slack: {{ channel: {news} }}
+  - name: developers
+    audience: [group:{group}]
+    slack: {{ channel: {dev} }}
+    replies: true
+"#,
+            webhook = self.portal.webhook_url(),
+            bot = cfg.bot_token,
+            api = self.slack.api_base(),
+            store = self.dir.path().join("data").display(),
+            news = self.news,
+            dev = self.dev,
+            group = self.group,
+        )
+    }
+
+    pub fn config(&self, listen: &str) -> Config {
+        Config::parse(&self.config_text(listen), "test.yaml", &|_| None)
+            .expect("test config is valid")
+    }
+
+    pub async fn start(&mut self) {
+        assert!(self.running.is_none(), "already running");
+        let config = self.config("127.0.0.1:0");
+        let running = bridge::start(
+            &config,
+            Options {
+                engine: EngineConfig {
+                    feed_lanes: 4,
+                    retry_base: Duration::from_millis(20),
+                    retry_max: Duration::from_millis(300),
+                },
+                bitrix_backoff: Some((Duration::from_millis(20), Duration::from_millis(200), 6)),
+            },
+        )
+        .await
+        .expect("bridge starts");
+        if self.events_api {
+            self.slack
+                .set_events_url(Some(format!("http://{}/slack/events", running.http_addr)));
+        } else {
+            let slack = self.slack.clone();
+            assert!(
+                slack.wait_until(WAIT, |s| s.socket_connections() > 0).await,
+                "Socket Mode never connected"
+            );
+        }
+        // The first poll sets the baseline: posts from then on are mirrored.
+        self.polls(1).await;
+        self.running = Some(running);
+    }
+
+    pub async fn stop(&mut self) {
+        let running = self.running.take().expect("running");
+        running.shutdown(Duration::from_secs(10)).await;
+        if self.events_api {
+            self.slack.set_events_url(None);
+        }
+    }
+
+    /// Stop as a crash would: no graceful shutdown, no final flush.
+    pub async fn crash(&mut self) {
+        let running = self.running.take().expect("running");
+        running.abort().await;
+    }
+
+    /// Wait until the bridge has read the feed `n` more times.
+    pub async fn polls(&self, n: usize) {
+        let reads = |p: &FakePortal| p.request_count("log.blogpost.get") + p.request_count("batch");
+        let target = reads(&self.portal) + n;
+        assert!(
+            self.portal.wait_until(WAIT, |p| reads(p) >= target).await,
+            "the bridge stopped polling"
+        );
+    }
+
+    /// Wait until the bridge is idle: a few more polls and nothing left to apply.
+    pub async fn settle(&self) {
+        self.polls(3).await;
+        let journal = &self.running.as_ref().expect("running").journal;
+        assert!(journal.wait_drained(WAIT).await, "journal did not drain");
+    }
+
+    /// Root messages the bridge posted in a channel (oldest first).
+    pub fn roots(&self, channel: &str) -> Vec<MessageView> {
+        self.slack
+            .history(channel)
+            .into_iter()
+            .filter(|m| m.bot_id.as_deref() == Some(self.slack.config().bot_id.as_str()))
+            .collect()
+    }
+
+    pub fn root_for(&self, channel: &str, post: u64) -> Option<MessageView> {
+        self.roots(channel).into_iter().find(|m| {
+            m.metadata
+                .as_ref()
+                .and_then(|md| md["event_payload"]["b24_post_id"].as_str())
+                == Some(post.to_string().as_str())
+        })
+    }
+
+    pub async fn wait_root(&self, channel: &str, post: u64) -> MessageView {
+        let ch = channel.to_string();
+        let bot = self.slack.config().bot_id.clone();
+        let found = self
+            .slack
+            .wait_until(WAIT, |s| {
+                s.history(&ch).iter().any(|m| {
+                    m.bot_id.as_deref() == Some(bot.as_str())
+                        && m.metadata
+                            .as_ref()
+                            .and_then(|md| md["event_payload"]["b24_post_id"].as_str())
+                            == Some(post.to_string().as_str())
+                })
+            })
+            .await;
+        assert!(
+            found,
+            "post {post} never reached {channel}: {:?}",
+            self.slack.history(channel)
+        );
+        self.root_for(channel, post).expect("just seen")
+    }
+
+    pub fn post_all(&self, title: &str, text: &str) -> u64 {
+        self.portal.create_post(
+            self.ivan,
+            b24::NewPost {
+                title: Some(title.into()),
+                text: text.into(),
+                dest: vec!["UA".into()],
+                important: false,
+            },
+        )
+    }
+
+    pub fn comments(&self, post: u64) -> Vec<String> {
+        self.portal
+            .comments(post)
+            .into_iter()
+            .map(|c| c.text)
+            .collect()
+    }
+
+    pub async fn wait_comments(&self, post: u64, n: usize) -> Vec<String> {
+        let ok = self
+            .portal
+            .wait_until(WAIT, |p| p.comments(post).len() == n)
+            .await;
+        assert!(
+            ok,
+            "post {post} never had {n} comment(s): {:?}",
+            self.comments(post)
+        );
+        self.comments(post)
+    }
+}
