@@ -383,3 +383,43 @@ async fn events_api_delivery_is_verified_and_bridged() {
     w.settle().await;
     assert_eq!(w.comments(post).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_comments_keep_the_count_line_current_without_counting_the_bridges_own() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.post_all("Lunch", "Who is in?");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    // A comment from the chat (the bridge's own) does not count…
+    w.slack.reply(&w.anna, &w.news, &root.ts, "me!", false);
+    w.wait_comments(post, 1).await;
+    // …comments people write in Bitrix24 do.
+    w.portal.add_comment(post, w.olga, "Count me in");
+    w.portal.add_comment(post, w.ivan, "Great");
+    let (news, ts) = (w.news.clone(), root.ts.clone());
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| s
+                .message(&news, &ts)
+                .is_some_and(|m| m.text.contains("2 comments in Bitrix24")))
+            .await,
+        "count line never appeared: {:?}",
+        w.slack.message(&news, &ts).map(|m| m.text)
+    );
+    let comment = w
+        .portal
+        .comments(post)
+        .into_iter()
+        .find(|c| c.author == w.olga)
+        .unwrap();
+    w.portal.delete_comment(comment.comment_id);
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| s
+                .message(&news, &ts)
+                .is_some_and(|m| m.text.ends_with("|1 comment in Bitrix24>")))
+            .await
+    );
+    w.settle().await;
+    assert_eq!(w.slack.request_count("chat.postMessage"), 1);
+}

@@ -16,8 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -71,6 +71,26 @@ struct Inner {
     metrics: Arc<Metrics>,
     cfg: EngineConfig,
     cancel: CancellationToken,
+    /// Intents this process wrote, by key: whether the effect was already tried. An intent in
+    /// the store but not here was left by an earlier run and must be reconciled.
+    intents: Mutex<HashMap<String, IntentState>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IntentState {
+    /// Durable, effect not tried yet: send without asking the platform first.
+    Prepared,
+    /// The effect was tried; a retry must first look whether it happened.
+    Attempted,
+}
+
+/// How to start a non-idempotent effect.
+enum Begin {
+    Send,
+    /// The effect may have happened since `since_ms`: look before sending again.
+    Reconcile {
+        since_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,6 +116,9 @@ struct Ticket {
 
 type LaneSender = mpsc::UnboundedSender<(Task, Arc<Ticket>)>;
 
+/// Most tasks a lane takes at once (their intents share one flush).
+const LANE_BATCH: usize = 256;
+
 impl Engine {
     pub fn new(
         journal: Journal,
@@ -117,6 +140,7 @@ impl Engine {
                 metrics,
                 cfg,
                 cancel,
+                intents: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -285,31 +309,135 @@ impl Inner {
         key: LaneKey,
         mut rx: mpsc::UnboundedReceiver<(Task, Arc<Ticket>)>,
     ) {
-        loop {
+        'lane: loop {
             let next = tokio::select! {
                 next = rx.recv() => next,
                 _ = self.cancel.cancelled() => None,
             };
-            let Some((task, ticket)) = next else { break };
-            let done = tokio::select! {
-                done = self.run_task(&task) => done,
-                // Stopping mid-effect is safe: the entry stays journaled and any open intent
-                // is reconciled on the next start.
-                _ = self.cancel.cancelled() => false,
-            };
-            if !done {
-                break;
+            let Some(first) = next else { break };
+            // Take whatever else is queued: its intents share one flush.
+            let mut batch = vec![first];
+            while batch.len() < LANE_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
             }
-            if ticket.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.finish(&ticket);
-                if let (LaneKey::Room(room), Some(source_ms)) = (&key, ticket.source_ms) {
-                    self.metrics.lag(
-                        room.platform.as_str(),
-                        (now_ms() - source_ms) as f64 / 1000.0,
-                    );
+            self.prepare_intents(&batch).await;
+            for (task, ticket) in batch {
+                let done = tokio::select! {
+                    done = self.run_task(&task) => done,
+                    // Stopping mid-effect is safe: the entry stays journaled and any open
+                    // intent is reconciled on the next start.
+                    _ = self.cancel.cancelled() => false,
+                };
+                if !done {
+                    break 'lane;
+                }
+                if ticket.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.finish(&ticket);
+                    if let (LaneKey::Room(room), Some(source_ms)) = (&key, ticket.source_ms) {
+                        self.metrics.lag(
+                            room.platform.as_str(),
+                            (now_ms() - source_ms) as f64 / 1000.0,
+                        );
+                    }
                 }
             }
         }
+    }
+
+    /// Write the intents of every root message this batch will create, with one flush.
+    async fn prepare_intents(&self, batch: &[(Task, Arc<Ticket>)]) {
+        let mut prepared = Vec::new();
+        for (task, _) in batch {
+            let Task::SyncMirror { post, room } = task else {
+                continue;
+            };
+            let key = post_intent_key(*post, room);
+            let creates = matches!(self.store.post(*post), Ok(Some(r)) if !r.deleted)
+                && matches!(self.store.mirror(*post, room), Ok(None))
+                && matches!(self.store.intent(&key), Ok(None))
+                && self.intent_state(&key).is_none();
+            if creates
+                && self
+                    .store
+                    .put_intent(
+                        &key,
+                        &Intent {
+                            started_ms: now_ms(),
+                        },
+                    )
+                    .is_ok()
+            {
+                prepared.push(key);
+            }
+        }
+        // Unflushed intents stay unmarked: their tasks reconcile first, which is safe.
+        if !prepared.is_empty() && self.store.sync().await.is_ok() {
+            let mut intents = self.intents.lock().unwrap_or_else(|p| p.into_inner());
+            for key in prepared {
+                intents.insert(key, IntentState::Prepared);
+            }
+        }
+    }
+
+    fn intent_state(&self, key: &str) -> Option<IntentState> {
+        self.intents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    fn set_intent_state(&self, key: &str, state: Option<IntentState>) {
+        let mut intents = self.intents.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => {
+                intents.insert(key.to_string(), s);
+            }
+            None => {
+                intents.remove(key);
+            }
+        }
+    }
+
+    /// Start a non-idempotent effect guarded by the intent `key`: either it is certainly new
+    /// (send), or it may have happened (reconcile first).
+    async fn begin(&self, key: &str) -> Result<Begin, Failure> {
+        match self.intent_state(key) {
+            Some(IntentState::Prepared) => {
+                self.set_intent_state(key, Some(IntentState::Attempted));
+                return Ok(Begin::Send);
+            }
+            Some(IntentState::Attempted) => {
+                let since_ms = self
+                    .store
+                    .intent(key)
+                    .map_err(store_failure)?
+                    .map_or(0, |i| i.started_ms);
+                return Ok(Begin::Reconcile { since_ms });
+            }
+            None => {}
+        }
+        if let Some(intent) = self.store.intent(key).map_err(store_failure)? {
+            // Left by an earlier run: the effect may have happened before the stop.
+            self.set_intent_state(key, Some(IntentState::Attempted));
+            return Ok(Begin::Reconcile {
+                since_ms: intent.started_ms,
+            });
+        }
+        self.store
+            .put_intent(
+                key,
+                &Intent {
+                    started_ms: now_ms(),
+                },
+            )
+            .map_err(store_failure)?;
+        self.store.sync().await.map_err(store_failure)?;
+        self.set_intent_state(key, Some(IntentState::Attempted));
+        Ok(Begin::Send)
     }
 
     fn finish(&self, ticket: &Ticket) {
@@ -398,7 +526,9 @@ impl Inner {
         let event = match task {
             Task::SyncMirror { post, room } => {
                 // The creation will not be retried on its own: its intent has no meaning now.
-                let _ = self.store.remove_intent(&post_intent_key(*post, room));
+                let key = post_intent_key(*post, room);
+                let _ = self.store.remove_intent(&key);
+                self.set_intent_state(&key, None);
                 Inbound::SyncRoom {
                     post: *post,
                     room: room.clone(),
@@ -408,7 +538,9 @@ impl Inner {
                 if let ChatEvent::ReplyPosted { room, reply, .. }
                 | ChatEvent::ReplyEdited { room, reply, .. } = e
                 {
-                    let _ = self.store.remove_intent(&comment_intent_key(room, reply));
+                    let key = comment_intent_key(room, reply);
+                    let _ = self.store.remove_intent(&key);
+                    self.set_intent_state(&key, None);
                 }
                 Inbound::Chat(e.clone())
             }
@@ -473,27 +605,16 @@ impl Inner {
         match mirror {
             None => {
                 let key = post_intent_key(post, room);
-                let message_id = match self.store.intent(&key).map_err(store_failure)? {
-                    Some(intent) => {
-                        match chat.find_post(&room.id, post, intent.started_ms).await? {
+                let message_id = match self.begin(&key).await? {
+                    Begin::Send => chat.post(&room.id, &msg).await?,
+                    Begin::Reconcile { since_ms } => {
+                        match chat.find_post(&room.id, post, since_ms).await? {
                             Some(found) => {
-                                info!(%post, %room, "found the root message sent before a restart");
+                                info!(%post, %room, "found the root message sent before");
                                 found
                             }
                             None => chat.post(&room.id, &msg).await?,
                         }
-                    }
-                    None => {
-                        self.store
-                            .put_intent(
-                                &key,
-                                &Intent {
-                                    started_ms: now_ms(),
-                                },
-                            )
-                            .map_err(store_failure)?;
-                        self.store.sync().await.map_err(store_failure)?;
-                        chat.post(&room.id, &msg).await?
                     }
                 };
                 let mirror = Mirror {
@@ -504,6 +625,7 @@ impl Inner {
                 self.store
                     .record_mirror(post, room, &mirror, &key)
                     .map_err(store_failure)?;
+                self.set_intent_state(&key, None);
                 self.metrics.effect(platform, "post", "ok");
                 info!(%post, %room, message = %mirror.message_id, "post mirrored");
             }
@@ -608,29 +730,16 @@ impl Inner {
         }
         let doc = attributed_comment(author, room.platform, body);
         let key = comment_intent_key(room, reply);
-        let comment = match self.store.intent(&key).map_err(store_failure)? {
-            Some(intent) => match self
-                .feed
-                .find_comment(post, &doc, intent.started_ms)
-                .await?
-            {
-                Some(found) => {
-                    info!(%post, %room, "found the comment written before a restart");
-                    found
+        let comment = match self.begin(&key).await? {
+            Begin::Send => self.feed.add_comment(post, &doc).await?,
+            Begin::Reconcile { since_ms } => {
+                match self.feed.find_comment(post, &doc, since_ms).await? {
+                    Some(found) => {
+                        info!(%post, %room, "found the comment written before");
+                        found
+                    }
+                    None => self.feed.add_comment(post, &doc).await?,
                 }
-                None => self.feed.add_comment(post, &doc).await?,
-            },
-            None => {
-                self.store
-                    .put_intent(
-                        &key,
-                        &Intent {
-                            started_ms: now_ms(),
-                        },
-                    )
-                    .map_err(store_failure)?;
-                self.store.sync().await.map_err(store_failure)?;
-                self.feed.add_comment(post, &doc).await?
             }
         };
         let record = CommentRecord {
@@ -642,6 +751,7 @@ impl Inner {
         self.store
             .record_comment(room, reply, &record, &key)
             .map_err(store_failure)?;
+        self.set_intent_state(&key, None);
         self.journal.publish_depth();
         self.journal.wake();
         self.metrics.effect("bitrix24", "comment_add", "ok");

@@ -146,6 +146,8 @@ struct Inner {
     /// Held around every transaction that appends to the journal, so sequence numbers commit in
     /// the order they are allocated and a reader that has seen `n` never misses a later `< n`.
     journal_lock: std::sync::Mutex<()>,
+    /// Entries in `journal`, kept here because sled's `len()` walks the whole tree.
+    journal_len: AtomicU64,
 }
 
 pub fn now_ms() -> i64 {
@@ -248,7 +250,11 @@ impl Store {
             sync_done: AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             journal_lock: std::sync::Mutex::new(()),
+            journal_len: AtomicU64::new(0),
         };
+        inner
+            .journal_len
+            .store(inner.journal.len() as u64, Ordering::SeqCst);
         let store = Store {
             inner: Arc::new(inner),
         };
@@ -436,6 +442,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(seq)
             })
             .map_err(StoreError::from)?;
+        self.inner.journal_len.fetch_add(1, Ordering::SeqCst);
         Ok(seq)
     }
 
@@ -453,6 +460,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(seq)
             })
             .map_err(StoreError::from)?;
+        self.inner.journal_len.fetch_add(1, Ordering::SeqCst);
         Ok(seq)
     }
 
@@ -522,6 +530,9 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(seqs)
             })
             .map_err(StoreError::from)?;
+        self.inner
+            .journal_len
+            .fetch_add(seqs.len() as u64, Ordering::SeqCst);
         Ok(seqs)
     }
 
@@ -546,12 +557,14 @@ impl Store {
     }
 
     pub fn complete(&self, seq: u64) -> Result<()> {
-        self.inner.journal.remove(seq.to_be_bytes())?;
+        if self.inner.journal.remove(seq.to_be_bytes())?.is_some() {
+            self.inner.journal_len.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     pub fn journal_depth(&self) -> usize {
-        self.inner.journal.len()
+        self.inner.journal_len.load(Ordering::SeqCst) as usize
     }
 
     // -- cursors, dedupe, users ---------------------------------------------------------------
@@ -672,6 +685,9 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
             })
             .map_err(StoreError::from)?;
+        if done {
+            self.inner.journal_len.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(done)
     }
 }
