@@ -1,6 +1,7 @@
 //! Engine throughput with rate limits off: posts journaled by a feed intake and mirrored into
 //! rooms through no-op chat adapters, with real sled durability (intent flushes, group
-//! commit). Prints posts/s. Run: `cargo bench --bench engine -- [POSTS] [ROOMS]`.
+//! commit). Prints posts/s. Run: `cargo bench --bench engine -- [POSTS] [ROOMS]`
+//! (default 4000 posts into 4 rooms).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,8 +106,13 @@ async fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let posts = args.first().copied().unwrap_or(4000);
-    let rooms = args.get(1).copied().unwrap_or(4);
+    // `cargo bench` passes `--bench`; under `cargo test` this runs as a quick smoke test.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let posts = args
+        .first()
+        .copied()
+        .unwrap_or(if benching { 4000 } else { 100 });
+    let rooms = args.get(1).copied().unwrap_or(if benching { 4 } else { 2 });
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let metrics = Arc::new(Metrics::new());
