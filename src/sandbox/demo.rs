@@ -68,8 +68,8 @@ mappings:
         eprintln!("error: cannot write {}: {e}", config_path.display());
         return ExitCode::FAILURE;
     }
-    let p = portal.base_url();
-    let s = slack.base_url();
+    let p = format!("{}/", portal.base_url().trim_end_matches('/'));
+    let s = format!("{}/", slack.base_url().trim_end_matches('/'));
     println!(
         r#"Fake Bitrix24 portal: {p}   (REST under /rest/, demo API under /_sandbox/)
 Fake Slack workspace: {s}   (Web API under /api/, demo API under /_sandbox/)
