@@ -33,6 +33,29 @@ struct ChatState {
     edits: usize,
 }
 
+/// Wait until `pred` holds for the state behind `changed` (re-checked on every change).
+async fn wait_for<T: std::fmt::Debug>(
+    changed: &watch::Sender<u64>,
+    state: &Mutex<T>,
+    pred: impl Fn(&T) -> bool,
+) {
+    let mut rx = changed.subscribe();
+    let ok = tokio::time::timeout(WAIT, async {
+        loop {
+            if pred(&state.lock().unwrap()) {
+                return;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "condition not reached; state: {:?}",
+        state.lock().unwrap()
+    );
+}
+
 #[derive(Clone, Debug)]
 enum Script {
     Fail(Failure),
@@ -76,21 +99,7 @@ impl MockChat {
     }
 
     async fn wait(&self, pred: impl Fn(&ChatState) -> bool) {
-        let mut rx = self.changed.subscribe();
-        let ok = tokio::time::timeout(WAIT, async {
-            loop {
-                if pred(&self.state.lock().unwrap()) {
-                    return;
-                }
-                rx.changed().await.unwrap();
-            }
-        })
-        .await;
-        assert!(
-            ok.is_ok(),
-            "condition not reached; state: {:?}",
-            self.state.lock().unwrap()
-        );
+        wait_for(&self.changed, &self.state, pred).await;
     }
 }
 
@@ -215,21 +224,7 @@ impl MockFeed {
     }
 
     async fn wait(&self, pred: impl Fn(&FeedState) -> bool) {
-        let mut rx = self.changed.subscribe();
-        let ok = tokio::time::timeout(WAIT, async {
-            loop {
-                if pred(&self.state.lock().unwrap()) {
-                    return;
-                }
-                rx.changed().await.unwrap();
-            }
-        })
-        .await;
-        assert!(
-            ok.is_ok(),
-            "condition not reached; feed: {:?}",
-            self.state.lock().unwrap()
-        );
+        wait_for(&self.changed, &self.state, pred).await;
     }
 }
 

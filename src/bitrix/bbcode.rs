@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use crate::core::richtext::{
-    Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind, normalize_inlines,
+    Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind, normalize_inlines, trim_paragraph,
 };
 
 /// Written after a `[` that would otherwise start a tag; the parser drops it again. BBCode has no
@@ -723,29 +723,6 @@ fn flush_paragraph(para: &mut Vec<Inline>, out: &mut Vec<Block>) {
     let inlines = trim_paragraph(std::mem::take(para));
     if !inlines.is_empty() {
         out.push(Block::Paragraph(inlines));
-    }
-}
-
-/// Normalize and drop whitespace at the paragraph's edges (line indentation inside stays).
-fn trim_paragraph(mut inlines: Vec<Inline>) -> Vec<Inline> {
-    loop {
-        inlines = normalize_inlines(inlines);
-        let mut changed = false;
-        if let Some(Inline::Text(t)) = inlines.first_mut()
-            && t.starts_with(char::is_whitespace)
-        {
-            *t = t.trim_start().to_owned();
-            changed = true;
-        }
-        if let Some(Inline::Text(t)) = inlines.last_mut()
-            && t.ends_with(char::is_whitespace)
-        {
-            *t = t.trim_end().to_owned();
-            changed = true;
-        }
-        if !changed {
-            return inlines;
-        }
     }
 }
 

@@ -297,6 +297,30 @@ pub fn normalize_inlines(inlines: Vec<Inline>) -> Vec<Inline> {
     out
 }
 
+/// Normalize and drop whitespace at a paragraph's edges (indentation inside stays). Parsers
+/// use it when they close a paragraph.
+pub fn trim_paragraph(mut inlines: Vec<Inline>) -> Vec<Inline> {
+    loop {
+        inlines = normalize_inlines(inlines);
+        let mut changed = false;
+        if let Some(Inline::Text(t)) = inlines.first_mut()
+            && t.starts_with(char::is_whitespace)
+        {
+            *t = t.trim_start().to_owned();
+            changed = true;
+        }
+        if let Some(Inline::Text(t)) = inlines.last_mut()
+            && t.ends_with(char::is_whitespace)
+        {
+            *t = t.trim_end().to_owned();
+            changed = true;
+        }
+        if !changed {
+            return inlines;
+        }
+    }
+}
+
 fn wrap_nonempty(children: Vec<Inline>, wrap: fn(Vec<Inline>) -> Inline) -> Option<Inline> {
     let children = normalize_inlines(children);
     (!children.is_empty()).then(|| wrap(children))

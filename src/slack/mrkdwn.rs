@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 
 use crate::core::richtext::{
-    Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind, inlines_plain, normalize_inlines,
+    Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind, inlines_plain, trim_paragraph,
 };
 
 const ZWSP: char = '\u{200B}';
@@ -818,28 +818,6 @@ fn unwind(frames: &mut Vec<Open>, root: &mut Vec<Inline>) {
         let into = target(frames, root);
         into.push(Inline::Text(marker));
         into.extend(frame.children);
-    }
-}
-
-fn trim_paragraph(mut inlines: Vec<Inline>) -> Vec<Inline> {
-    loop {
-        inlines = normalize_inlines(inlines);
-        let mut changed = false;
-        if let Some(Inline::Text(t)) = inlines.first_mut()
-            && t.starts_with(char::is_whitespace)
-        {
-            *t = t.trim_start().to_owned();
-            changed = true;
-        }
-        if let Some(Inline::Text(t)) = inlines.last_mut()
-            && t.ends_with(char::is_whitespace)
-        {
-            *t = t.trim_end().to_owned();
-            changed = true;
-        }
-        if !changed {
-            return inlines;
-        }
     }
 }
 
