@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of livefeed-bridge: formatting, clippy, unit, golden and
-# end-to-end suites (against the in-process Bitrix24/Slack sandbox).
-# Needs only the Rust toolchain. Usage: ./scripts/test-all.sh
+# end-to-end suites (against the in-process Bitrix24/Slack sandbox and a real Synapse).
+# Needs the Rust toolchain, python3 (venv) and curl. Usage: ./scripts/test-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,17 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+
+# The Matrix suites run against a real Synapse on 127.0.0.1 (installed from PyPI on first
+# use). LIVEFEED_SKIP_MATRIX=1 skips them; plain `cargo test` without a homeserver skips them too.
+if [ "${LIVEFEED_SKIP_MATRIX:-0}" != 1 ]; then
+  step "start Synapse"
+  SYNAPSE_DIR="${SYNAPSE_DIR:-${TMPDIR:-/tmp}/livefeed-bridge-synapse}"
+  SYNAPSE_PORT="${SYNAPSE_PORT:-18448}"
+  ./scripts/synapse.sh start "$SYNAPSE_DIR" "$SYNAPSE_PORT" > "$SYNAPSE_DIR.env"
+  trap './scripts/synapse.sh stop "$SYNAPSE_DIR"' EXIT
+  set -a; . "$SYNAPSE_DIR.env"; set +a
+fi
 
 step "cargo test"
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"

@@ -1,6 +1,7 @@
 //! Assembly: turns a validated [`Config`] into running parts — store, adapters, engine,
 //! intakes, HTTP server — and stops them again.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +19,14 @@ use crate::config::{Config, SlackIntake as SlackIntakeMode};
 use crate::core::adapters::{ChatAdapter, FeedAdapter};
 use crate::core::engine::{Engine, EngineConfig};
 use crate::core::journal::Journal;
-use crate::core::model::Platform;
+use crate::core::model::{Platform, Room};
 use crate::core::route::{Route, Router};
 use crate::core::store::{Store, StoreError};
 use crate::health::Health;
 use crate::http::{self, HttpState};
+use crate::matrix::adapter::MatrixChat;
+use crate::matrix::intake::MatrixIntake;
+use crate::matrix::session;
 use crate::metrics::Metrics;
 use crate::slack::adapter::SlackChat;
 use crate::slack::api::SlackApi;
@@ -46,6 +50,8 @@ pub enum StartError {
         "the store at {path} is in use by another livefeed-bridge process (one process per store)"
     )]
     Locked { path: String },
+    #[error("{0}")]
+    Matrix(String),
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
     #[error("Slack auth.test failed: {0}")]
@@ -68,7 +74,8 @@ pub struct Running {
     pub journal: Journal,
 }
 
-pub fn router_from(config: &Config) -> Router {
+/// The router for a config; Matrix aliases are replaced by the room ids they resolved to.
+pub fn router_from(config: &Config, resolved: &BTreeMap<String, String>) -> Router {
     Router::new(
         config
             .mappings
@@ -76,7 +83,14 @@ pub fn router_from(config: &Config) -> Router {
             .map(|m| Route {
                 name: m.name.clone(),
                 audiences: m.audiences.clone(),
-                rooms: m.rooms.clone(),
+                rooms: m
+                    .rooms
+                    .iter()
+                    .map(|r| match (r.platform, resolved.get(&r.id)) {
+                        (Platform::Matrix, Some(id)) => Room::new(Platform::Matrix, id.clone()),
+                        _ => r.clone(),
+                    })
+                    .collect(),
                 replies: m.replies,
             })
             .collect(),
@@ -94,7 +108,41 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let journal = Journal::new(store.clone(), metrics.clone());
-    let router = router_from(config);
+    let mut chats: Vec<Arc<dyn ChatAdapter>> = Vec::new();
+
+    // Matrix first: its room aliases must be resolved before routing.
+    let mut resolved = BTreeMap::new();
+    let mut matrix_intake = None;
+    if let Some(m) = &config.matrix {
+        let client = session::connect(m, &config.store.path.join("matrix"), &store)
+            .await
+            .map_err(|e| StartError::Matrix(e.to_string()))?;
+        let mut room_ids = BTreeSet::new();
+        for room in config
+            .rooms()
+            .into_iter()
+            .filter(|r| r.platform == Platform::Matrix)
+        {
+            let id = session::resolve_room(&client, &room.id)
+                .await
+                .map_err(|e| StartError::Matrix(format!("Matrix room {e}")))?;
+            resolved.insert(room.id.clone(), id.to_string());
+            room_ids.insert(id);
+        }
+        let own = session::own_user(&client)
+            .ok_or_else(|| StartError::Matrix("Matrix: no user after sign-in".into()))?;
+        info!(user = %own, rooms = room_ids.len(), "Matrix bot signed in");
+        chats.push(Arc::new(MatrixChat::new(client.clone())));
+        matrix_intake = Some(MatrixIntake::new(
+            client,
+            journal.clone(),
+            room_ids,
+            own,
+            health.clone(),
+            m.sync_timeout,
+        ));
+    }
+    let router = router_from(config, &resolved);
 
     let b = &config.bitrix24;
     let mut bitrix = BitrixClient::new(
@@ -109,7 +157,6 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
     }
     let feed: Arc<dyn FeedAdapter> = Arc::new(BitrixFeed::new(bitrix.clone()));
 
-    let mut chats: Vec<Arc<dyn ChatAdapter>> = Vec::new();
     let mut slack_events = None;
     if let Some(s) = &config.slack {
         let api = SlackApi::new(
@@ -166,6 +213,9 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         }
     }
 
+    if let Some(intake) = matrix_intake {
+        tasks.spawn(intake.run(cancel.clone()));
+    }
     let running_journal = journal.clone();
     let engine = Engine::new(
         journal.clone(),

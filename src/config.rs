@@ -54,9 +54,38 @@ pub struct Config {
     pub path: PathBuf,
     pub bitrix24: BitrixConfig,
     pub slack: Option<SlackConfig>,
+    pub matrix: Option<MatrixConfig>,
     pub store: StoreConfig,
     pub http: HttpConfig,
     pub mappings: Vec<Mapping>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MatrixConfig {
+    /// `https://matrix.example.org` (plain http only for loopback).
+    pub homeserver: String,
+    /// `@feedbot:example.org`
+    pub user_id: String,
+    pub auth: MatrixAuth,
+    /// Take part in encrypted rooms (device keys and a crypto store in the store directory).
+    pub encryption: bool,
+    pub request_timeout: Duration,
+    /// Long-poll timeout of `/sync`.
+    pub sync_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum MatrixAuth {
+    /// An existing session: the token and the device it belongs to.
+    Token {
+        access_token: Secret,
+        device_id: String,
+    },
+    /// Log in once with the password; the session is then kept in the store.
+    Password {
+        password: Secret,
+        device_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +244,8 @@ struct RawConfig {
     #[serde(default)]
     slack: Option<RawSlack>,
     #[serde(default)]
+    matrix: Option<RawMatrix>,
+    #[serde(default)]
     store: Option<RawStore>,
     #[serde(default)]
     http: Option<RawHttp>,
@@ -274,6 +305,31 @@ struct RawSlack {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawMatrix {
+    homeserver: Str,
+    user_id: Str,
+    #[serde(default)]
+    access_token: Option<Str>,
+    #[serde(default)]
+    password: Option<Str>,
+    #[serde(default)]
+    device_id: Option<Str>,
+    #[serde(default)]
+    encryption: Option<bool>,
+    #[serde(default)]
+    request_timeout: Option<Str>,
+    #[serde(default)]
+    sync_timeout: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatrixTarget {
+    room: Str,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStore {
     path: Str,
 }
@@ -294,6 +350,8 @@ struct RawMapping {
     audience: Vec<Str>,
     #[serde(default)]
     slack: Option<RawSlackTarget>,
+    #[serde(default)]
+    matrix: Option<RawMatrixTarget>,
     #[serde(default)]
     replies: Option<bool>,
 }
@@ -411,6 +469,10 @@ impl Validator<'_> {
             Some(s) => Some(self.slack(s)?),
             None => None,
         };
+        let matrix = match &raw.matrix {
+            Some(m) => Some(self.matrix(m)?),
+            None => None,
+        };
         let store = StoreConfig {
             path: match &raw.store {
                 Some(s) => PathBuf::from(self.expand("store.path", &s.path)?),
@@ -429,10 +491,20 @@ impl Validator<'_> {
                 Some("add `slack:` with bot_token and app_token (Socket Mode) or signing_secret (Events API)".into()),
             ));
         }
+        if matrix.is_none()
+            && let Some(m) = raw.mappings.iter().find(|m| m.matrix.is_some())
+        {
+            return Err(self.err(
+                &m.name,
+                format!("mapping `{}` names a Matrix room but there is no `matrix:` section", m.name.value),
+                Some("add `matrix:` with homeserver, user_id and access_token + device_id (or password)".into()),
+            ));
+        }
         Ok(Config {
             path: PathBuf::new(),
             bitrix24,
             slack,
+            matrix,
             store,
             http,
             mappings,
@@ -616,6 +688,94 @@ impl Validator<'_> {
         })
     }
 
+    fn matrix(&self, raw: &RawMatrix) -> Result<MatrixConfig, ConfigError> {
+        let hs_text = self.expand("matrix.homeserver", &raw.homeserver)?;
+        let hs = Url::parse(hs_text.trim()).map_err(|_| {
+            self.err(
+                &raw.homeserver,
+                format!("matrix.homeserver: `{hs_text}` is not a valid URL"),
+                Some("write the homeserver's client URL, e.g. https://matrix.example.org".into()),
+            )
+        })?;
+        check_scheme(&hs).map_err(|m| {
+            self.err(
+                &raw.homeserver,
+                format!("matrix.homeserver: {m}"),
+                Some("use https:// (plain http only for loopback test servers)".into()),
+            )
+        })?;
+        let user_id = self
+            .expand("matrix.user_id", &raw.user_id)?
+            .trim()
+            .to_string();
+        let valid_user = user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+            .is_some_and(|(local, server)| !local.is_empty() && !server.is_empty());
+        if !valid_user {
+            return Err(self.err(
+                &raw.user_id,
+                format!("`{user_id}` is not a Matrix user id"),
+                Some("write the bot's full id in quotes: \"@feedbot:example.org\"".into()),
+            ));
+        }
+        let token = self.expand_optional("matrix.access_token", raw.access_token.as_ref())?;
+        let password = self.expand_optional("matrix.password", raw.password.as_ref())?;
+        let device_id = match raw.device_id.as_ref() {
+            Some(d) => Some(self.expand("matrix.device_id", d)?.trim().to_string())
+                .filter(|d| !d.is_empty()),
+            None => None,
+        };
+        let auth = match (token, password) {
+            (Optional::Set(access_token), _) => {
+                let Some(device_id) = device_id else {
+                    return Err(self.err(
+                        raw.access_token.as_ref().expect("set implies present"),
+                        "matrix.access_token needs matrix.device_id (the device the token belongs to)",
+                        Some("add device_id: the device id shown when the token was created (GET /_matrix/client/v3/account/whoami tells it)".into()),
+                    ));
+                };
+                MatrixAuth::Token {
+                    access_token: Secret::new(access_token),
+                    device_id,
+                }
+            }
+            (Optional::Unset { .. }, Optional::Set(password)) => MatrixAuth::Password {
+                password: Secret::new(password),
+                device_id,
+            },
+            (Optional::Unset { unset_var: a }, Optional::Unset { unset_var: p }) => {
+                let named: Vec<String> = [a, p].into_iter().flatten().collect();
+                let detail = if named.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (unset: {})", named.join(", "))
+                };
+                return Err(self.err(
+                    &raw.user_id,
+                    format!("matrix: neither access_token nor password is set{detail}"),
+                    Some("set access_token: ${MATRIX_ACCESS_TOKEN} with device_id, or password: ${MATRIX_PASSWORD}".into()),
+                ));
+            }
+        };
+        Ok(MatrixConfig {
+            homeserver: hs.as_str().trim_end_matches('/').to_string(),
+            user_id,
+            auth,
+            encryption: raw.encryption.unwrap_or(true),
+            request_timeout: self.duration(
+                "matrix.request_timeout",
+                raw.request_timeout.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            sync_timeout: self.duration(
+                "matrix.sync_timeout",
+                raw.sync_timeout.as_ref(),
+                Duration::from_secs(30),
+            )?,
+        })
+    }
+
     fn http(&self, raw: Option<&RawHttp>) -> Result<HttpConfig, ConfigError> {
         let listen = match raw.and_then(|h| h.listen.as_ref()) {
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -702,11 +862,22 @@ impl Validator<'_> {
                 }
                 rooms.push(Room::new(Platform::Slack, channel));
             }
+            if let Some(t) = &m.matrix {
+                let room = self.expand("matrix.room", &t.room)?.trim().to_string();
+                if !is_matrix_room(&room) {
+                    return Err(self.err(
+                        &t.room,
+                        format!("`{room}` is not a Matrix room id or alias"),
+                        Some("write the room id (!abc…, Room settings → Advanced) or an alias (#room:server), in quotes".into()),
+                    ));
+                }
+                rooms.push(Room::new(Platform::Matrix, room));
+            }
             if rooms.is_empty() {
                 return Err(self.err(
                     &m.name,
                     format!("mapping `{name}` has no chat target"),
-                    Some("add slack: { channel: C0123456789 }".into()),
+                    Some("add slack: { channel: C0123456789 } and/or matrix: { room: \"!roomid:server\" }".into()),
                 ));
             }
             out.push(Mapping {
@@ -744,6 +915,18 @@ fn is_slack_channel_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// `!opaque` (room versions 12+ have no server part) or `#alias:server`.
+fn is_matrix_room(id: &str) -> bool {
+    let well_formed = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
+    match id.split_at_checked(1) {
+        Some(("!", rest)) => well_formed(rest),
+        Some(("#", rest)) => rest
+            .split_once(':')
+            .is_some_and(|(a, server)| well_formed(a) && well_formed(server)),
+        _ => false,
+    }
 }
 
 /// `500ms`, `5s`, `5m`, `2h`, `7d`.
@@ -1021,6 +1204,81 @@ mappings:
         );
         assert_eq!((e.line, e.column), (3, 21));
         assert!(e.hint.unwrap().contains("5s"));
+    }
+
+    const MATRIX: &str = r##"bitrix24:
+  webhook_url: https://acme.bitrix24.com/rest/1/abcdefgh/
+matrix:
+  homeserver: https://matrix.example.org
+  user_id: "@feedbot:example.org"
+  access_token: ${MATRIX_ACCESS_TOKEN}
+  device_id: LIVEFEEDBRIDGE
+  encryption: true
+mappings:
+  - name: company-news
+    audience: [all]
+    matrix: { room: "!roomid:example.org" }
+  - name: dev
+    audience: [group:5]
+    matrix: { room: "#dev:example.org" }
+"##;
+
+    #[test]
+    fn matrix_section_and_rooms() {
+        let c = Config::parse(MATRIX, "f", &env(&[("MATRIX_ACCESS_TOKEN", "syt_x")])).unwrap();
+        let m = c.matrix.as_ref().unwrap();
+        assert_eq!(m.homeserver, "https://matrix.example.org");
+        assert!(
+            matches!(&m.auth, MatrixAuth::Token { device_id, .. } if device_id == "LIVEFEEDBRIDGE")
+        );
+        assert!(m.encryption);
+        assert_eq!(
+            c.mappings[1].rooms,
+            vec![Room::new(Platform::Matrix, "#dev:example.org")]
+        );
+        assert!(c.uses_platform(Platform::Matrix) && !c.uses_platform(Platform::Slack));
+        let pw = MATRIX.replace(
+            "access_token: ${MATRIX_ACCESS_TOKEN}",
+            "password: ${MATRIX_PASSWORD}",
+        );
+        let c = Config::parse(&pw, "f", &env(&[("MATRIX_PASSWORD", "pw")])).unwrap();
+        assert!(matches!(
+            c.matrix.unwrap().auth,
+            MatrixAuth::Password { .. }
+        ));
+    }
+
+    #[test]
+    fn matrix_errors() {
+        let e = parse_err(MATRIX, &env(&[]));
+        assert!(
+            e.message
+                .contains("neither access_token nor password is set (unset: MATRIX_ACCESS_TOKEN)"),
+            "{e}"
+        );
+        let e = parse_err(
+            &MATRIX.replace("  device_id: LIVEFEEDBRIDGE\n", ""),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert!(e.message.contains("needs matrix.device_id"), "{e}");
+        let e = parse_err(
+            &MATRIX.replace("\"@feedbot:example.org\"", "feedbot"),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert_eq!(e.line, 4);
+        let e = parse_err(
+            &MATRIX.replace("#dev:example.org", "dev"),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert!(e.message.contains("not a Matrix room id or alias"), "{e}");
+        let e = parse_err(
+            &MATRIX.replace("https://matrix.example.org", "http://matrix.example.org"),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert!(e.message.contains("plain http"), "{e}");
+        let no_section = "bitrix24:\n  webhook_url: https://a.bitrix24.com/rest/1/abcdefgh/\nmappings:\n  - name: x\n    audience: [all]\n    matrix: { room: \"!r\" }\n";
+        let e = parse_err(no_section, &env(&[]));
+        assert!(e.message.contains("no `matrix:` section"), "{e}");
     }
 
     #[test]

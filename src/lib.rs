@@ -8,6 +8,7 @@ pub mod config;
 pub mod core;
 pub mod health;
 pub mod http;
+pub mod matrix;
 pub mod metrics;
 pub mod ratelimit;
 pub mod sandbox;

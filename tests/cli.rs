@@ -1,5 +1,8 @@
 //! The binary's contract: exit codes, config errors with file:line:column, `check` probes.
 
+// matrix-sdk's futures need a deeper trait-resolution limit (shared test support spawns them).
+#![recursion_limit = "256"]
+
 mod support;
 
 use std::process::Output;

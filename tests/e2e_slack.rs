@@ -2,6 +2,9 @@
 //! fake workspace. Each test asserts exact outcomes: which messages, in which channel and
 //! thread, how many.
 
+// matrix-sdk's futures need a deeper trait-resolution limit (shared test support spawns them).
+#![recursion_limit = "256"]
+
 mod support;
 
 use livefeed_bridge::sandbox::bitrix::{Fault as B24Fault, FaultKind as B24FaultKind, NewPost};

@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod matrix;
+
 use std::time::Duration;
+
+use ::matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
 
 use livefeed_bridge::bridge::{self, Options, Running};
 use livefeed_bridge::config::Config;
@@ -28,19 +32,72 @@ pub struct World {
     pub news: String,
     pub dev: String,
     pub events_api: bool,
+    /// The Matrix half, when the test has a homeserver.
+    pub matrix: Option<MatrixPart>,
+    pub slack_mapped: bool,
 }
 
-#[derive(Clone, Copy, Default)]
+pub struct MatrixPart {
+    pub hs: matrix::Homeserver,
+    pub bot: OwnedUserId,
+    pub bot_password: String,
+    pub alice: matrix::Person,
+    pub news_room: OwnedRoomId,
+    pub dev_room: OwnedRoomId,
+}
+
+#[derive(Clone, Copy)]
 pub struct Setup {
     /// Deliver Slack events over signed HTTP instead of Socket Mode.
     pub events_api: bool,
     /// Keep the portal's leaky bucket and Slack's per-channel pacing on.
     pub real_limits: bool,
+    /// Map the Slack channels.
+    pub slack: bool,
+    /// With Matrix: whether the mapped rooms are encrypted.
+    pub encrypted: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            events_api: false,
+            real_limits: false,
+            slack: true,
+            encrypted: false,
+        }
+    }
 }
 
 pub const IVAN_PHOTO: &str = "https://b24-sandbox.bitrix24.com/upload/ivan.png";
 
 impl World {
+    /// A world with Matrix rooms (created by Alice, who invites the bot) next to the fakes.
+    pub async fn with_matrix(setup: Setup, hs: matrix::Homeserver) -> World {
+        let mut w = World::new(setup).await;
+        let (bot, bot_password) = hs.user("feedbot", "Feed Bot").await;
+        let alice = matrix::Person::new(&hs, "Alice Liddell").await;
+        let news_room = alice
+            .create_room("company news", &[&bot], setup.encrypted)
+            .await;
+        let dev_room = alice
+            .create_room("developers", &[&bot], setup.encrypted)
+            .await;
+        w.matrix = Some(MatrixPart {
+            hs,
+            bot,
+            bot_password,
+            alice,
+            news_room,
+            dev_room,
+        });
+        w
+    }
+
+    pub fn m(&self) -> &MatrixPart {
+        self.matrix.as_ref().expect("a Matrix world")
+    }
+
     pub async fn new(setup: Setup) -> World {
         let portal = FakePortal::start(PortalConfig {
             rate_limit: if setup.real_limits {
@@ -97,6 +154,8 @@ impl World {
             news,
             dev,
             events_api: setup.events_api,
+            matrix: None,
+            slack_mapped: setup.slack,
         }
     }
 
@@ -108,7 +167,7 @@ impl World {
         } else {
             format!("app_token: {}", cfg.app_token)
         };
-        format!(
+        let mut text = format!(
             r#"bitrix24:
   webhook_url: {webhook}
   poll: {{ interval: 40ms, reconcile_window: 7d, reconcile_interval: 250ms }}
@@ -120,23 +179,42 @@ slack:
   post_rate: {{ per_second: 0 }}
 store: {{ path: {store} }}
 http: {{ listen: {listen} }}
-mappings:
-  - name: company-news
-    audience: [all]
-    slack: {{ channel: {news} }}
-  - name: developers
-    audience: [group:{group}]
-    slack: {{ channel: {dev} }}
-    replies: true
 "#,
             webhook = self.portal.webhook_url(),
             bot = cfg.bot_token,
             api = self.slack.api_base(),
             store = self.dir.path().join("data").display(),
-            news = self.news,
-            dev = self.dev,
-            group = self.group,
-        )
+        );
+        if let Some(m) = &self.matrix {
+            text.push_str(&format!(
+                "matrix:\n  homeserver: {}\n  user_id: \"{}\"\n  password: {}\n  encryption: true\n  sync_timeout: 2s\n",
+                m.hs.url, m.bot, m.bot_password
+            ));
+        }
+        let target = |slack: &str, room: Option<&OwnedRoomId>| {
+            let mut t = String::new();
+            if self.slack_mapped {
+                t.push_str(&format!("    slack: {{ channel: {slack} }}\n"));
+            }
+            if let Some(r) = room {
+                t.push_str(&format!("    matrix: {{ room: \"{r}\" }}\n"));
+            }
+            t
+        };
+        text.push_str("mappings:\n  - name: company-news\n    audience: [all]\n");
+        text.push_str(&target(
+            &self.news,
+            self.matrix.as_ref().map(|m| &m.news_room),
+        ));
+        text.push_str(&format!(
+            "  - name: developers\n    audience: [group:{}]\n    replies: true\n",
+            self.group
+        ));
+        text.push_str(&target(
+            &self.dev,
+            self.matrix.as_ref().map(|m| &m.dev_room),
+        ));
+        text
     }
 
     pub fn config(&self, listen: &str) -> Config {
@@ -160,6 +238,14 @@ mappings:
         )
         .await
         .expect("bridge starts");
+        if let Some(m) = &self.matrix {
+            let bot = m.bot.clone();
+            for room in [&m.news_room, &m.dev_room] {
+                m.alice
+                    .wait(&format!("the bot joins {room}"), |p| p.joined(room, &bot))
+                    .await;
+            }
+        }
         if self.events_api {
             self.slack
                 .set_events_url(Some(format!("http://{}/slack/events", running.http_addr)));

@@ -1,0 +1,431 @@
+//! Bitrix24 Live Feed ⇄ Matrix, end to end against a real Synapse (scripts/synapse.sh) and the
+//! fake portal. Skipped, with a notice, when no homeserver is configured.
+
+#![recursion_limit = "256"]
+
+mod support;
+
+use matrix_sdk::ruma::OwnedEventId;
+use matrix_sdk::ruma::events::room::message::{
+    MessageType, OriginalSyncRoomMessageEvent, Relation,
+};
+use support::matrix::Homeserver;
+use support::{Setup, World};
+
+macro_rules! homeserver {
+    ($test:literal) => {
+        match Homeserver::from_env_or_skip($test) {
+            Some(hs) => hs,
+            None => return,
+        }
+    };
+}
+
+fn matrix_only() -> Setup {
+    Setup {
+        slack: false,
+        ..Setup::default()
+    }
+}
+
+/// `(body, formatted_body)` of a text message.
+fn text_of(m: &OriginalSyncRoomMessageEvent) -> (String, String) {
+    match &m.content.msgtype {
+        MessageType::Text(t) => (
+            t.body.clone(),
+            t.formatted
+                .as_ref()
+                .map(|f| f.body.clone())
+                .unwrap_or_default(),
+        ),
+        other => panic!("not a text message: {other:?}"),
+    }
+}
+
+fn replaces(m: &OriginalSyncRoomMessageEvent) -> Option<OwnedEventId> {
+    match &m.content.relates_to {
+        Some(Relation::Replacement(r)) => Some(r.event_id.clone()),
+        _ => None,
+    }
+}
+
+async fn root_of(
+    w: &World,
+    post: u64,
+    room: &matrix_sdk::ruma::OwnedRoomId,
+    n: usize,
+) -> OriginalSyncRoomMessageEvent {
+    let m = w.m();
+    let bot = m.bot.clone();
+    m.alice
+        .wait(&format!("{n} root event(s) for post {post}"), |p| {
+            p.roots(room, &bot).len() >= n
+        })
+        .await;
+    m.alice.roots(room, &bot).into_iter().last().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_becomes_exactly_one_root_event_with_html_and_body() {
+    let hs = homeserver!("a_post_becomes_exactly_one_root_event_with_html_and_body");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.start().await;
+    let post = w.post_all(
+        "Quarterly plan",
+        "[B]Targets[/B] are set & [URL=https://example.com/plan?q=1&x=2]the plan[/URL] is out.\n[LIST][*]hire[*]ship[/LIST]",
+    );
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await;
+    w.settle().await;
+    let (m, bot) = (w.m(), w.m().bot.clone());
+    assert_eq!(
+        m.alice.roots(&room, &bot).len(),
+        1,
+        "exactly one root event"
+    );
+    assert_eq!(
+        m.alice.roots(&m.dev_room, &bot).len(),
+        0,
+        "not a group post"
+    );
+    let url = format!(
+        "{}company/personal/user/{}/blog/{post}/",
+        w.portal.base_url(),
+        w.ivan
+    );
+    let (body, html) = text_of(&root);
+    assert_eq!(
+        html,
+        format!(
+            "<p><strong>Ivan Petrov</strong> in Bitrix24:</p><p><strong>Quarterly plan</strong></p><p><strong>Targets</strong> are set &amp; <a href=\"https://example.com/plan?q=1&amp;x=2\">the plan</a> is out.</p><ul><li>hire</li><li>ship</li></ul><p><a href=\"{url}\">Open in Bitrix24</a></p>"
+        )
+    );
+    assert_eq!(
+        body,
+        format!(
+            "Ivan Petrov in Bitrix24:\n\nQuarterly plan\n\nTargets are set & the plan (https://example.com/plan?q=1&x=2) is out.\n\n• hire\n• ship\n\nOpen in Bitrix24 ({url})"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_are_one_replacement_and_deletions_redact() {
+    let hs = homeserver!("edits_are_one_replacement_and_deletions_redact");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.start().await;
+    let post = w.post_all("Menu", "Soup on Monday");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await;
+    w.portal
+        .update_post(post, Some("Menu".into()), "Soup on Tuesday");
+    let (m, bot) = (w.m(), w.m().bot.clone());
+    let root_id = root.event_id.clone();
+    m.alice
+        .wait("an m.replace of the root", |p| {
+            p.messages(&room, &bot)
+                .iter()
+                .any(|e| replaces(e).as_ref() == Some(&root_id))
+        })
+        .await;
+    w.settle().await;
+    let edits: Vec<_> = m
+        .alice
+        .messages(&room, &bot)
+        .into_iter()
+        .filter(|e| replaces(e).as_ref() == Some(&root_id))
+        .collect();
+    assert_eq!(edits.len(), 1, "one edit for one change");
+    let Some(Relation::Replacement(r)) = &edits[0].content.relates_to else {
+        unreachable!()
+    };
+    match &r.new_content.msgtype {
+        MessageType::Text(t) => {
+            assert!(t.body.contains("Soup on Tuesday"), "{}", t.body);
+            assert!(
+                t.formatted
+                    .as_ref()
+                    .unwrap()
+                    .body
+                    .contains("Soup on Tuesday")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    w.portal.delete_post(post);
+    m.alice
+        .wait("the root is redacted", |p| {
+            p.redactions_of(&room, &root_id) == 1
+        })
+        .await;
+    w.settle().await;
+    assert_eq!(m.alice.redactions_of(&room, &root_id), 1);
+    assert_eq!(
+        m.alice.roots(&room, &bot).len(),
+        1,
+        "nothing new was posted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_replies_edits_and_redactions_become_comment_changes() {
+    let hs = homeserver!("thread_replies_edits_and_redactions_become_comment_changes");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.start().await;
+    let post = w.post_all("Offsite", "Where shall we go?");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await;
+    let alice = &w.m().alice;
+    let reply = alice
+        .thread_reply(
+            &room,
+            &root.event_id,
+            "The lake & the forest",
+            "The lake &amp; the <strong>forest</strong>",
+        )
+        .await;
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(
+        comments,
+        vec!["[B]Alice Liddell[/B] (Matrix): The lake & the [B]forest[/B]".to_string()]
+    );
+    // A plain reply (m.in_reply_to the root) counts too; a top-level message does not.
+    alice.plain_reply(&room, &root.event_id, "Me too").await;
+    alice.top_level(&room, "unrelated chatter").await;
+    w.wait_comments(post, 2).await;
+
+    alice.edit(&room, &reply, "Actually, the sea").await;
+    assert!(
+        w.portal
+            .wait_until(support::WAIT, |p| p
+                .comments(post)
+                .iter()
+                .any(|c| c.text.ends_with("Actually, the sea")))
+            .await
+    );
+    alice.redact(&room, &reply).await;
+    w.wait_comments(post, 1).await;
+    w.settle().await;
+    assert_eq!(
+        w.comments(post),
+        vec!["[B]Alice Liddell[/B] (Matrix): Me too".to_string()]
+    );
+    // The bridge's own root and edits never came back as comments.
+    assert_eq!(w.portal.request_count("log.blogcomment.add"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_resend_nothing_and_miss_nothing() {
+    let hs = homeserver!("restarts_resend_nothing_and_miss_nothing");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.start().await;
+    let before = w.post_all("Before", "posted while running");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, before, &room, 1).await;
+    w.settle().await;
+    w.stop().await;
+
+    let during = w.post_all("During", "posted while the bridge was down");
+    w.m()
+        .alice
+        .thread_reply(
+            &room,
+            &root.event_id,
+            "written during the outage",
+            "written during the outage",
+        )
+        .await;
+    w.start().await;
+    root_of(&w, during, &room, 2).await;
+    w.wait_comments(before, 1).await;
+    w.settle().await;
+    w.crash().await;
+    w.start().await;
+    w.settle().await;
+    let bot = w.m().bot.clone();
+    assert_eq!(
+        w.m().alice.roots(&room, &bot).len(),
+        2,
+        "nothing resent after a stop and a crash"
+    );
+    assert_eq!(
+        w.comments(before).len(),
+        1,
+        "the reply made during the outage arrived once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_mapped_to_slack_and_matrix_arrives_once_in_each() {
+    let hs = homeserver!("a_post_mapped_to_slack_and_matrix_arrives_once_in_each");
+    let mut w = World::with_matrix(Setup::default(), hs).await;
+    w.start().await;
+    let post = w.post_all("Everywhere", "one post, two platforms");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await;
+    let slack_root = w.wait_root(&w.news.clone(), post).await;
+    // Replies from both sides land on the same post.
+    w.slack
+        .reply(&w.anna, &w.news, &slack_root.ts, "from Slack", false);
+    w.m()
+        .alice
+        .thread_reply(&room, &root.event_id, "from Matrix", "from Matrix")
+        .await;
+    w.wait_comments(post, 2).await;
+    w.settle().await;
+    let bot = w.m().bot.clone();
+    assert_eq!(w.m().alice.roots(&room, &bot).len(), 1);
+    assert_eq!(w.roots(&w.news).len(), 1);
+    let mut comments = w.comments(post);
+    comments.sort();
+    assert_eq!(
+        comments,
+        vec![
+            "[B]Alice Liddell[/B] (Matrix): from Matrix".to_string(),
+            "[B]Anna Smirnova[/B] (Slack): from Slack".to_string(),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_rate_limits_still_deliver_every_post_once() {
+    let hs = homeserver!("synapse_rate_limits_still_deliver_every_post_once");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    let bot = w.m().bot.clone();
+    w.m().hs.limit_messages(&bot, 1, 2).await;
+    w.start().await;
+    let posts: Vec<u64> = (0..6)
+        .map(|i| w.post_all(&format!("Post {i}"), "rate limited"))
+        .collect();
+    let room = w.m().news_room.clone();
+    root_of(&w, posts[5], &room, 6).await;
+    w.settle().await;
+    let roots = w.m().alice.roots(&room, &bot);
+    assert_eq!(roots.len(), 6, "every post once");
+    let mut titles: Vec<String> = roots.iter().map(|r| text_of(r).0).collect();
+    titles.sort();
+    titles.dedup();
+    assert_eq!(titles.len(), 6, "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_works_both_ways() {
+    let hs = homeserver!("an_encrypted_room_works_both_ways");
+    let mut w = World::with_matrix(
+        Setup {
+            encrypted: true,
+            ..matrix_only()
+        },
+        hs,
+    )
+    .await;
+    w.start().await;
+    let post = w.post_all("Secret plans", "[I]for members only[/I]");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await;
+    let (_, html) = text_of(&root);
+    assert!(
+        html.contains("<em>for members only</em>"),
+        "decrypted by the person: {html}"
+    );
+    w.m()
+        .alice
+        .thread_reply(
+            &room,
+            &root.event_id,
+            "encrypted reply",
+            "encrypted <em>reply</em>",
+        )
+        .await;
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(
+        comments,
+        vec!["[B]Alice Liddell[/B] (Matrix): encrypted [I]reply[/I]".to_string()]
+    );
+    w.settle().await;
+    let bot = w.m().bot.clone();
+    assert_eq!(w.m().alice.roots(&room, &bot).len(), 1);
+    let state = w
+        .m()
+        .alice
+        .client
+        .get_room(&room)
+        .unwrap()
+        .encryption_state();
+    assert!(state.is_encrypted(), "the room really is encrypted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_matrix_membership_power_and_encryption() {
+    let hs = homeserver!("check_probes_matrix_membership_power_and_encryption");
+    let mut w = World::with_matrix(
+        Setup {
+            encrypted: true,
+            ..matrix_only()
+        },
+        hs,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.yaml");
+    let check = |path: std::path::PathBuf| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    std::fs::write(&path, w.config_text("127.0.0.1:0")).unwrap();
+    let (code, shown) = check(path.clone()).await;
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "[ok  ] Matrix {}: signed in as {}",
+            w.m().hs.url,
+            w.m().bot
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "[warn] Matrix room {}: the bot is invited",
+            w.m().news_room
+        )),
+        "{shown}"
+    );
+
+    w.start().await;
+    let (code, shown) = check(path.clone()).await;
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "[ok  ] Matrix room {}: bot joined, power level 0, encrypted",
+            w.m().news_room
+        )),
+        "{shown}"
+    );
+
+    // A room the bot was never invited to fails the check.
+    let stranger = w.m().alice.create_room("elsewhere", &[], false).await;
+    std::fs::write(
+        &path,
+        w.config_text("127.0.0.1:0")
+            .replace(w.m().dev_room.as_str(), stranger.as_str()),
+    )
+    .unwrap();
+    let (code, shown) = check(path).await;
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "[FAIL] Matrix room {stranger}: the bot is not a member"
+        )),
+        "{shown}"
+    );
+    assert!(!shown.contains(&w.m().bot_password), "password leaked");
+}
