@@ -1265,7 +1265,7 @@ mappings:
             &MATRIX.replace("\"@feedbot:example.org\"", "feedbot"),
             &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
         );
-        assert_eq!(e.line, 4);
+        assert_eq!(e.line, 5);
         let e = parse_err(
             &MATRIX.replace("#dev:example.org", "dev"),
             &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
