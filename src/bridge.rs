@@ -102,7 +102,14 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         path: config.store.path.display().to_string(),
         source: StoreError::Sled(e.into()),
     })?;
+    let opening = std::time::Instant::now();
     let store = open_store(&config.store.path).await?;
+    info!(
+        path = %config.store.path.display(),
+        took_ms = opening.elapsed().as_millis() as u64,
+        pending = store.journal_depth(),
+        "store opened"
+    );
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let cancel = CancellationToken::new();
@@ -216,6 +223,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
     if let Some(intake) = matrix_intake {
         tasks.spawn(intake.run(cancel.clone()));
     }
+    tasks.spawn(housekeeping(store.clone(), cancel.clone()));
     let running_journal = journal.clone();
     let engine = Engine::new(
         journal.clone(),
@@ -283,6 +291,22 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         store,
         journal: running_journal,
     })
+}
+
+/// Forget deduplication keys and reply tombstones older than a day, hourly.
+async fn housekeeping(store: Store, cancel: CancellationToken) {
+    const DAY_MS: i64 = 86_400_000;
+    loop {
+        match store.prune(DAY_MS) {
+            Ok(n) if n > 0 => info!(removed = n, "pruned old deduplication records"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "pruning failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
 }
 
 /// Open the store, waiting a little if another handle still holds its lock (a bridge that was

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod check;
 pub mod config;
 pub mod core;
+pub mod crashpoint;
 pub mod health;
 pub mod http;
 pub mod matrix;

@@ -155,6 +155,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // Listen for signals before starting: a SIGTERM during start-up still stops gracefully.
+    let stop = tokio::spawn(wait_for_signal());
     let running = match bridge::start(&config, Options::default()).await {
         Ok(r) => r,
         Err(e) => {
@@ -162,7 +164,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    let _ = stop.await;
     tracing::info!("stopping");
     running.shutdown(Duration::from_secs(8)).await;
     ExitCode::SUCCESS

@@ -651,6 +651,38 @@ async fn transient_failures_retry_and_permanent_ones_dead_letter_without_blockin
 }
 
 #[tokio::test]
+async fn a_deletion_that_overtakes_its_reply_keeps_the_reply_out() {
+    let mut h = Harness::new();
+    h.start();
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        6,
+        &[Audience::All],
+        "root",
+    ))))
+    .await;
+    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.settle().await;
+    // Slack redelivered the reply after its deletion (a lost ack): deletion first.
+    let room = Room::new(Platform::Slack, NEWS);
+    h.accept(Inbound::Chat(ChatEvent::ReplyDeleted {
+        room,
+        thread: Some("m1".into()),
+        reply: "r1".into(),
+    }))
+    .await;
+    h.accept(reply("m1", "r1", "deleted already")).await;
+    h.accept(reply("m1", "r2", "still here")).await;
+    h.feed.wait(|f| f.adds == 1).await;
+    h.settle().await;
+    let f = h.feed.state.lock().unwrap().clone();
+    assert_eq!(f.adds, 1);
+    assert_eq!(
+        f.comments.values().next().unwrap().1,
+        "Anna Smirnova (Slack): still here"
+    );
+}
+
+#[tokio::test]
 async fn replies_in_rooms_without_replies_are_not_written_back() {
     let mut h = Harness::new();
     h.start();

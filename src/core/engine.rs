@@ -617,6 +617,7 @@ impl Inner {
                         }
                     }
                 };
+                crate::crashpoint::hit("engine.sent");
                 let mirror = Mirror {
                     message_id,
                     content_hash: hash,
@@ -626,6 +627,7 @@ impl Inner {
                     .record_mirror(post, room, &mirror, &key)
                     .map_err(store_failure)?;
                 self.set_intent_state(&key, None);
+                crate::crashpoint::hit("engine.recorded");
                 self.metrics.effect(platform, "post", "ok");
                 info!(%post, %room, message = %mirror.message_id, "post mirrored");
             }
@@ -674,12 +676,19 @@ impl Inner {
                 self.add_comment(room, thread, reply, author, body).await
             }
             ChatEvent::ReplyDeleted { room, reply, .. } => {
-                if let Some(existing) = self
+                match self
                     .store
                     .comment_for_reply(room, reply)
                     .map_err(store_failure)?
                 {
-                    self.remove_comment(room, reply, &existing).await?;
+                    Some(existing) => self.remove_comment(room, reply, &existing).await?,
+                    None => {
+                        // Not bridged (yet): if the reply itself arrives late, it stays out.
+                        debug!(%room, reply, "deleted reply was never a comment; remembered");
+                        self.store
+                            .put_reply_tombstone(room, reply)
+                            .map_err(store_failure)?;
+                    }
                 }
                 Ok(())
             }
@@ -704,6 +713,14 @@ impl Inner {
             .map_err(store_failure)?
             .is_some()
         {
+            return Ok(());
+        }
+        if self
+            .store
+            .reply_tombstoned(room, reply)
+            .map_err(store_failure)?
+        {
+            debug!(%room, reply, "reply deleted before it arrived; not bridged");
             return Ok(());
         }
         let Some(post) = self
@@ -742,6 +759,7 @@ impl Inner {
                 }
             }
         };
+        crate::crashpoint::hit("engine.commented");
         let record = CommentRecord {
             post,
             comment,

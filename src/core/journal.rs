@@ -65,6 +65,7 @@ impl Journal {
             })
             .collect();
         self.store.append(&entries, &batch.cursors, &batch.dedupe)?;
+        crate::crashpoint::hit("journal.appended");
         self.store.sync().await?;
         for (event, _) in &batch.events {
             self.metrics.accepted(event.source(), event.kind());

@@ -11,6 +11,7 @@
 //! | `chat_index`  | room key ++ message id                | [`IndexEntry`]        |
 //! | `comments`    | `r` ++ room key ++ reply id           | [`CommentRecord`]     |
 //! | `comments`    | `c` ++ comment id (u64 BE)            | room key ++ reply id  |
+//! | `comments`    | `t` ++ room key ++ reply id           | deleted-at ms (a reply deleted before it was bridged) |
 //! | `cursors`     | intake name (utf-8)                   | intake-specific JSON  |
 //! | `journal`     | sequence (u64 BE)                     | [`JournalEntry`]      |
 //! | `intents`     | action key (utf-8)                    | [`Intent`]            |
@@ -186,6 +187,12 @@ fn message_key(room: &Room, message: &str) -> Vec<u8> {
 
 fn reply_key(room: &Room, reply: &str) -> Vec<u8> {
     let mut k = vec![b'r'];
+    k.extend(message_key(room, reply));
+    k
+}
+
+fn tombstone_key(room: &Room, reply: &str) -> Vec<u8> {
+    let mut k = vec![b't'];
     k.extend(message_key(room, reply));
     k
 }
@@ -464,6 +471,23 @@ impl Store {
         Ok(seq)
     }
 
+    /// Remember that a reply was deleted before the bridge wrote its comment: events can
+    /// arrive out of order (a redelivered post after its deletion), and a late post of a
+    /// deleted reply must not become a comment.
+    pub fn put_reply_tombstone(&self, room: &Room, reply: &str) -> Result<()> {
+        self.inner
+            .comments
+            .insert(tombstone_key(room, reply), enc(&now_ms()))?;
+        Ok(())
+    }
+
+    pub fn reply_tombstoned(&self, room: &Room, reply: &str) -> Result<bool> {
+        Ok(self
+            .inner
+            .comments
+            .contains_key(tombstone_key(room, reply))?)
+    }
+
     // -- intents ----------------------------------------------------------------------------
 
     pub fn intent(&self, key: &str) -> Result<Option<Intent>> {
@@ -601,15 +625,22 @@ impl Store {
         Ok(self.inner.dedupe.contains_key(key.as_bytes())?)
     }
 
-    /// Forget dedupe keys older than `max_age_ms`.
-    pub fn prune_dedupe(&self, max_age_ms: i64) -> Result<usize> {
+    /// Forget dedupe keys and reply tombstones older than `max_age_ms` (redeliveries come
+    /// within minutes; a day is plenty).
+    pub fn prune(&self, max_age_ms: i64) -> Result<usize> {
         let cutoff = now_ms() - max_age_ms;
         let mut removed = 0;
         for item in self.inner.dedupe.iter() {
             let (k, v) = item?;
-            let at: i64 = dec("dedupe", &v)?;
-            if at < cutoff {
+            if dec::<i64>("dedupe", &v)? < cutoff {
                 self.inner.dedupe.remove(k)?;
+                removed += 1;
+            }
+        }
+        for item in self.inner.comments.scan_prefix([b't']) {
+            let (k, v) = item?;
+            if dec::<i64>("comments", &v)? < cutoff {
+                self.inner.comments.remove(k)?;
                 removed += 1;
             }
         }

@@ -241,6 +241,7 @@ impl SlackIntake {
                 reply: ts,
             },
         };
+        debug!(kind = chat_event.kind(), room = %chat_event.room(), "Slack event accepted");
         let source_ms = payload
             .get("event_time")
             .and_then(Value::as_i64)

@@ -179,6 +179,7 @@ impl SocketMode {
                     let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
                     match self.intake.handle(&payload).await {
                         Ok(()) => {
+                            crate::crashpoint::hit("slack.journaled");
                             let ack = json!({ "envelope_id": id }).to_string();
                             sink.send(Message::Text(ack.into()))
                                 .await
