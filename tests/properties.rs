@@ -5,6 +5,7 @@ mod common;
 
 use livefeed_bridge::bitrix::bbcode;
 use livefeed_bridge::core::richtext::{Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind};
+use livefeed_bridge::matrix::html;
 use livefeed_bridge::slack::mrkdwn;
 use proptest::prelude::*;
 
@@ -118,9 +119,27 @@ proptest! {
     }
 
     #[test]
+    fn html_parse_accepts_any_string(input in any::<String>()) {
+        assert_well_formed(&html::parse(&input));
+        assert_well_formed(&html::parse_plain(&input));
+    }
+
+    #[test]
+    fn html_parse_accepts_html_soup(input in html_soup()) {
+        assert_well_formed(&html::parse(&input));
+    }
+
+    #[test]
     fn renderers_accept_any_document(doc in any_doc()) {
         assert_well_formed(&bbcode::parse(&bbcode::render(&doc)));
         assert_well_formed(&mrkdwn::parse(&mrkdwn::render(&doc), &no_names));
+        assert_well_formed(&html::parse(&html::render_html(&doc)));
+    }
+
+    #[test]
+    fn html_round_trip(doc in html_doc()) {
+        let text = html::render_html(&doc);
+        prop_assert_eq!(html::parse(&text), doc, "rendered as {:?}", text);
     }
 
     #[test]
@@ -134,6 +153,51 @@ proptest! {
         let text = mrkdwn::render(&doc);
         prop_assert_eq!(mrkdwn::parse(&text, &no_names), doc, "rendered as {:?}", text);
     }
+}
+
+/// Sequences of HTML tags, entities and text, shuffled.
+fn html_soup() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("<p>"),
+        Just("</p>"),
+        Just("<b>"),
+        Just("</b>"),
+        Just("<em>"),
+        Just("</em>"),
+        Just("<blockquote>"),
+        Just("</blockquote>"),
+        Just("<pre><code>"),
+        Just("</code></pre>"),
+        Just("<ul>"),
+        Just("<ol>"),
+        Just("<li>"),
+        Just("</li>"),
+        Just("</ul>"),
+        Just("<a href=\"https://a.example/?x=1&amp;y\">"),
+        Just("<a href='https://matrix.to/#/@u:hs'>"),
+        Just("<a href=javascript:x>"),
+        Just("</a>"),
+        Just("<br>"),
+        Just("<br/>"),
+        Just("<img src=\"mxc://hs/x\" alt=\":e:\">"),
+        Just("<mx-reply>"),
+        Just("</mx-reply>"),
+        Just("<table><tr><td>"),
+        Just("</td><td>"),
+        Just("</tr></table>"),
+        Just("<!--"),
+        Just("-->"),
+        Just("<a \""),
+        Just("&amp;"),
+        Just("&#x41;"),
+        Just("&bogus"),
+        Just("<"),
+        Just(">"),
+        Just("\n"),
+        Just(" "),
+        Just("text"),
+    ];
+    prop::collection::vec(piece, 0..60).prop_map(|pieces| pieces.concat())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,6 +342,47 @@ fn bbcode_block() -> impl Strategy<Value = Block> {
 
 fn bbcode_doc() -> impl Strategy<Value = Doc> {
     prop::collection::vec(bbcode_block(), 0..4).prop_map(|blocks| Doc::new(blocks).normalize())
+}
+
+/// Documents Matrix HTML can express: BBCode's, with images as plain links (they render as
+/// links, since Matrix `<img>` only loads `mxc://`).
+fn html_doc() -> impl Strategy<Value = Doc> {
+    fn no_images(inlines: Vec<Inline>) -> Vec<Inline> {
+        inlines
+            .into_iter()
+            .map(|inline| match inline {
+                Inline::Image { url, .. } => Inline::Link {
+                    url,
+                    text: Vec::new(),
+                },
+                Inline::Bold(c) => Inline::Bold(no_images(c)),
+                Inline::Italic(c) => Inline::Italic(no_images(c)),
+                Inline::Underline(c) => Inline::Underline(no_images(c)),
+                Inline::Strike(c) => Inline::Strike(no_images(c)),
+                Inline::Link { url, text } => Inline::Link {
+                    url,
+                    text: no_images(text),
+                },
+                other => other,
+            })
+            .collect()
+    }
+    fn without_images(block: Block) -> Block {
+        match block {
+            Block::Paragraph(inlines) => Block::Paragraph(no_images(inlines)),
+            Block::Quote(inner) => Block::Quote(inner.into_iter().map(without_images).collect()),
+            Block::List { ordered, items } => Block::List {
+                ordered,
+                items: items
+                    .into_iter()
+                    .map(|item| item.into_iter().map(without_images).collect())
+                    .collect(),
+            },
+            code => code,
+        }
+    }
+    bbcode_doc()
+        .prop_map(|doc| Doc::new(doc.blocks.into_iter().map(without_images).collect()).normalize())
 }
 
 // ---------------------------------------------------------------------------------------------

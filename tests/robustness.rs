@@ -6,6 +6,7 @@ mod common;
 
 use livefeed_bridge::bitrix::bbcode;
 use livefeed_bridge::core::richtext::{Block, Doc, Inline, MAX_DEPTH};
+use livefeed_bridge::matrix::html;
 use livefeed_bridge::slack::mrkdwn;
 
 const N: usize = 100_000;
@@ -18,6 +19,12 @@ fn bb(input: &str) -> Doc {
 
 fn md(input: &str) -> Doc {
     let doc = mrkdwn::parse(input, &|_| None);
+    assert!(common::depth(&doc) <= MAX_DEPTH);
+    doc
+}
+
+fn h(input: &str) -> Doc {
+    let doc = html::parse(input);
     assert!(common::depth(&doc) <= MAX_DEPTH);
     doc
 }
@@ -180,4 +187,49 @@ fn huge_paragraph_keeps_its_text() {
     assert!(
         matches!(doc.blocks.as_slice(), [Block::Paragraph(p)] if matches!(p[..], [Inline::Text(_)]))
     );
+}
+
+#[test]
+fn html_nesting_is_capped() {
+    let doc = h(&format!("{}x{}", "<b><i>".repeat(N), "</i></b>".repeat(N)));
+    assert_eq!(doc.plain_text(), "x");
+    let doc = h(&format!(
+        "{}q{}",
+        "<blockquote>".repeat(N),
+        "</blockquote>".repeat(N)
+    ));
+    assert_eq!(doc.plain_text().trim_start_matches("> "), "q");
+    h(&"<ul><li>".repeat(N));
+    h(&"<table><tr><td>".repeat(N));
+}
+
+#[test]
+fn html_floods_stay_linear() {
+    for flood in [
+        "<",
+        "<a \"",
+        "<a '",
+        "&",
+        "&#",
+        "&#x",
+        "<!--",
+        "</b>",
+        "<b>",
+        "<br>",
+        "<p>",
+        "<li>",
+        "<mx-reply>",
+        "</mx-reply>",
+        "<script>",
+        "<x",
+        "=\"",
+    ] {
+        h(&flood.repeat(2 * N));
+    }
+    let alphabet = [
+        "<", ">", "/", "b", "p", "a", " ", "\"", "'", "=", "&", ";", "#", "\n", "!", "-",
+    ];
+    h(&noise(&alphabet, 2 * N, 4));
+    // Many unmatched closing tags after many ignored-for-depth opening ones.
+    h(&format!("{}{}", "<i>".repeat(N), "</u>".repeat(N)));
 }

@@ -173,6 +173,7 @@ fn blocks_plain(blocks: &[Block], out: &mut String, prefix: &str) {
             out.push('\n');
             out.push_str(prefix.trim_end());
             out.push('\n');
+            out.push_str(prefix);
         }
         match block {
             Block::Paragraph(inlines) => {
@@ -288,9 +289,11 @@ pub fn normalize_inlines(inlines: Vec<Inline>) -> Vec<Inline> {
         out.push(inline);
     }
     // A paragraph never starts or ends with a line break.
-    while matches!(out.first(), Some(Inline::LineBreak)) {
-        out.remove(0);
-    }
+    let leading = out
+        .iter()
+        .take_while(|i| matches!(i, Inline::LineBreak))
+        .count();
+    out.drain(..leading);
     while matches!(out.last(), Some(Inline::LineBreak)) {
         out.pop();
     }
