@@ -21,7 +21,7 @@ use tracing::{debug, trace};
 
 use crate::core::model::Failure;
 use crate::metrics::Metrics;
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{Blocks, TokenBucket};
 use crate::secret::{Secret, scrub};
 
 const PLATFORM: &str = "bitrix24";
@@ -107,7 +107,18 @@ pub struct BitrixClient {
     backoff: ExponentialBuilder,
     /// Last `time.operating_reset_at` seen per method: when an OPERATION_TIME_LIMIT lifts.
     operating_reset: Arc<Mutex<HashMap<String, i64>>>,
+    /// OPERATION_TIME_LIMIT answers in a row per method; each doubles the next pause.
+    operating_strikes: Arc<Mutex<HashMap<String, u32>>>,
+    /// Methods paused after OPERATION_TIME_LIMIT: every caller waits, nobody hammers.
+    paused: Arc<Blocks<String>>,
 }
+
+/// First and longest pause of a method after OPERATION_TIME_LIMIT. The budget is spread over
+/// ten one-minute buckets, so the method usually frees up well before `operating_reset_at`
+/// (up to ten minutes away): a probe after 5 s, 10 s, 20 s … then every minute finds out at the
+/// cost of one rejected call each (rejected calls use no operating time).
+const FIRST_METHOD_PAUSE: Duration = Duration::from_secs(5);
+const MAX_METHOD_PAUSE: Duration = Duration::from_secs(60);
 
 impl BitrixClient {
     pub fn new(
@@ -132,6 +143,8 @@ impl BitrixClient {
                 .with_max_times(5)
                 .with_jitter(),
             operating_reset: Arc::new(Mutex::new(HashMap::new())),
+            operating_strikes: Arc::new(Mutex::new(HashMap::new())),
+            paused: Arc::new(Blocks::new()),
         })
     }
 
@@ -159,8 +172,7 @@ impl BitrixClient {
                 Repeat::Safe => matches!(e.class, ErrorClass::Rejected | ErrorClass::Transient),
                 Repeat::OnlyIfRejected => e.class == ErrorClass::Rejected,
             })
-            // `dur` is None once the attempts are used up; a server hint only stretches a delay.
-            .adjust(|e: &ApiError, dur| dur.map(|d| e.retry_after.map_or(d, |r| r.max(d))))
+            // A paused method is waited for inside the next attempt, not here.
             .notify(|e: &ApiError, dur| {
                 self.metrics.retry(PLATFORM);
                 debug!(method, error = %e, retry_in_ms = dur.as_millis() as u64, "retrying Bitrix24 call");
@@ -239,6 +251,9 @@ impl BitrixClient {
     }
 
     async fn call_once(&self, method: &str, params: &Value) -> Result<Response, ApiError> {
+        if self.paused.wait(&method.to_string()).await {
+            self.metrics.rate_limit_wait(PLATFORM);
+        }
         if let Some(limiter) = &self.limiter
             && limiter.acquire().await
         {
@@ -278,7 +293,9 @@ impl BitrixClient {
                     .unwrap_or_default();
                 let class = classify(Some(status), &code);
                 let retry_after = if code == "OPERATION_TIME_LIMIT" {
-                    self.operating_wait(method)
+                    let wait = self.operating_wait(method);
+                    self.paused.block(method.to_string(), wait);
+                    Some(wait)
                 } else {
                     None
                 };
@@ -292,6 +309,10 @@ impl BitrixClient {
                 })
             }
             Some(Value::Object(obj)) if status < 300 && obj.contains_key("result") => {
+                self.operating_strikes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(method);
                 if let Some(reset) = obj
                     .get("time")
                     .and_then(|t| t.get("operating_reset_at"))
@@ -344,14 +365,34 @@ impl BitrixClient {
         result
     }
 
-    fn operating_wait(&self, method: &str) -> Option<Duration> {
-        let reset = *self
+    /// How long to pause a method after OPERATION_TIME_LIMIT: 5 s doubling with each answer
+    /// in a row up to [`MAX_METHOD_PAUSE`], never past the last seen `operating_reset_at`, at
+    /// least a second.
+    fn operating_wait(&self, method: &str) -> Duration {
+        let strikes = {
+            let mut strikes = self
+                .operating_strikes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = strikes.entry(method.to_string()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        };
+        let backoff = FIRST_METHOD_PAUSE
+            .saturating_mul(1 << (strikes - 1).min(8))
+            .min(MAX_METHOD_PAUSE);
+        let reset = self
             .operating_reset
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(method)?;
+            .get(method)
+            .copied();
         let now = crate::core::store::now_ms() / 1000;
-        Some(Duration::from_secs((reset - now).clamp(1, 600) as u64))
+        match reset {
+            Some(reset) if reset > now => backoff.min(Duration::from_secs((reset - now) as u64)),
+            _ => backoff,
+        }
+        .max(Duration::from_secs(1))
     }
 
     fn transport_error(&self, method: &str, e: reqwest::Error) -> ApiError {

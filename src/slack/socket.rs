@@ -39,6 +39,9 @@ enum SessionError {
     Auth(String),
     #[error("{0}")]
     Other(String),
+    /// A working connection ended: reconnect at once, it is not a failure streak.
+    #[error("{0}")]
+    Dropped(String),
 }
 
 pub struct SocketMode {
@@ -77,6 +80,12 @@ impl SocketMode {
                     warn!(error = %e, "Socket Mode cannot connect; retrying in 60 s");
                     self.health.error(SIDE, &e, true);
                     Duration::from_secs(60)
+                }
+                Err(SessionError::Dropped(e)) => {
+                    failures = 0;
+                    warn!(error = %e, "Socket Mode connection dropped; reconnecting");
+                    self.health.error(SIDE, &e, false);
+                    Duration::from_millis(100 + fastrand::u64(0..400))
                 }
                 Err(SessionError::Other(e)) => {
                     failures += 1;
@@ -121,22 +130,31 @@ impl SocketMode {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut last_frame = Instant::now();
+        let mut greeted = false;
+        // Errors after `hello` are drops of a working link, not connection failures.
+        let lost = |greeted: bool, e: String| {
+            if greeted {
+                SessionError::Dropped(e)
+            } else {
+                SessionError::Other(e)
+            }
+        };
         loop {
             let frame = tokio::select! {
                 f = stream.next() => f,
                 _ = ping.tick() => {
                     if last_frame.elapsed() > IDLE_LIMIT {
-                        return Err(SessionError::Other("no traffic from Slack; the socket is half-open".into()));
+                        return Err(lost(greeted, "no traffic from Slack; the socket is half-open".into()));
                     }
                     sink.send(Message::Ping(Vec::new().into()))
                         .await
-                        .map_err(|e| SessionError::Other(format!("ping failed: {e}")))?;
+                        .map_err(|e| lost(greeted, format!("ping failed: {e}")))?;
                     continue;
                 }
             };
             let frame = match frame {
-                None => return Err(SessionError::Other("Slack closed the socket".into())),
-                Some(Err(e)) => return Err(SessionError::Other(format!("socket error: {e}"))),
+                None => return Err(lost(greeted, "Slack closed the socket".into())),
+                Some(Err(e)) => return Err(lost(greeted, format!("socket error: {e}"))),
                 Some(Ok(f)) => f,
             };
             last_frame = Instant::now();
@@ -147,7 +165,7 @@ impl SocketMode {
                     continue;
                 }
                 Message::Close(_) => {
-                    return Err(SessionError::Other("Slack closed the socket".into()));
+                    return Err(lost(greeted, "Slack closed the socket".into()));
                 }
                 _ => continue,
             };
@@ -157,6 +175,7 @@ impl SocketMode {
             };
             match envelope.get("type").and_then(Value::as_str) {
                 Some("hello") => {
+                    greeted = true;
                     info!("Socket Mode connected");
                     self.health.ok(SIDE);
                 }
@@ -183,7 +202,7 @@ impl SocketMode {
                             let ack = json!({ "envelope_id": id }).to_string();
                             sink.send(Message::Text(ack.into()))
                                 .await
-                                .map_err(|e| SessionError::Other(format!("ack failed: {e}")))?;
+                                .map_err(|e| lost(greeted, format!("ack failed: {e}")))?;
                             self.health.ok(SIDE);
                         }
                         // Not acknowledged: Slack redelivers it.
