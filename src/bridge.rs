@@ -139,7 +139,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         let own = session::own_user(&client)
             .ok_or_else(|| StartError::Matrix("Matrix: no user after sign-in".into()))?;
         info!(user = %own, rooms = room_ids.len(), "Matrix bot signed in");
-        chats.push(Arc::new(MatrixChat::new(client.clone())));
+        chats.push(Arc::new(MatrixChat::new(client.clone(), metrics.clone())));
         matrix_intake = Some(MatrixIntake::new(
             client,
             journal.clone(),
@@ -233,7 +233,8 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         metrics.clone(),
         options.engine.clone(),
         cancel.clone(),
-    );
+    )
+    .reporting_to(health.clone());
     tasks.spawn(async move {
         if let Err(e) = engine.run().await {
             warn!(error = %e, "engine stopped on a store error");
@@ -268,12 +269,15 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
             metrics: metrics.clone(),
             health: health.clone(),
             store: store.clone(),
+            journal: running_journal.clone(),
         },
         slack_events,
         config.http.max_body_bytes,
     );
     let stop = cancel.clone();
     tasks.spawn(async move {
+        // Peer addresses let the admin API answer loopback callers only.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

@@ -45,6 +45,17 @@ impl Health {
         });
     }
 
+    /// A call on a side that had failed with refused credentials worked again.
+    pub fn recovered(&self, side: &str) {
+        self.with(side, |s| {
+            if s.auth_failed {
+                s.connected = true;
+                s.auth_failed = false;
+                s.last_error = None;
+            }
+        });
+    }
+
     pub fn disconnected(&self, side: &str) {
         self.with(side, |s| s.connected = false);
     }

@@ -37,6 +37,7 @@ use super::store::{
     CommentRecord, Intent, JournalEntry, Mirror, PostRecord, Store, StoreError, comment_intent_key,
     now_ms, post_intent_key,
 };
+use crate::health::Health;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -71,6 +72,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     cfg: EngineConfig,
     cancel: CancellationToken,
+    /// Where refused credentials show (`/readyz`): a side whose calls fail with an auth error
+    /// is down until an operator acts, even while its intake stays connected.
+    health: Arc<Health>,
     /// Intents this process wrote, by key: whether the effect was already tried. An intent in
     /// the store but not here was left by an earlier run and must be reconciled.
     intents: Mutex<HashMap<String, IntentState>>,
@@ -140,9 +144,19 @@ impl Engine {
                 metrics,
                 cfg,
                 cancel,
+                health: Arc::new(Health::default()),
                 intents: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Report auth failures and recoveries of outbound calls to `health`.
+    #[must_use]
+    pub fn reporting_to(mut self, health: Arc<Health>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.health = health;
+        }
+        self
     }
 
     /// Run until cancelled: first whatever the journal still holds (a restart), then each new
@@ -336,11 +350,14 @@ impl Inner {
                 }
                 if ticket.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.finish(&ticket);
-                    if let (LaneKey::Room(room), Some(source_ms)) = (&key, ticket.source_ms) {
-                        self.metrics.lag(
-                            room.platform.as_str(),
-                            (now_ms() - source_ms) as f64 / 1000.0,
-                        );
+                    if let Some(source_ms) = ticket.source_ms {
+                        // Labelled by where the change was mirrored to.
+                        let to = match &key {
+                            LaneKey::Room(room) => room.platform.as_str(),
+                            LaneKey::Feed(_) => "bitrix24",
+                        };
+                        self.metrics
+                            .lag(to, (now_ms() - source_ms).max(0) as f64 / 1000.0);
                     }
                 }
             }
@@ -454,7 +471,15 @@ impl Inner {
         let mut attempt: u32 = 0;
         loop {
             let (platform, action) = self.describe(task);
-            match self.execute(task).await {
+            let result = self.execute(task).await;
+            match &result {
+                Err(failure) if failure.kind == FailureKind::Auth => {
+                    self.health.error(platform, &failure.reason, true);
+                }
+                Ok(()) if attempt > 0 => self.health.recovered(platform),
+                _ => {}
+            }
+            match result {
                 Ok(()) => return true,
                 Err(failure) if failure.kind == FailureKind::Permanent => {
                     self.metrics.effect(platform, action, "dead_letter");

@@ -101,6 +101,10 @@ impl Journal {
         &self.notify
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -6,6 +6,8 @@
 //! transaction id with the event it already created, so reconciliation after a crash is simply
 //! sending again: [`ChatAdapter::find_post`] has nothing to look up.
 
+use std::sync::Arc;
+
 use matrix_sdk::Client;
 use matrix_sdk::ruma::events::room::message::{ReplacementMetadata, RoomMessageEventContent};
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId};
@@ -14,18 +16,37 @@ use super::html;
 use super::session::{http_failure, sdk_failure};
 use crate::core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
 use crate::core::layout::content_hash;
-use crate::core::model::{Failure, Platform, PostId};
+use crate::core::model::{Failure, FailureKind, Platform, PostId};
+use crate::metrics::Metrics;
 
 /// Matrix events may be up to 64 KiB; leave room for the HTML and the envelope.
 const MAX_BODY_CHARS: usize = 16_000;
 
 pub struct MatrixChat {
     client: Client,
+    metrics: Arc<Metrics>,
 }
 
 impl MatrixChat {
-    pub fn new(client: Client) -> Self {
-        MatrixChat { client }
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        MatrixChat { client, metrics }
+    }
+
+    /// Count a homeserver call in `api_calls` (the SDK makes them; we name them by endpoint).
+    fn counted<T>(&self, method: &str, result: Result<T, Failure>) -> Result<T, Failure> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(f) => match f.kind {
+                FailureKind::Transient {
+                    retry_after: Some(_),
+                } => "rate_limited",
+                FailureKind::Transient { retry_after: None } => "server_error",
+                FailureKind::Auth => "auth_error",
+                FailureKind::Permanent => "error",
+            },
+        };
+        self.metrics.api_call("matrix", method, outcome);
+        result
     }
 
     /// The joined room; joins it first if the bot is invited (or the room is public).
@@ -33,16 +54,19 @@ impl MatrixChat {
         let id = RoomId::parse(room).map_err(|e| Failure::permanent(format!("{room}: {e}")))?;
         match self.client.get_room(&id) {
             Some(r) if r.state() == matrix_sdk::RoomState::Joined => Ok(r),
-            _ => self.client.join_room_by_id(&id).await.map_err(|e| {
-                let f = sdk_failure(&e);
-                if f.is_transient() {
-                    f
-                } else {
-                    Failure::permanent(format!(
-                        "the bot is not in Matrix room {room} and cannot join it: {e}"
-                    ))
-                }
-            }),
+            _ => {
+                let joined = self.client.join_room_by_id(&id).await.map_err(|e| {
+                    let f = sdk_failure(&e);
+                    if f.is_transient() {
+                        f
+                    } else {
+                        Failure::permanent(format!(
+                            "the bot is not in Matrix room {room} and cannot join it: {e}"
+                        ))
+                    }
+                });
+                self.counted("join", joined)
+            }
         }
     }
 
@@ -91,7 +115,8 @@ impl ChatAdapter for MatrixChat {
                 .send(Self::content(msg))
                 .with_transaction_id(root_txn(msg.post))
                 .await
-                .map_err(|e| sdk_failure(&e))?;
+                .map_err(|e| sdk_failure(&e));
+            let sent = self.counted("send", sent)?;
             Ok(sent.response.event_id.to_string())
         })
     }
@@ -118,11 +143,12 @@ impl ChatAdapter for MatrixChat {
                 .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
             let content =
                 Self::content(msg).make_replacement(ReplacementMetadata::new(target, None));
-            room.send(content)
+            let sent = room
+                .send(content)
                 .with_transaction_id(edit_txn(message, msg))
                 .await
-                .map_err(|e| sdk_failure(&e))?;
-            Ok(())
+                .map_err(|e| sdk_failure(&e));
+            self.counted("send", sent).map(drop)
         })
     }
 
@@ -131,7 +157,7 @@ impl ChatAdapter for MatrixChat {
             let room = self.room(room).await?;
             let target = EventId::parse(message)
                 .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
-            match room
+            let redacted = match room
                 .redact(
                     &target,
                     Some("deleted in Bitrix24"),
@@ -149,7 +175,8 @@ impl ChatAdapter for MatrixChat {
                     Ok(())
                 }
                 Err(e) => Err(http_failure(&e)),
-            }
+            };
+            self.counted("redact", redacted)
         })
     }
 }

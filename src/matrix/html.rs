@@ -1004,7 +1004,7 @@ mod tests {
                 Inline::LineBreak,
                 Inline::Strike(vec![text("s")]),
                 Inline::Underline(vec![text("u")]),
-                Inline::Code(vec!["x<y"].concat()),
+                Inline::Code("x<y".to_owned()),
             ]),
             Block::Quote(vec![para(vec![text("q")])]),
             Block::Code("fn main() {}\n<tag>".to_owned()),

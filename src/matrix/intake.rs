@@ -175,6 +175,20 @@ impl MatrixIntake {
                 r = self.client.sync_once(settings) => r,
                 _ = cancel.cancelled() => return,
             };
+            let call_outcome = match &synced {
+                Ok(_) => "ok",
+                Err(e) => match sdk_failure(e).kind {
+                    FailureKind::Auth => "auth_error",
+                    FailureKind::Transient {
+                        retry_after: Some(_),
+                    } => "rate_limited",
+                    FailureKind::Transient { retry_after: None } => "server_error",
+                    FailureKind::Permanent => "error",
+                },
+            };
+            self.journal
+                .metrics()
+                .api_call("matrix", "sync", call_outcome);
             let outcome = match synced {
                 Ok(resp) => self.handle(resp, token.is_none()).await,
                 Err(e) => Err(sdk_failure(&e)),

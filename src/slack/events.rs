@@ -7,6 +7,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
@@ -69,7 +70,19 @@ pub struct EventsApi {
     pub intake: SlackIntake,
 }
 
-pub async fn handle(State(api): State<EventsApi>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(api): State<EventsApi>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            // Too large (413) or unreadable: say so in the log, answer what axum decided.
+            warn!(status = rejection.status().as_u16(), reason = %rejection.body_text(), "Slack request refused before reading");
+            return rejection.into_response();
+        }
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(ts), Some(sig)) = (
         header("x-slack-request-timestamp"),
