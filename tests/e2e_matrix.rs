@@ -6,6 +6,7 @@
 mod support;
 
 use matrix_sdk::ruma::OwnedEventId;
+use matrix_sdk::ruma::events::room::member::MembershipState;
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation,
 };
@@ -428,4 +429,58 @@ async fn check_probes_matrix_membership_power_and_encryption() {
         "{shown}"
     );
     assert!(!shown.contains(&w.m().bot_password), "password leaked");
+}
+
+/// A room the bot was removed from is a permanent failure: a dead letter naming the room, while
+/// the same post still reaches Slack and the other room keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_the_bot_was_removed_from_is_a_dead_letter_and_the_rest_flows() {
+    let hs = homeserver!("a_room_the_bot_was_removed_from_is_a_dead_letter_and_the_rest_flows");
+    let mut w = World::with_matrix(Setup::default(), hs).await;
+    w.start().await;
+    let (news_room, bot) = (w.m().news_room.clone(), w.m().bot.clone());
+    w.m().alice.kick(&news_room, &bot).await;
+    w.m()
+        .alice
+        .wait("the bot is out", |p| {
+            p.membership(&news_room, &bot) == Some(MembershipState::Leave)
+        })
+        .await;
+
+    let post = w.post_all("After the kick", "only Slack hears this");
+    w.wait_root(&w.news.clone(), post).await;
+    let running = w.running.as_ref().unwrap();
+    let store = running.journal.store().clone();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while store.dead_letter_count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    w.settle().await;
+    let letters = store.dead_letters().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0].action,
+        format!("post {post} → matrix:{news_room}")
+    );
+    assert!(
+        letters[0].error.contains("cannot join"),
+        "{}",
+        letters[0].error
+    );
+    assert!(w.m().alice.roots(&news_room, &bot).is_empty());
+
+    // The developers room is untouched.
+    let group_post = w.portal.create_post(
+        w.ivan,
+        livefeed_bridge::sandbox::bitrix::NewPost {
+            title: Some("Still here".into()),
+            text: "dev room".into(),
+            dest: vec![format!("SG{}", w.group)],
+            important: false,
+        },
+    );
+    let dev_room = w.m().dev_room.clone();
+    root_of(&w, group_post, &dev_room, 1).await;
+    assert_eq!(store.dead_letter_count(), 1);
 }

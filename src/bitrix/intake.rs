@@ -576,6 +576,55 @@ mod tests {
         assert!(RawPost::parse(&json!({"ID": "x"})).is_none());
     }
 
+    /// Every field of a feed item with every wrong JSON type: never a panic; an item without a
+    /// usable id or author is skipped, any other field falls back to its default.
+    #[test]
+    fn raw_post_survives_every_field_with_every_wrong_type() {
+        let valid = json!({
+            "ID": "217", "AUTHOR_ID": "1269", "TITLE": "T", "MICRO": "N", "DETAIL_TEXT": "x",
+            "NUM_COMMENTS": "3", "DATE_PUBLISH": "2026-03-17T15:29:15+03:00",
+            "UF_BLOG_POST_IMPRTNT": { "VALUE": "1" }
+        });
+        let wrong = [
+            json!(null),
+            json!(true),
+            json!(-1),
+            json!(1.5),
+            json!(1e300),
+            json!(""),
+            json!("not a number"),
+            json!("99999999999999999999999"),
+            json!([]),
+            json!(["217"]),
+            json!({}),
+            json!({ "VALUE": [] }),
+        ];
+        let fields: Vec<String> = valid.as_object().unwrap().keys().cloned().collect();
+        for field in &fields {
+            for value in &wrong {
+                let mut item = valid.clone();
+                item[field.as_str()] = value.clone();
+                let parsed = RawPost::parse(&item);
+                match field.as_str() {
+                    "ID" | "AUTHOR_ID" => assert!(
+                        parsed.is_none(),
+                        "{field} = {value} should make the item unusable"
+                    ),
+                    _ => {
+                        let p = parsed.unwrap_or_else(|| panic!("{field} = {value} lost the post"));
+                        assert_eq!((p.id, p.author_id), (217, 1269));
+                    }
+                }
+            }
+            let mut item = valid.clone();
+            item.as_object_mut().unwrap().remove(field);
+            let _ = RawPost::parse(&item);
+        }
+        for item in [json!(null), json!("217"), json!([valid.clone()]), json!(17)] {
+            assert!(RawPost::parse(&item).is_none(), "{item}");
+        }
+    }
+
     #[test]
     fn codes() {
         assert_eq!(audience_code(Audience::All), "UA");

@@ -249,6 +249,14 @@ impl Person {
             .event_id
     }
 
+    /// Remove `user` from `room` (the room stays invite-only, so they cannot rejoin).
+    pub async fn kick(&self, room: &OwnedRoomId, user: &UserId) {
+        self.room(room)
+            .kick_user(user, Some("testing dead letters"))
+            .await
+            .unwrap();
+    }
+
     pub async fn redact(&self, room: &OwnedRoomId, event: &EventId) {
         self.room(room).redact(event, None, None).await.unwrap();
     }
@@ -322,6 +330,23 @@ impl Person {
                 && matches!(e, AnySyncTimelineEvent::State(AnySyncStateEvent::RoomMember(m))
                     if m.state_key() == user && *m.membership() == MembershipState::Join)
         })
+    }
+
+    /// The latest membership of `user` in `room` that the person has seen.
+    pub fn membership(&self, room: &OwnedRoomId, user: &UserId) -> Option<MembershipState> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|(r, e)| match e {
+                AnySyncTimelineEvent::State(AnySyncStateEvent::RoomMember(m))
+                    if r == room && m.state_key() == user =>
+                {
+                    Some(m.membership().clone())
+                }
+                _ => None,
+            })
     }
 
     /// Wait until `pred` holds over what the person has seen; re-checked on every new event.
