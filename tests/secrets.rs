@@ -1,7 +1,9 @@
 //! Secrets never leak: the real binary runs a workload at TRACE level — with faults (errors
 //! quote what failed), Socket Mode drops, SIGKILLs and restarts — and every line it wrote to
 //! stderr is searched for the Bitrix24 webhook key and every Slack token. The in-process
-//! suites check `/metrics`, `/readyz` and error texts (`operations`, `cli`).
+//! suites check `/metrics`, `/readyz` and error texts (`operations`, `cli`). With a homeserver,
+//! the Matrix side runs at TRACE too and its password and access token are searched for in the
+//! log, `/metrics` and `/readyz`.
 
 #![recursion_limit = "256"]
 
@@ -65,6 +67,116 @@ async fn no_secret_in_any_log_line_at_trace_level() {
         assert!(
             hits.is_empty(),
             "the {name} leaked into the log:\n{hits:#?}"
+        );
+    }
+}
+
+/// The Matrix side at TRACE level (matrix-sdk, hyper and reqwest included): the real binary
+/// logs in with the bot's password, syncs, sends, receives a thread reply and writes it to the
+/// feed. Neither the password nor the access token it obtained may appear in the log, in
+/// `/metrics` or in `/readyz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_matrix_password_or_token_in_logs_metrics_or_readyz() {
+    let Some(hs) =
+        support::matrix::Homeserver::from_env_or_skip("no_matrix_password_or_token_in_logs")
+    else {
+        return;
+    };
+    let w = support::World::with_matrix(support::Setup::default(), hs).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = w.dir.path().join("trace.yaml");
+    std::fs::write(&path, w.config_text(&format!("127.0.0.1:{port}"))).unwrap();
+    let log_path = w.dir.path().join("trace.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let m = w.m();
+    for room in [&m.news_room, &m.dev_room] {
+        m.alice
+            .wait("the bot joins", |p| p.joined(room, &m.bot))
+            .await;
+    }
+    w.polls(1).await;
+    let post = w.post_all("Trace", "every secret stays out of the log");
+    m.alice
+        .wait("the root arrives", |p| {
+            !p.roots(&m.news_room, &m.bot).is_empty()
+        })
+        .await;
+    let root = m.alice.roots(&m.news_room, &m.bot)[0].event_id.clone();
+    m.alice
+        .thread_reply(&m.news_room, &root, "a reply", "a <b>reply</b>")
+        .await;
+    assert_eq!(
+        w.wait_comments(post, 1).await,
+        vec!["[B]Alice Liddell[/B] (Matrix): a [B]reply[/B]".to_string()]
+    );
+    let http = reqwest::Client::new();
+    let mut exposed = String::new();
+    for page in ["metrics", "readyz"] {
+        let body = http
+            .get(format!("http://127.0.0.1:{port}/{page}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        exposed.push_str(&body);
+    }
+    assert!(exposed.contains("livefeed_bridge_api_calls_total{platform=\"matrix\""));
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{status}");
+
+    // The token the password login obtained, as the bridge kept it.
+    let store = livefeed_bridge::core::store::Store::open(&w.dir.path().join("data")).unwrap();
+    let session: serde_json::Value = store.cursor("matrix/session").unwrap().unwrap();
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines = log.lines().count();
+    assert!(lines > 200, "TRACE logging was on ({lines} lines)");
+    assert!(
+        log.contains("/_matrix/client/"),
+        "the log covers Matrix requests"
+    );
+    say!("matrix secrets: {lines} log lines checked");
+    for (name, secret) in [
+        ("Matrix password", m.bot_password.as_str()),
+        ("Matrix access token", token.as_str()),
+    ] {
+        assert!(secret.len() >= 16, "{name} is long enough to search for");
+        let tail = &secret[secret.len() - 12..];
+        let hits: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(secret) || l.contains(tail))
+            .take(3)
+            .collect();
+        assert!(
+            hits.is_empty(),
+            "the {name} leaked into the log:\n{hits:#?}"
+        );
+        assert!(
+            !exposed.contains(secret) && !exposed.contains(tail),
+            "the {name} leaked into /metrics or /readyz"
         );
     }
 }
