@@ -315,7 +315,7 @@ async fn housekeeping(store: Store, cancel: CancellationToken) {
 
 /// Open the store, waiting a little if another handle still holds its lock (a bridge that was
 /// just stopped may still be finishing a flush).
-async fn open_store(path: &std::path::Path) -> Result<Store, StartError> {
+pub async fn open_store(path: &std::path::Path) -> Result<Store, StartError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         match Store::open(path) {

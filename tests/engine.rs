@@ -16,7 +16,6 @@ use livefeed_bridge::core::model::{
 };
 use livefeed_bridge::core::richtext::Doc;
 use livefeed_bridge::core::route::{Route, Router};
-use livefeed_bridge::core::store::Store;
 use livefeed_bridge::metrics::Metrics;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +30,8 @@ struct ChatState {
     messages: BTreeMap<(String, String), (PostId, String, bool)>,
     posts_sent: usize,
     edits: usize,
+    /// Calls that reached a gate.
+    gated: usize,
 }
 
 /// Wait until `pred` holds for the state behind `changed` (re-checked on every change).
@@ -61,6 +62,8 @@ enum Script {
     Fail(Failure),
     /// Perform the effect, then never answer (the process "crashes" mid-call).
     HangAfterEffect,
+    /// Count the call as in flight, wait for the gate, then perform the effect.
+    Gate(Arc<tokio::sync::Notify>),
 }
 
 struct MockChat {
@@ -121,6 +124,11 @@ impl ChatAdapter for MockChat {
             let script = self.next_script();
             if let Some(Script::Fail(f)) = script {
                 return Err(f);
+            }
+            if let Some(Script::Gate(gate)) = &script {
+                self.state.lock().unwrap().gated += 1;
+                self.bump();
+                gate.notified().await;
             }
             let id = {
                 let mut s = self.state.lock().unwrap();
@@ -324,9 +332,13 @@ impl Harness {
         }
     }
 
-    fn start(&mut self) {
+    async fn start(&mut self) {
         assert!(self.running.is_none());
-        let store = Store::open(self.dir.path()).unwrap();
+        // sled lets go of its lock from its own threads a moment after a crash: wait as the
+        // bridge does.
+        let store = livefeed_bridge::bridge::open_store(self.dir.path())
+            .await
+            .unwrap();
         let metrics = Arc::new(Metrics::new());
         let journal = Journal::new(store, metrics.clone());
         let cancel = CancellationToken::new();
@@ -414,7 +426,7 @@ fn reply(thread: &str, reply: &str, text: &str) -> Inbound {
 #[tokio::test]
 async fn posts_follow_their_audience_edits_and_deletions() {
     let mut h = Harness::new();
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         1,
         &[Audience::All],
@@ -473,7 +485,7 @@ async fn posts_follow_their_audience_edits_and_deletions() {
 async fn a_crash_after_sending_is_reconciled_not_resent() {
     let mut h = Harness::new();
     h.chat.script.lock().unwrap().push(Script::HangAfterEffect);
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         7,
         &[Audience::All],
@@ -483,7 +495,7 @@ async fn a_crash_after_sending_is_reconciled_not_resent() {
     // The message is out, but the engine never hears back: crash now.
     h.chat.wait(|s| s.posts_sent == 1).await;
     h.crash().await;
-    h.start();
+    h.start().await;
     h.settle().await;
     let s = h.chat.state.lock().unwrap().clone();
     assert_eq!(
@@ -496,10 +508,60 @@ async fn a_crash_after_sending_is_reconciled_not_resent() {
     h.feed.wait(|f| f.comments.len() == 1).await;
 }
 
+/// Found by the fault suite (seed 792120): a deletion planned while the create was still in
+/// flight saw no mirror, so the message the create then recorded stayed.
+#[tokio::test]
+async fn a_deletion_while_the_create_is_in_flight_still_deletes() {
+    let mut h = Harness::new();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    h.chat
+        .script
+        .lock()
+        .unwrap()
+        .push(Script::Gate(gate.clone()));
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        3,
+        &[Audience::All],
+        "short-lived",
+    ))))
+    .await;
+    h.chat.wait(|s| s.gated == 1).await;
+    h.accept(Inbound::Feed(FeedEvent::PostDeleted(PostId(3))))
+        .await;
+    gate.notify_one();
+    h.settle().await;
+    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 1);
+    assert_eq!(h.chat.live(NEWS), vec![]);
+}
+
+/// The create went out, the post was deleted, the bridge crashed before recording either:
+/// after the restart the message is found through its open intent and deleted.
+#[tokio::test]
+async fn a_crash_after_sending_a_post_deleted_meanwhile_deletes_it() {
+    let mut h = Harness::new();
+    h.chat.script.lock().unwrap().push(Script::HangAfterEffect);
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        8,
+        &[Audience::All],
+        "gone soon",
+    ))))
+    .await;
+    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.accept(Inbound::Feed(FeedEvent::PostDeleted(PostId(8))))
+        .await;
+    h.crash().await;
+    h.start().await;
+    h.settle().await;
+    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 1, "nothing resent");
+    assert_eq!(h.chat.live(NEWS), vec![], "the orphan was deleted");
+}
+
 #[tokio::test]
 async fn replies_become_one_comment_each_and_follow_edits_and_deletes() {
     let mut h = Harness::new();
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         3,
         &[Audience::All],
@@ -557,7 +619,7 @@ async fn replies_become_one_comment_each_and_follow_edits_and_deletes() {
 #[tokio::test]
 async fn comment_counts_exclude_the_bridges_own() {
     let mut h = Harness::new();
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         4,
         &[Audience::All],
@@ -589,7 +651,7 @@ async fn comment_counts_exclude_the_bridges_own() {
 #[tokio::test]
 async fn a_crash_after_commenting_is_reconciled() {
     let mut h = Harness::new();
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         5,
         &[Audience::All],
@@ -602,7 +664,7 @@ async fn a_crash_after_commenting_is_reconciled() {
     h.accept(reply("m1", "r1", "exactly once")).await;
     h.feed.wait(|f| f.adds == 1).await;
     h.crash().await;
-    h.start();
+    h.start().await;
     h.settle().await;
     let f = h.feed.state.lock().unwrap().clone();
     assert_eq!((f.adds, f.comments.len()), (1, 1));
@@ -619,7 +681,7 @@ async fn transient_failures_retry_and_permanent_ones_dead_letter_without_blockin
         Script::Fail(Failure::transient("HTTP 502")),
         Script::Fail(Failure::permanent("channel_not_found")),
     ]);
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         10,
         &[Audience::All],
@@ -653,7 +715,7 @@ async fn transient_failures_retry_and_permanent_ones_dead_letter_without_blockin
 #[tokio::test]
 async fn a_deletion_that_overtakes_its_reply_keeps_the_reply_out() {
     let mut h = Harness::new();
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         6,
         &[Audience::All],
@@ -685,7 +747,7 @@ async fn a_deletion_that_overtakes_its_reply_keeps_the_reply_out() {
 #[tokio::test]
 async fn replies_in_rooms_without_replies_are_not_written_back() {
     let mut h = Harness::new();
-    h.start();
+    h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         20,
         &[Audience::Group(5)],

@@ -275,10 +275,11 @@ impl Inner {
         let Some(record) = record else {
             return Ok(Vec::new());
         };
+        // A deletion goes to every room the post maps to, not only those with a recorded
+        // message: a create still queued or in flight in a room's lane has no mirror yet, and
+        // the deletion must run after it in that lane.
         let mut rooms: BTreeSet<Room> = self.live_mirror_rooms(id)?.into_iter().collect();
-        if !record.deleted {
-            rooms.extend(self.router.rooms_for(&record.post));
-        }
+        rooms.extend(self.router.rooms_for(&record.post));
         Ok(rooms.into_iter().map(|room| sync_task(id, room)).collect())
     }
 
@@ -606,14 +607,18 @@ impl Inner {
         let platform = room.platform.as_str();
         let mirror = self.store.mirror(post, room).map_err(store_failure)?;
         if record.deleted {
-            if let Some(mut m) = mirror.filter(|m| !m.deleted) {
-                chat.delete(&room.id, &m.message_id).await?;
-                m.deleted = true;
-                self.store
-                    .put_mirror(post, room, &m)
-                    .map_err(store_failure)?;
-                self.metrics.effect(platform, "delete", "ok");
-                info!(%post, %room, "mirror deleted");
+            match mirror {
+                Some(mut m) if !m.deleted => {
+                    chat.delete(&room.id, &m.message_id).await?;
+                    m.deleted = true;
+                    self.store
+                        .put_mirror(post, room, &m)
+                        .map_err(store_failure)?;
+                    self.metrics.effect(platform, "delete", "ok");
+                    info!(%post, %room, "mirror deleted");
+                }
+                Some(_) => {}
+                None => self.delete_unrecorded(post, room, chat.as_ref()).await?,
             }
             return Ok(());
         }
@@ -667,6 +672,31 @@ impl Inner {
                 info!(%post, %room, "mirror updated");
             }
         }
+        Ok(())
+    }
+
+    /// A deleted post without a recorded message may still have one: a create whose intent
+    /// is open was sent, or may have been, before a crash. Find it and delete it.
+    async fn delete_unrecorded(
+        &self,
+        post: PostId,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+    ) -> Result<(), Failure> {
+        let key = post_intent_key(post, room);
+        let Some(intent) = self.store.intent(&key).map_err(store_failure)? else {
+            return Ok(());
+        };
+        // Prepared in this run but never attempted: nothing can have been sent.
+        if self.intent_state(&key) != Some(IntentState::Prepared)
+            && let Some(found) = chat.find_post(&room.id, post, intent.started_ms).await?
+        {
+            chat.delete(&room.id, &found).await?;
+            self.metrics.effect(room.platform.as_str(), "delete", "ok");
+            info!(%post, %room, "deleted a root message sent before a stop");
+        }
+        self.store.remove_intent(&key).map_err(store_failure)?;
+        self.set_intent_state(&key, None);
         Ok(())
     }
 
