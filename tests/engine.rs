@@ -508,6 +508,35 @@ async fn a_crash_after_sending_is_reconciled_not_resent() {
     h.feed.wait(|f| f.comments.len() == 1).await;
 }
 
+/// Found by the crash suite (seed 877960): the message found after a restart was recorded with
+/// the post's latest content while it still showed the text it was sent with.
+#[tokio::test]
+async fn a_message_found_by_reconciliation_gets_the_latest_edit() {
+    let mut h = Harness::new();
+    h.chat.script.lock().unwrap().push(Script::HangAfterEffect);
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        9,
+        &[Audience::All],
+        "first words",
+    ))))
+    .await;
+    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.accept(Inbound::Feed(FeedEvent::PostEdited(post(
+        9,
+        &[Audience::All],
+        "second thoughts",
+    ))))
+    .await;
+    h.crash().await;
+    h.start().await;
+    h.settle().await;
+    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 1, "nothing resent");
+    let live = h.chat.live(NEWS);
+    assert_eq!(live.len(), 1);
+    assert!(live[0].1.contains("second thoughts"), "{live:?}");
+}
+
 /// Found by the fault suite (seed 792120): a deletion planned while the create was still in
 /// flight saw no mirror, so the message the create then recorded stayed.
 #[tokio::test]

@@ -120,6 +120,9 @@ struct Ticket {
 
 type LaneSender = mpsc::UnboundedSender<(Task, Arc<Ticket>)>;
 
+/// The content hash of a message whose content is not known (found by reconciliation).
+const UNKNOWN_CONTENT: u64 = 0;
+
 /// Most tasks a lane takes at once (their intents share one flush).
 const LANE_BATCH: usize = 256;
 
@@ -635,22 +638,27 @@ impl Inner {
         match mirror {
             None => {
                 let key = post_intent_key(post, room);
-                let message_id = match self.begin(&key).await? {
-                    Begin::Send => chat.post(&room.id, &msg).await?,
+                let (message_id, reconciled) = match self.begin(&key).await? {
+                    Begin::Send => (chat.post(&room.id, &msg).await?, false),
                     Begin::Reconcile { since_ms } => {
-                        match chat.find_post(&room.id, post, since_ms).await? {
+                        let id = match chat.find_post(&room.id, post, since_ms).await? {
                             Some(found) => {
                                 info!(%post, %room, "found the root message sent before");
                                 found
                             }
+                            // A platform that deduplicates sends may return the earlier one.
                             None => chat.post(&room.id, &msg).await?,
-                        }
+                        };
+                        (id, true)
                     }
                 };
                 crate::crashpoint::hit("engine.sent");
+                // A message sent before a stop shows the post as it was then, which an edit
+                // since may have changed: recorded as unknown content, it is edited below (and
+                // by the retry, if that edit fails).
                 let mirror = Mirror {
                     message_id,
-                    content_hash: hash,
+                    content_hash: if reconciled { UNKNOWN_CONTENT } else { hash },
                     deleted: false,
                 };
                 self.store
@@ -660,18 +668,36 @@ impl Inner {
                 crate::crashpoint::hit("engine.recorded");
                 self.metrics.effect(platform, "post", "ok");
                 info!(%post, %room, message = %mirror.message_id, "post mirrored");
+                if reconciled {
+                    self.edit_mirror(post, room, chat.as_ref(), mirror, &msg, hash)
+                        .await?;
+                }
             }
             Some(m) if m.deleted || m.content_hash == hash => {}
-            Some(mut m) => {
-                chat.edit(&room.id, &m.message_id, &msg).await?;
-                m.content_hash = hash;
-                self.store
-                    .put_mirror(post, room, &m)
-                    .map_err(store_failure)?;
-                self.metrics.effect(platform, "edit", "ok");
-                info!(%post, %room, "mirror updated");
+            Some(m) => {
+                self.edit_mirror(post, room, chat.as_ref(), m, &msg, hash)
+                    .await?
             }
         }
+        Ok(())
+    }
+
+    async fn edit_mirror(
+        &self,
+        post: PostId,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+        mut m: Mirror,
+        msg: &ChatPost,
+        hash: u64,
+    ) -> Result<(), Failure> {
+        chat.edit(&room.id, &m.message_id, msg).await?;
+        m.content_hash = hash;
+        self.store
+            .put_mirror(post, room, &m)
+            .map_err(store_failure)?;
+        self.metrics.effect(room.platform.as_str(), "edit", "ok");
+        info!(%post, %room, "mirror updated");
         Ok(())
     }
 
