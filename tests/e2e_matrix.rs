@@ -463,10 +463,12 @@ async fn a_room_the_bot_was_removed_from_is_a_dead_letter_and_the_rest_flows() {
         letters[0].action,
         format!("post {post} → matrix:{news_room}")
     );
+    // Before its next sync the bot still believes it is in the room and Synapse refuses the
+    // send; after it, the bot knows it left and its join is refused. Either way it is said.
+    let error = &letters[0].error;
     assert!(
-        letters[0].error.contains("cannot join"),
-        "{}",
-        letters[0].error
+        error.contains("cannot join") || error.contains("M_FORBIDDEN"),
+        "{error}"
     );
     assert!(w.m().alice.roots(&news_room, &bot).is_empty());
 
