@@ -497,6 +497,7 @@ impl PollIntake {
 
 /// Bitrix24 dates: ISO 8601 with an offset (`2026-03-17T15:29:15+03:00`), or the old site
 /// format `21.10.2015 17:00:50` (taken as UTC). Returns unix seconds.
+/// Anything out of range is `None`: the arithmetic below must never overflow.
 pub fn parse_date(text: &str) -> Option<i64> {
     let t = text.trim();
     let num = |s: &str| s.parse::<i64>().ok();
@@ -513,16 +514,23 @@ pub fn parse_date(text: &str) -> Option<i64> {
             o => {
                 let sign = if o.starts_with('-') { -1 } else { 1 };
                 let hm = o[1..].replace(':', "");
+                if hm.is_empty() || hm.len() > 4 || !hm.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
                 let (h, mm) = hm.split_at(hm.len().min(2));
-                sign * (num(h)? * 3600 + num(mm).unwrap_or(0) * 60)
+                let (h, mm) = (num(h)?, num(mm).unwrap_or(0));
+                if h > 14 || mm > 59 {
+                    return None;
+                }
+                sign * (h * 3600 + mm * 60)
             }
         };
-        return Some(days_from_civil(y, m, dd) * 86_400 + secs - off);
+        return Some(days_from_civil(y, m, dd)? * 86_400 + secs - off);
     }
     let (date, time) = t.split_once(' ')?;
     let mut d = date.split('.');
     let (dd, m, y) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    Some(days_from_civil(y, m, dd) * 86_400 + time_of_day(time)?)
+    Some(days_from_civil(y, m, dd)? * 86_400 + time_of_day(time)?)
 }
 
 fn time_of_day(t: &str) -> Option<i64> {
@@ -530,18 +538,25 @@ fn time_of_day(t: &str) -> Option<i64> {
     let h: i64 = p.next()?.parse().ok()?;
     let m: i64 = p.next()?.parse().ok()?;
     let s: f64 = p.next().unwrap_or("0").parse().ok()?;
+    if !(0..=24).contains(&h) || !(0..=59).contains(&m) || !(0.0..61.0).contains(&s) {
+        return None;
+    }
     Some(h * 3600 + m * 60 + s as i64)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm); years 1 to
+/// 9999 only.
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
     let y = if m <= 2 { y - 1 } else { y };
     let era = if y >= 0 { y } else { y - 399 } / 400;
     let yoe = y - era * 400;
     let mp = (m + 9) % 12;
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(era * 146_097 + doe - 719_468)
 }
 
 #[cfg(test)]
@@ -555,6 +570,20 @@ mod tests {
         assert_eq!(parse_date("2026-03-17T12:29:15Z"), Some(1_773_750_555));
         assert_eq!(parse_date("21.10.2015 17:00:50"), Some(1_445_446_850));
         assert_eq!(parse_date("garbage"), None);
+    }
+
+    /// Found by the `inbound_payloads` fuzz target: huge fields overflowed the arithmetic, and
+    /// a multibyte offset was split inside a character.
+    #[test]
+    fn dates_out_of_range_are_refused_not_overflowed() {
+        assert_eq!(parse_date("0.-88880.-888888888888.-8[88888888.-8[ 0"), None);
+        assert_eq!(parse_date("31.12.9223372036854775807 00:00:00"), None);
+        assert_eq!(parse_date("2026-03-17T99999999999999:00:00Z"), None);
+        assert_eq!(parse_date("2026-03-17T12:00:00+1é"), None);
+        assert_eq!(parse_date("2026-03-17T12:00:00+99:00"), None);
+        assert_eq!(parse_date("2026-13-17T12:00:00Z"), None);
+        assert_eq!(parse_date("2026-03-17T12:00:00+03"), Some(1_773_738_000));
+        assert_eq!(parse_date("2026-03-17T12:00:00-0330"), Some(1_773_761_400));
     }
 
     #[test]
