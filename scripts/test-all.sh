@@ -14,8 +14,8 @@ step() { printf '\n== %s ==\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 # The Matrix suites run against a real Synapse on 127.0.0.1 (installed from PyPI on first
 # use). LIVEFEED_SKIP_MATRIX=1 skips them; plain `cargo test` without a homeserver skips them too.
@@ -29,6 +29,6 @@ if [ "${LIVEFEED_SKIP_MATRIX:-0}" != 1 ]; then
 fi
 
 step "cargo test"
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
+cargo test --locked --workspace --all-targets --all-features -- --test-threads="${TEST_THREADS:-2}"
 
 step "all tests passed"

@@ -16,23 +16,23 @@ use crate::bitrix::client::BitrixClient;
 use crate::bitrix::intake::PollIntake;
 use crate::bitrix::people::People;
 use crate::config::{Config, SlackIntake as SlackIntakeMode};
-use crate::core::adapters::{ChatAdapter, FeedAdapter};
-use crate::core::engine::{Engine, EngineConfig};
-use crate::core::journal::Journal;
-use crate::core::model::{Platform, Room};
-use crate::core::route::{Route, Router};
-use crate::core::store::{Store, StoreError};
-use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::matrix::adapter::MatrixChat;
 use crate::matrix::intake::MatrixIntake;
 use crate::matrix::session;
-use crate::metrics::Metrics;
 use crate::slack::adapter::SlackChat;
 use crate::slack::api::SlackApi;
 use crate::slack::events::EventsApi;
 use crate::slack::intake::{Identity, SlackIntake};
 use crate::slack::socket::SocketMode;
+use livefeed_core::adapters::{ChatAdapter, FeedAdapter};
+use livefeed_core::engine::{Engine, EngineConfig};
+use livefeed_core::health::Health;
+use livefeed_core::journal::Journal;
+use livefeed_core::metrics::Metrics;
+use livefeed_core::model::{Platform, Room};
+use livefeed_core::route::{Route, Router};
+use livefeed_core::store::{Store, StoreError};
 
 /// Knobs that are not in `bridge.yaml` (tests shorten the engine's retry delays).
 #[derive(Debug, Clone, Default)]
@@ -46,10 +46,6 @@ pub struct Options {
 pub enum StartError {
     #[error("cannot open the store at {path}: {source}")]
     Store { path: String, source: StoreError },
-    #[error(
-        "the store at {path} is in use by another livefeed-bridge process (one process per store)"
-    )]
-    Locked { path: String },
     #[error("{0}")]
     Matrix(String),
     #[error("cannot build an HTTP client: {0}")]
@@ -98,10 +94,6 @@ pub fn router_from(config: &Config, resolved: &BTreeMap<String, String>) -> Rout
 }
 
 pub async fn start(config: &Config, options: Options) -> Result<Running, StartError> {
-    std::fs::create_dir_all(&config.store.path).map_err(|e| StartError::Store {
-        path: config.store.path.display().to_string(),
-        source: StoreError::Sled(e.into()),
-    })?;
     let opening = std::time::Instant::now();
     let store = open_store(&config.store.path).await?;
     info!(
@@ -313,32 +305,14 @@ async fn housekeeping(store: Store, cancel: CancellationToken) {
     }
 }
 
-/// Open the store, waiting a little if another handle still holds its lock (a bridge that was
-/// just stopped may still be finishing a flush).
+/// Open the store, waiting a little if a bridge just stopped in this process still holds it.
 pub async fn open_store(path: &std::path::Path) -> Result<Store, StartError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match Store::open(path) {
-            Ok(store) => return Ok(store),
-            Err(StoreError::Sled(e))
-                if e.to_string().contains("could not acquire lock")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            Err(StoreError::Sled(e)) if e.to_string().contains("could not acquire lock") => {
-                return Err(StartError::Locked {
-                    path: path.display().to_string(),
-                });
-            }
-            Err(source) => {
-                return Err(StartError::Store {
-                    path: path.display().to_string(),
-                    source,
-                });
-            }
-        }
-    }
+    Store::open_waiting(path, Duration::from_secs(5))
+        .await
+        .map_err(|source| StartError::Store {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 impl Running {

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use crate::bitrix::client::{BitrixClient, Repeat as BitrixRepeat, as_list, value_text};
 use crate::config::{Config, MatrixAuth, SlackIntake};
-use crate::core::model::Platform;
-use crate::metrics::Metrics;
 use crate::slack::api::{Body, Repeat as SlackRepeat, SlackApi};
+use livefeed_core::metrics::Metrics;
+use livefeed_core::model::Platform;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

@@ -15,8 +15,8 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::core::model::{Audience, Platform, Room};
 use crate::secret::Secret;
+use livefeed_core::model::{Audience, Platform, Room};
 
 /// A configuration problem with its position in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]

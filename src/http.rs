@@ -15,11 +15,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::core::journal::Journal;
-use crate::core::store::Store;
-use crate::health::Health;
-use crate::metrics::Metrics;
 use crate::slack::events::{self, EventsApi};
+use livefeed_core::health::Health;
+use livefeed_core::journal::Journal;
+use livefeed_core::metrics::Metrics;
+use livefeed_core::store::Store;
 
 #[derive(Clone)]
 pub struct HttpState {

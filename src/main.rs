@@ -1,4 +1,4 @@
-//! The `livefeed-bridge` command line: `run`, `check`, `dead-letters`, `sandbox`, `version`.
+//! The `livefeed-bridge` command line: `run`, `check`, `dead-letters`, `version`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use livefeed_bridge::bridge::{self, Options};
 use livefeed_bridge::check;
 use livefeed_bridge::config::Config;
-use livefeed_bridge::core::store::Store;
+use livefeed_core::store::Store;
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes: 0 fine, 1 runtime failure or a failed probe, 2 configuration error.
@@ -61,16 +61,6 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: DeadLetterAction,
-    },
-    /// Start a fake Bitrix24 portal and a fake Slack workspace on 127.0.0.1 and write a
-    /// bridge config for them, to try the bridge without accounts.
-    Sandbox {
-        /// Where to write the generated config.
-        #[arg(long, default_value = "./sandbox.bridge.yaml")]
-        write_config: PathBuf,
-        /// Port of the fake Bitrix24 portal (the fake Slack uses the next two).
-        #[arg(long, default_value_t = 18024)]
-        port: u16,
     },
     /// Print the version.
     Version,
@@ -153,9 +143,6 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             dead_letters(&config, action).await
-        }
-        Command::Sandbox { write_config, port } => {
-            livefeed_bridge::sandbox::demo::run(&write_config, port).await
         }
     }
 }

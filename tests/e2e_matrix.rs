@@ -475,7 +475,7 @@ async fn a_room_the_bot_was_removed_from_is_a_dead_letter_and_the_rest_flows() {
     // The developers room is untouched.
     let group_post = w.portal.create_post(
         w.ivan,
-        livefeed_bridge::sandbox::bitrix::NewPost {
+        livefeed_sandbox::bitrix::NewPost {
             title: Some("Still here".into()),
             text: "dev room".into(),
             dest: vec![format!("SG{}", w.group)],

@@ -7,8 +7,8 @@
 
 mod support;
 
-use livefeed_bridge::sandbox::bitrix::{Fault as B24Fault, FaultKind as B24FaultKind, NewPost};
-use livefeed_bridge::sandbox::slack::{Fault as SlackFault, FaultKind as SlackFaultKind, SignMode};
+use livefeed_sandbox::bitrix::{Fault as B24Fault, FaultKind as B24FaultKind, NewPost};
+use livefeed_sandbox::slack::{Fault as SlackFault, FaultKind as SlackFaultKind, SignMode};
 use support::{IVAN_PHOTO, Setup, WAIT, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

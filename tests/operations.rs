@@ -9,8 +9,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use livefeed_bridge::sandbox::bitrix::NewPost;
-use livefeed_bridge::sandbox::slack::{Fault as SlackFault, FaultKind as SlackFaultKind, SignMode};
+use livefeed_sandbox::bitrix::NewPost;
+use livefeed_sandbox::slack::{Fault as SlackFault, FaultKind as SlackFaultKind, SignMode};
 use serde_json::Value;
 use support::{Setup, WAIT, World};
 

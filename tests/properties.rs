@@ -4,9 +4,9 @@
 mod common;
 
 use livefeed_bridge::bitrix::bbcode;
-use livefeed_bridge::core::richtext::{Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind};
 use livefeed_bridge::matrix::html;
 use livefeed_bridge::slack::mrkdwn;
+use livefeed_core::richtext::{Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind};
 use proptest::prelude::*;
 
 fn no_names(_: &str) -> Option<String> {

@@ -5,9 +5,9 @@
 mod common;
 
 use livefeed_bridge::bitrix::bbcode;
-use livefeed_bridge::core::richtext::{Block, Doc, Inline, MAX_DEPTH};
 use livefeed_bridge::matrix::html;
 use livefeed_bridge::slack::mrkdwn;
+use livefeed_core::richtext::{Block, Doc, Inline, MAX_DEPTH};
 
 const N: usize = 100_000;
 

@@ -151,7 +151,7 @@ async fn no_matrix_password_or_token_in_logs_metrics_or_readyz() {
     assert!(status.success(), "{status}");
 
     // The token the password login obtained, as the bridge kept it.
-    let store = livefeed_bridge::core::store::Store::open(&w.dir.path().join("data")).unwrap();
+    let store = livefeed_core::store::Store::open(&w.dir.path().join("data")).unwrap();
     let session: serde_json::Value = store.cursor("matrix/session").unwrap().unwrap();
     let token = session["access_token"].as_str().unwrap().to_owned();
     let log = std::fs::read_to_string(&log_path).unwrap();

@@ -9,9 +9,9 @@ use tracing::debug;
 use super::bbcode;
 use super::client::{ApiError, BitrixClient, Repeat, as_list, as_u64, value_text};
 use super::intake::parse_date;
-use crate::core::adapters::{BoxFuture, FeedAdapter};
-use crate::core::model::{CommentId, Failure, PostId};
-use crate::core::richtext::Doc;
+use livefeed_core::adapters::{BoxFuture, FeedAdapter};
+use livefeed_core::model::{CommentId, Failure, PostId};
+use livefeed_core::richtext::Doc;
 
 /// How far back reconciliation looks before an intent's start (clock skew, slow requests).
 const RECONCILE_SLACK: Duration = Duration::from_secs(300);

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use crate::core::richtext::{
+use livefeed_core::richtext::{
     Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind, normalize_inlines, trim_paragraph,
 };
 

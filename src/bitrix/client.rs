@@ -19,10 +19,10 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::{Map, Value, json};
 use tracing::{debug, trace};
 
-use crate::core::model::Failure;
-use crate::metrics::Metrics;
 use crate::ratelimit::{Blocks, TokenBucket};
 use crate::secret::{Secret, scrub};
+use livefeed_core::metrics::Metrics;
+use livefeed_core::model::Failure;
 
 const PLATFORM: &str = "bitrix24";
 
@@ -387,7 +387,7 @@ impl BitrixClient {
             .unwrap_or_else(|p| p.into_inner())
             .get(method)
             .copied();
-        let now = crate::core::store::now_ms() / 1000;
+        let now = livefeed_core::store::now_ms() / 1000;
         match reset {
             Some(reset) if reset > now => backoff.min(Duration::from_secs((reset - now) as u64)),
             _ => backoff,

@@ -23,11 +23,11 @@ use super::bbcode;
 use super::client::{ApiError, BitrixClient, ErrorClass, Repeat, as_list, as_u64, value_text};
 use super::people::People;
 use crate::config::PollConfig;
-use crate::core::journal::{Batch, Journal};
-use crate::core::layout::content_hash;
-use crate::core::model::{Audience, FeedEvent, FeedPost, Inbound, PostId};
-use crate::core::store::{Store, StoreError, now_ms};
-use crate::health::Health;
+use livefeed_core::health::Health;
+use livefeed_core::journal::{Batch, Journal};
+use livefeed_core::layout::content_hash;
+use livefeed_core::model::{Audience, FeedEvent, FeedPost, Inbound, PostId};
+use livefeed_core::store::{Store, StoreError, now_ms};
 
 pub const SIDE: &str = "bitrix24";
 const STATE_KEY: &str = "bitrix24/poll";

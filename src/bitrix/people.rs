@@ -5,9 +5,9 @@ use serde_json::json;
 use tracing::warn;
 
 use super::client::{BitrixClient, Repeat, as_list, as_u64, value_text};
-use crate::core::model::Person;
-use crate::core::people::PersonCache;
-use crate::core::store::Store;
+use livefeed_core::model::Person;
+use livefeed_core::people::PersonCache;
+use livefeed_core::store::Store;
 
 const TTL_MS: i64 = 24 * 3600 * 1000;
 

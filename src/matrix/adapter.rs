@@ -14,10 +14,10 @@ use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId};
 
 use super::html;
 use super::session::{http_failure, sdk_failure};
-use crate::core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
-use crate::core::layout::content_hash;
-use crate::core::model::{Failure, FailureKind, Platform, PostId};
-use crate::metrics::Metrics;
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
+use livefeed_core::layout::content_hash;
+use livefeed_core::metrics::Metrics;
+use livefeed_core::model::{Failure, FailureKind, Platform, PostId};
 
 /// Matrix events may be up to 64 KiB; leave room for the HTML and the envelope.
 const MAX_BODY_CHARS: usize = 16_000;

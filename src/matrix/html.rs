@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::core::richtext::{
+use livefeed_core::richtext::{
     Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind, inlines_plain, text_with_breaks,
     trim_paragraph,
 };

@@ -34,11 +34,11 @@ use tracing::{debug, info, warn};
 
 use super::html;
 use super::session::{SIDE, sdk_failure};
-use crate::core::journal::{Batch, Journal};
-use crate::core::model::{ChatEvent, FailureKind, Inbound, Person, Platform, Room as ChatRoom};
-use crate::core::richtext::Doc;
-use crate::core::store::Store;
-use crate::health::Health;
+use livefeed_core::health::Health;
+use livefeed_core::journal::{Batch, Journal};
+use livefeed_core::model::{ChatEvent, FailureKind, Inbound, Person, Platform, Room as ChatRoom};
+use livefeed_core::richtext::Doc;
+use livefeed_core::store::Store;
 
 const TOKEN_KEY: &str = "matrix/sync_token";
 /// Events per room and sync; a longer gap is paged in with `/messages`.
@@ -223,7 +223,7 @@ impl MatrixIntake {
         &mut self,
         resp: SyncResponse,
         first: bool,
-    ) -> Result<(), crate::core::model::Failure> {
+    ) -> Result<(), livefeed_core::model::Failure> {
         for room_id in resp.rooms.invited.keys() {
             if self.rooms.contains(room_id) {
                 match self.client.join_room_by_id(room_id).await {
@@ -269,7 +269,7 @@ impl MatrixIntake {
         self.journal
             .accept(batch)
             .await
-            .map_err(|e| crate::core::model::Failure::transient(e.to_string()))
+            .map_err(|e| livefeed_core::model::Failure::transient(e.to_string()))
     }
 
     /// Turn one timeline event into a journal entry, if it is one the bridge acts on.

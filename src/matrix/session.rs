@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::config::{MatrixAuth, MatrixConfig};
-use crate::core::model::Failure;
-use crate::core::store::Store;
 use crate::secret::{Secret, scrub};
+use livefeed_core::model::Failure;
+use livefeed_core::store::Store;
 
 pub const SIDE: &str = "matrix";
 const SESSION_KEY: &str = "matrix/session";

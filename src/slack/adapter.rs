@@ -9,8 +9,8 @@ use tracing::debug;
 
 use super::api::{Body, Repeat, SlackApi, SlackErrorKind};
 use super::mrkdwn;
-use crate::core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
-use crate::core::model::{Failure, Platform, PostId};
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
+use livefeed_core::model::{Failure, Platform, PostId};
 
 pub const METADATA_EVENT: &str = "b24_feed_post";
 /// Slack shows up to 4,000 characters of `text` well; leave room for the layout.

@@ -17,10 +17,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tracing::{debug, trace};
 
-use crate::core::model::Failure;
-use crate::metrics::Metrics;
 use crate::ratelimit::{Blocks, KeyedBuckets};
 use crate::secret::{Secret, scrub};
+use livefeed_core::metrics::Metrics;
+use livefeed_core::model::Failure;
 
 const PLATFORM: &str = "slack";
 /// Attempts per call before the failure goes back to the caller.

@@ -16,8 +16,8 @@ use sha2::Sha256;
 use tracing::{debug, warn};
 
 use super::intake::SlackIntake;
-use crate::core::store::now_ms;
 use crate::secret::Secret;
+use livefeed_core::store::now_ms;
 
 /// Maximum accepted distance between Slack's timestamp and our clock.
 pub const MAX_SKEW_SECS: i64 = 300;

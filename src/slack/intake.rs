@@ -16,10 +16,10 @@ use tracing::debug;
 
 use super::api::SlackApi;
 use super::mrkdwn;
-use crate::core::journal::{Batch, Journal};
-use crate::core::model::{ChatEvent, Inbound, Person, Platform, Room};
-use crate::core::people::PersonCache;
-use crate::core::store::StoreError;
+use livefeed_core::journal::{Batch, Journal};
+use livefeed_core::model::{ChatEvent, Inbound, Person, Platform, Room};
+use livefeed_core::people::PersonCache;
+use livefeed_core::store::StoreError;
 
 /// The bot's own ids, from `auth.test`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -255,7 +255,7 @@ impl SlackIntake {
             .await
     }
 
-    async fn parse_text(&self, text: &str) -> crate::core::richtext::Doc {
+    async fn parse_text(&self, text: &str) -> livefeed_core::richtext::Doc {
         let mut names = std::collections::HashMap::new();
         for id in mrkdwn::mentioned_users(text) {
             let p = self.person(&id).await;

@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 
-use crate::core::richtext::{
+use livefeed_core::richtext::{
     Block, Doc, Inline, MAX_DEPTH, Mention, MentionKind, inlines_plain, trim_paragraph,
 };
 

@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use super::api::{Body, Repeat, SlackApi, SlackErrorKind};
 use super::intake::SlackIntake;
-use crate::health::Health;
 use crate::secret::Secret;
+use livefeed_core::health::Health;
 
 pub const SIDE: &str = "slack";
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -198,7 +198,7 @@ impl SocketMode {
                     let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
                     match self.intake.handle(&payload).await {
                         Ok(()) => {
-                            crate::crashpoint::hit("slack.journaled");
+                            livefeed_core::crashpoint::hit("slack.journaled");
                             let ack = json!({ "envelope_id": id }).to_string();
                             sink.send(Message::Text(ack.into()))
                                 .await

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests.
 
-use livefeed_bridge::core::richtext::{Block, Doc, Inline};
+use livefeed_core::richtext::{Block, Doc, Inline};
 
 /// Nesting depth as `MAX_DEPTH` counts it: each quote, list, style and link is one level.
 pub fn depth(doc: &Doc) -> usize {

@@ -12,9 +12,9 @@ use ::matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
 
 use livefeed_bridge::bridge::{self, Options, Running};
 use livefeed_bridge::config::Config;
-use livefeed_bridge::core::engine::EngineConfig;
-use livefeed_bridge::sandbox::bitrix::{self as b24, FakePortal, PortalConfig};
-use livefeed_bridge::sandbox::slack::{self as sl, FakeSlack, MessageView, WorkspaceConfig};
+use livefeed_core::engine::EngineConfig;
+use livefeed_sandbox::bitrix::{self as b24, FakePortal, PortalConfig};
+use livefeed_sandbox::slack::{self as sl, FakeSlack, MessageView, WorkspaceConfig};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 

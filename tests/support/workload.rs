@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use livefeed_bridge::sandbox::bitrix::{
+use livefeed_sandbox::bitrix::{
     FakePortal, FaultKind as B24Fault, LeakyBucket, NewPost, NewUser, PortalConfig,
 };
-use livefeed_bridge::sandbox::slack::{
+use livefeed_sandbox::slack::{
     self as sl, FakeSlack, FaultKind as SlackFault, PostRate, WorkspaceConfig,
 };
 use tokio::process::{Child, Command};

@@ -7,18 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use livefeed_bridge::core::adapters::{
-    BoxFuture, ChatAdapter, ChatPost, FeedAdapter, LayoutOptions,
-};
-use livefeed_bridge::core::engine::{Engine, EngineConfig};
-use livefeed_bridge::core::journal::{Batch, Journal};
-use livefeed_bridge::core::model::{
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, ChatPost, FeedAdapter, LayoutOptions};
+use livefeed_core::engine::{Engine, EngineConfig};
+use livefeed_core::journal::{Batch, Journal};
+use livefeed_core::metrics::Metrics;
+use livefeed_core::model::{
     Audience, CommentId, Failure, FeedEvent, FeedPost, Inbound, Person, Platform, PostId, Room,
 };
-use livefeed_bridge::core::richtext::Doc;
-use livefeed_bridge::core::route::{Route, Router};
-use livefeed_bridge::core::store::Store;
-use livefeed_bridge::metrics::Metrics;
+use livefeed_core::richtext::Doc;
+use livefeed_core::route::{Route, Router};
+use livefeed_core::store::Store;
 use tokio_util::sync::CancellationToken;
 
 struct NullChat(AtomicU64);

@@ -1,7 +1,7 @@
-//! A faithful fake Bitrix24 portal for end-to-end tests and `sandbox` demos.
+//! A faithful fake Bitrix24 portal for end-to-end tests and the `livefeed-sandbox` demo.
 //!
 //! It serves the REST API of an incoming webhook (`/rest/{user}/{secret}/{method}`)
-//! as described in `contracts/bitrix24.md`, strict wherever the real server is strict:
+//! as described in `docs/platforms/bitrix24.md`, strict wherever the real server is strict:
 //! PHP parameter parsing, PHP `json_encode` output (`\/`, `\uXXXX`, `[]` for empty
 //! maps), string-typed numbers in list payloads, odd error codes, the leaky-bucket
 //! limiter, `batch` semantics, Live Feed visibility and ordering.

@@ -68,8 +68,8 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{Person, Platform, PostId};
-    use crate::core::richtext::Doc;
+    use crate::model::{Person, Platform, PostId};
+    use crate::richtext::Doc;
 
     fn post(audiences: &[Audience]) -> FeedPost {
         FeedPost {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use livefeed_bridge::sandbox::slack::{SignMode, WorkspaceConfig, sign_v0};
+use livefeed_sandbox::slack::{SignMode, WorkspaceConfig, sign_v0};
 use serde_json::json;
 
 use crate::common::{GUARD, Receiver, Step, Ws, start};

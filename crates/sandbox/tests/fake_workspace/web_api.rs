@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use livefeed_bridge::sandbox::slack::{
+use livefeed_sandbox::slack::{
     Fault, FaultKind, LongPost, PostRate, Quirks, UnknownThread, WorkspaceConfig,
 };
 use serde_json::{Value, json};
@@ -1361,9 +1361,9 @@ async fn control_api_for_demos() {
 #[tokio::test]
 async fn other_bots_and_booleans() {
     let s = start_default().await;
-    let other_bot = s.fake.add_user(livefeed_bridge::sandbox::slack::NewUser {
+    let other_bot = s.fake.add_user(livefeed_sandbox::slack::NewUser {
         is_bot: true,
-        ..livefeed_bridge::sandbox::slack::NewUser::new("jira", "Jira Cloud")
+        ..livefeed_sandbox::slack::NewUser::new("jira", "Jira Cloud")
     });
     s.fake.post(&other_bot, &s.feed, "ticket created");
     let e = &s.last_event()["event"];

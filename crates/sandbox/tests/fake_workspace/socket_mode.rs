@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use livefeed_bridge::sandbox::slack::WorkspaceConfig;
+use livefeed_sandbox::slack::WorkspaceConfig;
 use serde_json::{Value, json};
 
 use crate::common::{GUARD, Sock, Ws, start};

@@ -276,7 +276,7 @@ fn substitute(value: &str, s: &Sections) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::bitrix::value::list;
+    use crate::bitrix::value::list;
 
     fn sections() -> Sections {
         let mut s = Sections::default();

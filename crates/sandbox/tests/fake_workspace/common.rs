@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use livefeed_bridge::sandbox::slack::{FakeSlack, NewUser, WorkspaceConfig, sign_v0};
+use livefeed_sandbox::slack::{FakeSlack, NewUser, WorkspaceConfig, sign_v0};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

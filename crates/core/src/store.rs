@@ -35,10 +35,23 @@ use super::model::{CommentId, FeedPost, Inbound, Person, PostId, Room};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled failed (I/O, corruption it detected itself).
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    /// The store directory or its lock file could not be created or opened.
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    /// Another process holds the store: sled allows one process per store.
+    #[error(
+        "the store at {path} is in use by another livefeed-bridge process (one process per store)"
+    )]
+    Locked {
+        /// The store directory.
+        path: String,
+    },
     #[error("store: corrupt value in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
     #[error(
@@ -149,7 +162,19 @@ struct Inner {
     journal_lock: std::sync::Mutex<()>,
     /// Entries in `journal`, kept here because sled's `len()` walks the whole tree.
     journal_len: AtomicU64,
+    /// The exclusive lock on [`LOCK_FILE`], held while the store is open. The last field, so
+    /// it is released after sled's handles.
+    _lock: std::fs::File,
 }
+
+/// The file in the store directory whose lock says "a bridge process has this store open".
+/// sled locks its own files too, but reports a conflict only as an I/O error with a message;
+/// our lock tells "another process" apart from everything else.
+pub const LOCK_FILE: &str = "livefeed-bridge.lock";
+
+/// How long [`Store::open`] keeps trying when sled's own lock is still held by this process:
+/// a store just closed may still be finishing a flush on sled's threads.
+const SLED_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -234,12 +259,41 @@ fn post_intent_prefix(room: &Room) -> String {
 }
 
 impl Store {
+    /// Open (or create) the store in `path`. Fails at once with [`StoreError::Locked`] when
+    /// another process has it open.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(path)
-            // We flush explicitly (group commit); sled's timer flush is only a backstop.
-            .flush_every_ms(Some(1_000))
-            .open()?;
+        std::fs::create_dir_all(path)?;
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: path.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        // We hold the process lock, so a conflict on sled's lock can only be a handle of this
+        // process that is still closing: wait for it.
+        let deadline = std::time::Instant::now() + SLED_LOCK_PATIENCE;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                // We flush explicitly (group commit); sled's timer flush is only a backstop.
+                .flush_every_ms(Some(1_000))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let tree = |name: &str| db.open_tree(name);
         let inner = Inner {
             posts: tree("posts")?,
@@ -258,6 +312,7 @@ impl Store {
             flush_lock: tokio::sync::Mutex::new(()),
             journal_lock: std::sync::Mutex::new(()),
             journal_len: AtomicU64::new(0),
+            _lock: lock,
         };
         inner
             .journal_len
@@ -267,6 +322,20 @@ impl Store {
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Like [`Store::open`], but waits up to `patience` for another holder to let go (a bridge
+    /// that was just stopped in this process may still be dropping its last handles).
+    pub async fn open_waiting(path: &Path, patience: std::time::Duration) -> Result<Store> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match Store::open(path) {
+                Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn migrate(&self) -> Result<()> {
@@ -754,8 +823,8 @@ fn adjust_bridge_comments(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{FeedEvent, Platform};
-    use crate::core::richtext::Doc;
+    use crate::model::{FeedEvent, Platform};
+    use crate::richtext::Doc;
 
     fn post(id: u64) -> FeedPost {
         FeedPost {

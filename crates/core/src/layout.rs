@@ -169,7 +169,7 @@ fn take_chars(text: &str, budget: &mut usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::PostId;
+    use crate::model::PostId;
 
     fn post() -> FeedPost {
         FeedPost {

@@ -5,18 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use livefeed_bridge::core::adapters::{
-    BoxFuture, ChatAdapter, ChatPost, FeedAdapter, LayoutOptions,
-};
-use livefeed_bridge::core::engine::{Engine, EngineConfig};
-use livefeed_bridge::core::journal::{Batch, Journal};
-use livefeed_bridge::core::model::{
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, ChatPost, FeedAdapter, LayoutOptions};
+use livefeed_core::engine::{Engine, EngineConfig};
+use livefeed_core::journal::{Batch, Journal};
+use livefeed_core::metrics::Metrics;
+use livefeed_core::model::{
     Audience, ChatEvent, CommentId, Failure, FeedEvent, FeedPost, Inbound, Person, Platform,
     PostId, Room,
 };
-use livefeed_bridge::core::richtext::Doc;
-use livefeed_bridge::core::route::{Route, Router};
-use livefeed_bridge::metrics::Metrics;
+use livefeed_core::richtext::Doc;
+use livefeed_core::route::{Route, Router};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -336,9 +334,10 @@ impl Harness {
         assert!(self.running.is_none());
         // sled lets go of its lock from its own threads a moment after a crash: wait as the
         // bridge does.
-        let store = livefeed_bridge::bridge::open_store(self.dir.path())
-            .await
-            .unwrap();
+        let store =
+            livefeed_core::store::Store::open_waiting(self.dir.path(), Duration::from_secs(5))
+                .await
+                .unwrap();
         let metrics = Arc::new(Metrics::new());
         let journal = Journal::new(store, metrics.clone());
         let cancel = CancellationToken::new();

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::core::store::now_ms;
+use crate::store::now_ms;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SideHealth {

@@ -1,6 +1,6 @@
 //! A faithful fake Slack workspace for end-to-end tests and manual demos.
 //!
-//! It speaks the wire contract in `contracts/slack.md`: the Web API (`/api/<method>`, JSON, form
+//! It speaks the wire contract in `docs/platforms/slack.md`: the Web API (`/api/<method>`, JSON, form
 //! and query encodings, Bearer or form tokens, Slack's error envelopes, 429 rate limiting),
 //! Socket Mode (`apps.connections.open`, single-use tickets, `hello`, `events_api` envelopes,
 //! acks, redelivery, `disconnect` frames) and Events API HTTP delivery (v0 signatures, retries).

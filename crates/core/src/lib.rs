@@ -3,9 +3,12 @@
 //! Bitrix24 wire formats.
 
 pub mod adapters;
+pub mod crashpoint;
 pub mod engine;
+pub mod health;
 pub mod journal;
 pub mod layout;
+pub mod metrics;
 pub mod model;
 pub mod people;
 pub mod richtext;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use livefeed_bridge::sandbox::bitrix::{
+use livefeed_sandbox::bitrix::{
     FakePortal, Fault, FaultKind, LeakyBucket, NewPost, NewUser, PortalConfig,
 };
 use serde_json::{Value, json};

@@ -162,7 +162,7 @@ fn disposition_param(header: &str, wanted: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::bitrix::value::{JsonStyle, to_php_json};
+    use crate::bitrix::value::{JsonStyle, to_php_json};
 
     fn json(a: Arr) -> String {
         to_php_json(
