@@ -1,7 +1,7 @@
 //! The bridge's HTTP server on `http.listen`: `/healthz`, `/readyz`, `/metrics`,
 //! `/admin/dead-letters` (loopback peers only; the `dead-letters` command uses it while the
-//! bridge holds the store) and `POST /slack/events` when the Events API is configured. Request
-//! bodies are size-limited; unknown paths get 404.
+//! bridge holds the store), plus the routes platform sides serve (Slack's `POST /slack/events`
+//! when the Events API is configured). Request bodies are size-limited; unknown paths get 404.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,22 +15,26 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::slack::events::{self, EventsApi};
 use livefeed_core::health::Health;
 use livefeed_core::journal::Journal;
 use livefeed_core::metrics::Metrics;
 use livefeed_core::store::Store;
 
+/// What the bridge's own routes read.
 #[derive(Clone)]
 pub struct HttpState {
+    /// Served on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Served on `/readyz`.
     pub health: Arc<Health>,
+    /// Journal depth and dead letters.
     pub store: Store,
     /// Woken when the admin API re-journals dead letters.
     pub journal: Journal,
 }
 
-pub fn router(state: HttpState, slack_events: Option<EventsApi>, max_body: usize) -> Router {
+/// The bridge's routes plus the sides' `extra` routes, every body limited to `max_body`.
+pub fn router(state: HttpState, extra: Vec<Router>, max_body: usize) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -38,12 +42,8 @@ pub fn router(state: HttpState, slack_events: Option<EventsApi>, max_body: usize
         .route("/admin/dead-letters", get(list_dead_letters))
         .route("/admin/dead-letters/retry", post(retry_dead_letters))
         .with_state(state);
-    if let Some(events) = slack_events {
-        app = app.merge(
-            Router::new()
-                .route("/slack/events", post(events::handle))
-                .with_state(events),
-        );
+    for routes in extra {
+        app = app.merge(routes);
     }
     app.layer(DefaultBodyLimit::max(max_body))
 }

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use livefeed_bridge::bridge::{self, Options};
+use livefeed_bridge::assembly::{self, Options};
 use livefeed_bridge::check;
 use livefeed_bridge::config::Config;
-use livefeed_core::store::Store;
+use livefeed_bridge::dead_letters::{self, Outcome, Target};
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes: 0 fine, 1 runtime failure or a failed probe, 2 configuration error.
@@ -18,7 +18,7 @@ const EXIT_CONFIG: u8 = 2;
 #[command(
     name = "livefeed-bridge",
     version,
-    about = "Bridges the Bitrix24 Live Feed with Slack"
+    about = "Bridges the Bitrix24 Live Feed with Slack and Matrix"
 )]
 struct Cli {
     /// Log format on stderr.
@@ -131,7 +131,7 @@ async fn main() -> ExitCode {
             }
             let report = check::probe(&config).await;
             print!("{report}");
-            if report.ok() {
+            if report.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -150,7 +150,7 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> ExitCode {
     // Listen for signals before starting: a SIGTERM during start-up still stops gracefully.
     let stop = tokio::spawn(wait_for_signal());
-    let running = match bridge::start(&config, Options::default()).await {
+    let running = match assembly::start(&config, Options::default()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -185,46 +185,30 @@ async fn wait_for_signal() {
     }
 }
 
-/// Works on a stopped store directly, and through the running bridge's loopback admin API
-/// when the bridge holds the store's lock.
 async fn dead_letters(config: &Config, action: DeadLetterAction) -> ExitCode {
-    let ids = match &action {
+    let target = match action {
         DeadLetterAction::List => None,
-        DeadLetterAction::Retry { id: Some(id), .. } => Some(RetryTarget::One(*id)),
+        DeadLetterAction::Retry { id: Some(id), .. } => Some(Target::One(id)),
         DeadLetterAction::Retry {
             id: None,
             all: true,
-        } => Some(RetryTarget::All),
+        } => Some(Target::All),
         DeadLetterAction::Retry { .. } => {
             eprintln!("error: name a dead letter id or pass --all");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let outcome = match Store::open(&config.store.path) {
-        Ok(store) => dead_letters_local(&store, ids),
-        Err(open_error) => match dead_letters_remote(config, ids).await {
-            Ok(outcome) => outcome,
-            Err(remote_error) => {
-                eprintln!(
-                    "error: cannot open the store at {} ({open_error}), and the running bridge's admin API at {} did not answer ({remote_error})",
-                    config.store.path.display(),
-                    admin_base(config),
-                );
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    match outcome {
-        Ok(DeadLetterOutcome::Listed(letters)) => {
+    match dead_letters::run(config, target).await {
+        Ok(Outcome::Listed(letters)) => {
             if letters.is_empty() {
                 println!("no dead letters");
             }
-            for (id, at_ms, action, error) in &letters {
-                println!("{id}\t{at_ms}\t{action}\t{error}");
+            for l in &letters {
+                println!("{}\t{}\t{}\t{}", l.id, l.at_ms, l.action, l.error);
             }
             ExitCode::SUCCESS
         }
-        Ok(DeadLetterOutcome::Retried { retried, missing }) => {
+        Ok(Outcome::Retried { retried, missing }) => {
             for id in &retried {
                 println!("{id}: queued for retry");
             }
@@ -241,124 +225,5 @@ async fn dead_letters(config: &Config, action: DeadLetterAction) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum RetryTarget {
-    One(u64),
-    All,
-}
-
-enum DeadLetterOutcome {
-    /// id, time (unix ms), action, error.
-    Listed(Vec<(u64, i64, String, String)>),
-    Retried {
-        retried: Vec<u64>,
-        missing: Vec<u64>,
-    },
-}
-
-fn dead_letters_local(
-    store: &Store,
-    target: Option<RetryTarget>,
-) -> Result<DeadLetterOutcome, String> {
-    let letters = store.dead_letters().map_err(|e| e.to_string())?;
-    let Some(target) = target else {
-        return Ok(DeadLetterOutcome::Listed(
-            letters
-                .into_iter()
-                .map(|l| (l.id, l.at_ms, l.action, l.error))
-                .collect(),
-        ));
-    };
-    let ids: Vec<u64> = match target {
-        RetryTarget::One(id) => vec![id],
-        RetryTarget::All => letters.iter().map(|l| l.id).collect(),
-    };
-    let (mut retried, mut missing) = (Vec::new(), Vec::new());
-    for id in ids {
-        match store.retry_dead_letter(id) {
-            Ok(true) => retried.push(id),
-            Ok(false) => missing.push(id),
-            Err(e) => return Err(format!("{id}: {e}")),
-        }
-    }
-    store.flush_blocking().map_err(|e| e.to_string())?;
-    Ok(DeadLetterOutcome::Retried { retried, missing })
-}
-
-/// `http.listen` as seen from this machine: a wildcard address is reached on loopback.
-fn admin_base(config: &Config) -> String {
-    let mut addr = config.http.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    format!("http://{addr}/admin/dead-letters")
-}
-
-async fn dead_letters_remote(
-    config: &Config,
-    target: Option<RetryTarget>,
-) -> Result<Result<DeadLetterOutcome, String>, String> {
-    let base = admin_base(config);
-    {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let request = match target {
-            None => client.get(&base),
-            Some(RetryTarget::One(id)) => client.post(format!("{base}/retry?id={id}")),
-            Some(RetryTarget::All) => client.post(format!("{base}/retry?all=true")),
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        let status = response.status();
-        let body: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        if !status.is_success() {
-            let error = body["error"].as_str().unwrap_or("no reason given");
-            return Ok(Err(format!(
-                "the running bridge answered {status}: {error}"
-            )));
-        }
-        let ids = |key: &str| -> Vec<u64> {
-            body[key]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
-                .unwrap_or_default()
-        };
-        Ok(Ok(match target {
-            None => DeadLetterOutcome::Listed(
-                body["dead_letters"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|l| {
-                                (
-                                    l["id"].as_u64().unwrap_or_default(),
-                                    l["at_ms"].as_i64().unwrap_or_default(),
-                                    l["action"].as_str().unwrap_or_default().to_owned(),
-                                    l["error"].as_str().unwrap_or_default().to_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            ),
-            Some(_) => DeadLetterOutcome::Retried {
-                retried: ids("retried"),
-                missing: ids("missing"),
-            },
-        }))
     }
 }

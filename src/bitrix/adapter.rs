@@ -1,26 +1,29 @@
 //! The feed side of the engine: comments the bridge writes and deletes
-//! (contracts/bitrix24.md §4.7–4.9).
+//! (docs/platforms/bitrix24.md §4.7–4.9).
 
 use std::time::Duration;
 
 use serde_json::json;
 use tracing::debug;
 
-use super::bbcode;
-use super::client::{ApiError, BitrixClient, Repeat, as_list, as_u64, value_text};
+use super::client::{ApiError, BitrixClient, as_list, as_u64, value_text};
 use super::intake::parse_date;
+use super::{DISPLAY_NAME, PLATFORM, bbcode};
+use crate::upstream::Repeat;
 use livefeed_core::adapters::{BoxFuture, FeedAdapter};
-use livefeed_core::model::{CommentId, Failure, PostId};
+use livefeed_core::model::{CommentId, Failure, Platform, PostId};
 use livefeed_core::richtext::Doc;
 
 /// How far back reconciliation looks before an intent's start (clock skew, slow requests).
 const RECONCILE_SLACK: Duration = Duration::from_secs(300);
 
+/// Comments on feed posts, written and deleted as the webhook's user.
 pub struct BitrixFeed {
     client: BitrixClient,
 }
 
 impl BitrixFeed {
+    /// Comments through `client`.
     pub fn new(client: BitrixClient) -> Self {
         BitrixFeed { client }
     }
@@ -109,6 +112,14 @@ fn comment_failure(e: &ApiError) -> Failure {
 }
 
 impl FeedAdapter for BitrixFeed {
+    fn platform(&self) -> Platform {
+        PLATFORM
+    }
+
+    fn display_name(&self) -> &str {
+        DISPLAY_NAME
+    }
+
     fn add_comment<'a>(
         &'a self,
         post: PostId,

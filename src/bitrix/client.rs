@@ -1,4 +1,4 @@
-//! Bitrix24 REST client for incoming-webhook URLs (contracts/bitrix24.md §1–3).
+//! Bitrix24 REST client for incoming-webhook URLs (docs/platforms/bitrix24.md §1–3).
 //!
 //! - JSON bodies for every call; responses accept the PHP quirks (numbers as strings, `[]` for
 //!   empty maps, `result` lists as objects).
@@ -19,41 +19,38 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::{Map, Value, json};
 use tracing::{debug, trace};
 
-use crate::ratelimit::{Blocks, TokenBucket};
-use crate::secret::{Secret, scrub};
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::Failure;
 
-const PLATFORM: &str = "bitrix24";
+use super::PLATFORM;
+use crate::secret::{Secret, scrub};
+use crate::upstream::ratelimit::{Blocks, RateLimit, TokenBucket};
+use crate::upstream::{Backoff, ErrorClass, OUTCOME_NETWORK_ERROR, Repeat};
 
 /// A successful call's payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
+    /// The `result` field.
     pub result: Value,
+    /// `total` of a list method.
     pub total: Option<u64>,
+    /// `next` of a list method: the offset of the next page.
     pub next: Option<u64>,
 }
 
-/// How a failed call should be treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The portal rejected the call before running it (rate limits): safe to repeat.
-    Rejected,
-    /// Network trouble or a server error: the call may or may not have run.
-    Transient,
-    /// Credentials, scopes, plan: nothing works until an operator acts.
-    Auth,
-    /// This call can never succeed as made.
-    Permanent,
-}
-
+/// A failed call, with the portal's own words (secrets scrubbed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{method}: {code} {description} (HTTP {status:?})")]
 pub struct ApiError {
+    /// The method called.
     pub method: String,
+    /// The HTTP status, when there was an answer.
     pub status: Option<u16>,
+    /// The `error` code (`NETWORK` when there was no answer).
     pub code: String,
+    /// The `error_description`, which identifies method errors better than the code.
     pub description: String,
+    /// How to treat it.
     pub class: ErrorClass,
     /// How long the portal asked us to wait, when it said.
     pub retry_after: Option<Duration>,
@@ -67,37 +64,26 @@ impl ApiError {
             .contains(&text.to_lowercase())
     }
 
+    /// The failure the engine sees.
     pub fn to_failure(&self) -> Failure {
-        let reason = self.to_string();
-        match self.class {
-            ErrorClass::Rejected | ErrorClass::Transient => match self.retry_after {
-                Some(after) => Failure::retry_after(reason, after),
-                None => Failure::transient(reason),
-            },
-            ErrorClass::Auth => Failure::auth(reason),
-            ErrorClass::Permanent => Failure::permanent(reason),
-        }
+        self.class.failure(self.to_string(), self.retry_after)
     }
-}
-
-/// Whether repeating a call is harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Repeat {
-    /// Reads, deletes, updates to a given state.
-    Safe,
-    /// Creates: repeat only when the portal certainly did not run the call.
-    OnlyIfRejected,
 }
 
 /// The outcome of a `batch` call: per-command results and errors.
 #[derive(Debug, Clone, Default)]
 pub struct BatchResponse {
+    /// Results by command key.
     pub results: BTreeMap<String, Value>,
+    /// Errors by command key.
     pub errors: BTreeMap<String, ApiError>,
+    /// `total` by command key.
     pub totals: BTreeMap<String, u64>,
+    /// `next` by command key.
     pub nexts: BTreeMap<String, u64>,
 }
 
+/// A REST client for one incoming webhook. Cheap to clone; clones share limits and pauses.
 #[derive(Clone)]
 pub struct BitrixClient {
     http: reqwest::Client,
@@ -120,10 +106,18 @@ pub struct BitrixClient {
 const FIRST_METHOD_PAUSE: Duration = Duration::from_secs(5);
 const MAX_METHOD_PAUSE: Duration = Duration::from_secs(60);
 
+/// Retries of a call before its failure goes back to the caller.
+const BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(8),
+    retries: 5,
+};
+
 impl BitrixClient {
+    /// A client for `webhook`, paced at `rate` (none: unpaced, for benchmarks).
     pub fn new(
         webhook: Secret,
-        per_second: Option<(f64, u32)>,
+        rate: Option<RateLimit>,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> reqwest::Result<Self> {
@@ -135,26 +129,18 @@ impl BitrixClient {
         Ok(BitrixClient {
             http,
             webhook,
-            limiter: per_second.map(|(rate, burst)| Arc::new(TokenBucket::new(rate, burst))),
+            limiter: rate.map(|rate| Arc::new(TokenBucket::new(rate))),
             metrics,
-            backoff: ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(8))
-                .with_max_times(5)
-                .with_jitter(),
+            backoff: exponential(BACKOFF),
             operating_reset: Arc::new(Mutex::new(HashMap::new())),
             operating_strikes: Arc::new(Mutex::new(HashMap::new())),
             paused: Arc::new(Blocks::new()),
         })
     }
 
-    /// Shorter retries for tests.
-    pub fn with_backoff(mut self, min: Duration, max: Duration, times: usize) -> Self {
-        self.backoff = ExponentialBuilder::default()
-            .with_min_delay(min)
-            .with_max_delay(max)
-            .with_max_times(times)
-            .with_jitter();
+    /// Other retries (shorter ones for tests and `check`).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = exponential(backoff);
         self
     }
 
@@ -168,13 +154,10 @@ impl BitrixClient {
         let attempt = || self.call_once(method, &params);
         attempt
             .retry(self.backoff)
-            .when(|e: &ApiError| match repeat {
-                Repeat::Safe => matches!(e.class, ErrorClass::Rejected | ErrorClass::Transient),
-                Repeat::OnlyIfRejected => e.class == ErrorClass::Rejected,
-            })
+            .when(|e: &ApiError| e.class.repeatable(repeat))
             // A paused method is waited for inside the next attempt, not here.
             .notify(|e: &ApiError, dur| {
-                self.metrics.retry(PLATFORM);
+                self.metrics.retry(PLATFORM.as_str());
                 debug!(method, error = %e, retry_in_ms = dur.as_millis() as u64, "retrying Bitrix24 call");
             })
             .await
@@ -252,12 +235,12 @@ impl BitrixClient {
 
     async fn call_once(&self, method: &str, params: &Value) -> Result<Response, ApiError> {
         if self.paused.wait(&method.to_string()).await {
-            self.metrics.rate_limit_wait(PLATFORM);
+            self.metrics.rate_limit_wait(PLATFORM.as_str());
         }
         if let Some(limiter) = &self.limiter
             && limiter.acquire().await
         {
-            self.metrics.rate_limit_wait(PLATFORM);
+            self.metrics.rate_limit_wait(PLATFORM.as_str());
         }
         let url = format!("{}{}", self.webhook.expose(), method);
         trace!(method, "Bitrix24 request");
@@ -271,7 +254,8 @@ impl BitrixClient {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.api_call(PLATFORM, method, "network_error");
+                self.metrics
+                    .api_call(PLATFORM.as_str(), method, OUTCOME_NETWORK_ERROR);
                 return Err(self.transport_error(method, e));
             }
         };
@@ -279,12 +263,27 @@ impl BitrixClient {
         let body = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                self.metrics.api_call(PLATFORM, method, "network_error");
+                self.metrics
+                    .api_call(PLATFORM.as_str(), method, OUTCOME_NETWORK_ERROR);
                 return Err(self.transport_error(method, e));
             }
         };
-        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-        let result = match parsed {
+        let result = self.answer(method, status, &body);
+        let outcome = crate::upstream::outcome(&result.as_ref().map_err(|e| e.class));
+        self.metrics.api_call(PLATFORM.as_str(), method, outcome);
+        if let Err(e) = &result
+            && e.class == ErrorClass::Rejected
+        {
+            self.metrics.rate_limit_wait(PLATFORM.as_str());
+        }
+        result
+    }
+
+    /// Read an answer: the REST envelope, or an error with its class. Remembers when an
+    /// OPERATION_TIME_LIMIT lifts and pauses the method for every caller until then.
+    fn answer(&self, method: &str, status: u16, body: &[u8]) -> Result<Response, ApiError> {
+        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        match parsed {
             Some(Value::Object(obj)) if obj.contains_key("error") => {
                 let code = obj.get("error").map(value_text).unwrap_or_default();
                 let description = obj
@@ -346,23 +345,7 @@ impl BitrixClient {
                 },
                 retry_after: None,
             }),
-        };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => match e.class {
-                ErrorClass::Rejected => "rate_limited",
-                ErrorClass::Transient => "server_error",
-                ErrorClass::Auth => "auth_error",
-                ErrorClass::Permanent => "error",
-            },
-        };
-        self.metrics.api_call(PLATFORM, method, outcome);
-        if let Err(e) = &result
-            && e.class == ErrorClass::Rejected
-        {
-            self.metrics.rate_limit_wait(PLATFORM);
         }
-        result
     }
 
     /// How long to pause a method after OPERATION_TIME_LIMIT: 5 s doubling with each answer
@@ -414,7 +397,15 @@ impl BitrixClient {
     }
 }
 
-/// Classify by code first, HTTP status second (contract §1.4).
+fn exponential(b: Backoff) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(b.first)
+        .with_max_delay(b.max)
+        .with_max_times(b.retries)
+        .with_jitter()
+}
+
+/// Classify by code first, HTTP status second (docs/platforms/bitrix24.md §1.4).
 pub fn classify(status: Option<u16>, code: &str) -> ErrorClass {
     match code {
         "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" => ErrorClass::Rejected,

@@ -1,5 +1,5 @@
-//! Poll intake: learns about feed changes by reading `log.blogpost.get` (contracts/bitrix24.md
-//! §4.6, §6). An incoming webhook cannot subscribe to events, so polling is the mode that works
+//! Poll intake: learns about feed changes by reading `log.blogpost.get`
+//! (docs/platforms/bitrix24.md §4.6, §6). An incoming webhook cannot subscribe to events, so polling is the mode that works
 //! everywhere without a public URL.
 //!
 //! Each cycle reads the first page of the feed once per watched audience (`LOG_RIGHTS`; one
@@ -19,17 +19,18 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::bbcode;
-use super::client::{ApiError, BitrixClient, ErrorClass, Repeat, as_list, as_u64, value_text};
-use super::people::People;
-use crate::config::PollConfig;
 use livefeed_core::health::Health;
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::layout::content_hash;
 use livefeed_core::model::{Audience, FeedEvent, FeedPost, Inbound, PostId};
 use livefeed_core::store::{Store, StoreError, now_ms};
 
-pub const SIDE: &str = "bitrix24";
+use super::client::{ApiError, BitrixClient, as_list, as_u64, value_text};
+use super::config::{BitrixConfig, PollConfig};
+use super::people::People;
+use super::{PLATFORM, bbcode};
+use crate::upstream::{ErrorClass, Repeat};
+
 const STATE_KEY: &str = "bitrix24/poll";
 const SEEN_PREFIX: &str = "bitrix24/seen/";
 /// `log.blogpost.get` pages are fixed at 50.
@@ -51,6 +52,11 @@ struct SeenPost {
     published_at: i64,
     deleted: bool,
 }
+
+/// Posts found in one poll: id → (the post, the audiences it was found under).
+type Found = BTreeMap<u64, (RawPost, BTreeSet<Audience>)>;
+/// A post to journal: as read, its audiences, and what the intake saw of it before.
+type Change = (RawPost, BTreeSet<Audience>, Option<SeenPost>);
 
 fn seen_key(id: u64) -> String {
     format!("{SEEN_PREFIX}{id:020}")
@@ -142,27 +148,25 @@ pub enum PollError {
 }
 
 impl PollIntake {
-    #[allow(clippy::too_many_arguments)]
+    /// An intake that watches `audiences` as `cfg` says.
     pub fn new(
         client: BitrixClient,
         journal: Journal,
         people: People,
         audiences: Vec<Audience>,
-        poll: PollConfig,
-        backfill: u32,
-        portal_url: String,
+        cfg: &BitrixConfig,
         health: Arc<Health>,
     ) -> Self {
-        health.register(SIDE);
+        health.register(PLATFORM.as_str());
         PollIntake {
             store: journal.store().clone(),
             client,
             journal,
             people,
             audiences,
-            poll,
-            backfill,
-            portal_url,
+            poll: cfg.poll,
+            backfill: cfg.backfill,
+            portal_url: cfg.portal_url.clone(),
             health,
         }
     }
@@ -185,11 +189,11 @@ impl PollIntake {
                 _ = cancel.cancelled() => return,
             };
             match outcome {
-                Ok(()) => self.health.ok(SIDE),
+                Ok(()) => self.health.ok(PLATFORM.as_str()),
                 Err(e) => {
                     let auth = matches!(&e, PollError::Api(a) if a.class == ErrorClass::Auth);
                     warn!(error = %e, "Bitrix24 poll failed; will try again");
-                    self.health.error(SIDE, &e.to_string(), auth);
+                    self.health.error(PLATFORM.as_str(), &e.to_string(), auth);
                 }
             }
             tokio::select! {
@@ -203,7 +207,29 @@ impl PollIntake {
     pub async fn poll_once(&self) -> Result<(), PollError> {
         let state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
         let first_run = state.baseline_max_id.is_none();
-        let mut found: BTreeMap<u64, (RawPost, BTreeSet<Audience>)> = BTreeMap::new();
+        let found = self.read_feed(&state).await?;
+        let (changed, new_state) = if first_run {
+            self.baseline(found)
+        } else {
+            (self.changed(&state, found)?, state)
+        };
+        let mut batch = self.journal_changes(changed).await;
+        if first_run || !batch.events.is_empty() {
+            batch.cursors.push((
+                STATE_KEY.into(),
+                serde_json::to_vec(&new_state).expect("serializable"),
+            ));
+        }
+        self.journal.accept(batch).await?;
+        Ok(())
+    }
+
+    /// Read the first pages of every audience, further while the last post of a full page is
+    /// new (or, on the first run, until `backfill` posts are found). Returns each post with
+    /// the audiences it was found under.
+    async fn read_feed(&self, state: &PollState) -> Result<Found, PollError> {
+        let first_run = state.baseline_max_id.is_none();
+        let mut found = Found::new();
         let mut pending: Vec<(Audience, u64)> = self.audiences.iter().map(|a| (*a, 0)).collect();
         let mut pages = 0;
         while !pending.is_empty() && pages < self.poll.max_pages {
@@ -231,56 +257,61 @@ impl PollIntake {
             }
             pending = next_pending;
         }
+        Ok(found)
+    }
 
-        let mut batch = Batch::default();
-        let mut changed: Vec<(RawPost, BTreeSet<Audience>, Option<SeenPost>)> = Vec::new();
-        let mut new_state = state.clone();
-        if first_run {
-            new_state.baseline_max_id = Some(found.keys().max().copied().unwrap_or(0));
-            new_state.last_reconcile_ms = now_ms();
-            // Mirror only the newest `backfill` posts; everything else is history.
-            let newest: Vec<u64> = found
-                .keys()
-                .rev()
-                .take(self.backfill as usize)
-                .copied()
-                .collect();
-            for id in newest.into_iter().rev() {
-                let (raw, auds) = found.remove(&id).expect("id from the map");
-                changed.push((raw, auds, None));
-            }
-            info!(
-                baseline = new_state.baseline_max_id,
-                backfill = changed.len(),
-                "first Bitrix24 poll: posts from now on will be mirrored"
-            );
-        } else {
-            let baseline = state.baseline_max_id.unwrap_or(0);
-            for (id, (raw, auds)) in found {
-                let seen: Option<SeenPost> = self.store.cursor(&seen_key(id))?;
-                match &seen {
-                    Some(s) if s.deleted => continue,
-                    Some(s) => {
-                        let grown = !auds.is_subset(&s.audiences);
-                        if s.hash == raw.hash() && s.num_comments == raw.num_comments && !grown {
-                            continue;
-                        }
-                    }
-                    None if id <= baseline => continue,
-                    None => {}
-                }
-                changed.push((raw, auds, seen));
-            }
+    /// The first run: everything visible now is history, except the newest `backfill` posts.
+    fn baseline(&self, mut found: Found) -> (Vec<Change>, PollState) {
+        let state = PollState {
+            baseline_max_id: Some(found.keys().max().copied().unwrap_or(0)),
+            last_reconcile_ms: now_ms(),
+        };
+        let newest: Vec<u64> = found
+            .keys()
+            .rev()
+            .take(self.backfill as usize)
+            .copied()
+            .collect();
+        let mut changed = Vec::new();
+        for id in newest.into_iter().rev() {
+            let (raw, auds) = found.remove(&id).expect("id from the map");
+            changed.push((raw, auds, None));
         }
+        info!(
+            baseline = state.baseline_max_id,
+            backfill = changed.len(),
+            "first Bitrix24 poll: posts from now on will be mirrored"
+        );
+        (changed, state)
+    }
 
-        self.people
-            .prefetch(
-                &changed
-                    .iter()
-                    .map(|(r, _, _)| r.author_id)
-                    .collect::<Vec<_>>(),
-            )
-            .await;
+    /// The posts found that are new since the baseline, or changed since last seen.
+    fn changed(&self, state: &PollState, found: Found) -> Result<Vec<Change>, PollError> {
+        let baseline = state.baseline_max_id.unwrap_or(0);
+        let mut changed = Vec::new();
+        for (id, (raw, auds)) in found {
+            let seen: Option<SeenPost> = self.store.cursor(&seen_key(id))?;
+            match &seen {
+                Some(s) if s.deleted => continue,
+                Some(s) => {
+                    let grown = !auds.is_subset(&s.audiences);
+                    if s.hash == raw.hash() && s.num_comments == raw.num_comments && !grown {
+                        continue;
+                    }
+                }
+                None if id <= baseline => continue,
+                None => {}
+            }
+            changed.push((raw, auds, seen));
+        }
+        Ok(changed)
+    }
+
+    /// The events and bookkeeping for `changed` posts, authors looked up in one go.
+    async fn journal_changes(&self, changed: Vec<Change>) -> Batch {
+        let authors: Vec<u64> = changed.iter().map(|(r, _, _)| r.author_id).collect();
+        self.people.prefetch(&authors).await;
+        let mut batch = Batch::default();
         for (raw, auds, seen) in changed {
             let audiences: BTreeSet<Audience> = match &seen {
                 Some(s) => s.audiences.union(&auds).copied().collect(),
@@ -310,14 +341,7 @@ impl PollIntake {
                 serde_json::to_vec(&seen).expect("serializable"),
             ));
         }
-        if first_run || !batch.events.is_empty() {
-            batch.cursors.push((
-                STATE_KEY.into(),
-                serde_json::to_vec(&new_state).expect("serializable"),
-            ));
-        }
-        self.journal.accept(batch).await?;
-        Ok(())
+        batch
     }
 
     /// Re-read tracked posts younger than the window: find deletions and edits that did not
@@ -333,67 +357,14 @@ impl PollIntake {
             .collect();
         let mut batch = Batch::default();
         for chunk in tracked.chunks(50) {
-            let cmds: Vec<(String, String, Value)> = chunk
+            let updates = self.reread(chunk).await?;
+            let authors: Vec<u64> = updates
                 .iter()
-                .map(|(id, _)| {
-                    (
-                        format!("p{id}"),
-                        "log.blogpost.get".to_string(),
-                        json!({ "POST_ID": id }),
-                    )
-                })
+                .filter_map(|(_, _, raw)| raw.as_ref().map(|r| r.author_id))
                 .collect();
-            let resp = self.client.batch(&cmds).await?;
-            let mut authors = Vec::new();
-            let mut updates = Vec::new();
-            for (id, seen) in chunk {
-                let key = format!("p{id}");
-                if let Some(err) = resp.errors.get(&key) {
-                    debug!(post = id, error = %err, "re-read failed; next round");
-                    continue;
-                }
-                let Some(result) = resp.results.get(&key) else {
-                    continue;
-                };
-                match as_list(result).into_iter().find_map(RawPost::parse) {
-                    None => updates.push((*id, seen.clone(), None)),
-                    Some(raw)
-                        if raw.hash() != seen.hash || raw.num_comments != seen.num_comments =>
-                    {
-                        authors.push(raw.author_id);
-                        updates.push((*id, seen.clone(), Some(raw)));
-                    }
-                    Some(_) => {}
-                }
-            }
             self.people.prefetch(&authors).await;
             for (id, seen, raw) in updates {
-                let mut next = seen.clone();
-                match raw {
-                    None => {
-                        info!(post = id, "post vanished from the feed");
-                        next.deleted = true;
-                        batch.events.push((
-                            Inbound::Feed(FeedEvent::PostDeleted(PostId(id))),
-                            Some(now_ms()),
-                        ));
-                    }
-                    Some(raw) => {
-                        let post = self.to_feed_post(&raw, seen.audiences.clone()).await;
-                        let event = if raw.hash() != seen.hash {
-                            FeedEvent::PostEdited(post)
-                        } else {
-                            FeedEvent::CommentsChanged(post)
-                        };
-                        next.hash = raw.hash();
-                        next.num_comments = raw.num_comments;
-                        batch.events.push((Inbound::Feed(event), None));
-                    }
-                }
-                batch.cursors.push((
-                    seen_key(id),
-                    serde_json::to_vec(&next).expect("serializable"),
-                ));
+                self.journal_update(id, seen, raw, &mut batch).await;
             }
         }
         let mut state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
@@ -404,6 +375,80 @@ impl PollIntake {
         ));
         self.journal.accept(batch).await?;
         Ok(())
+    }
+
+    /// Re-read up to 50 tracked posts in one `batch`: the ones that changed, and the ones that
+    /// came back empty (`None`).
+    async fn reread(
+        &self,
+        chunk: &[(u64, SeenPost)],
+    ) -> Result<Vec<(u64, SeenPost, Option<RawPost>)>, PollError> {
+        let cmds: Vec<(String, String, Value)> = chunk
+            .iter()
+            .map(|(id, _)| {
+                (
+                    format!("p{id}"),
+                    "log.blogpost.get".to_string(),
+                    json!({ "POST_ID": id }),
+                )
+            })
+            .collect();
+        let resp = self.client.batch(&cmds).await?;
+        let mut updates = Vec::new();
+        for (id, seen) in chunk {
+            let key = format!("p{id}");
+            if let Some(err) = resp.errors.get(&key) {
+                debug!(post = id, error = %err, "re-read failed; next round");
+                continue;
+            }
+            let Some(result) = resp.results.get(&key) else {
+                continue;
+            };
+            match as_list(result).into_iter().find_map(RawPost::parse) {
+                None => updates.push((*id, seen.clone(), None)),
+                Some(raw) if raw.hash() != seen.hash || raw.num_comments != seen.num_comments => {
+                    updates.push((*id, seen.clone(), Some(raw)));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(updates)
+    }
+
+    /// The event and bookkeeping for one re-read post: deleted when it came back empty.
+    async fn journal_update(
+        &self,
+        id: u64,
+        seen: SeenPost,
+        raw: Option<RawPost>,
+        batch: &mut Batch,
+    ) {
+        let mut next = seen.clone();
+        match raw {
+            None => {
+                info!(post = id, "post vanished from the feed");
+                next.deleted = true;
+                batch.events.push((
+                    Inbound::Feed(FeedEvent::PostDeleted(PostId(id))),
+                    Some(now_ms()),
+                ));
+            }
+            Some(raw) => {
+                let post = self.to_feed_post(&raw, seen.audiences.clone()).await;
+                let event = if raw.hash() != seen.hash {
+                    FeedEvent::PostEdited(post)
+                } else {
+                    FeedEvent::CommentsChanged(post)
+                };
+                next.hash = raw.hash();
+                next.num_comments = raw.num_comments;
+                batch.events.push((Inbound::Feed(event), None));
+            }
+        }
+        batch.cursors.push((
+            seen_key(id),
+            serde_json::to_vec(&next).expect("serializable"),
+        ));
     }
 
     /// Read one page per `(audience, start)`: a plain call for one, a `batch` for several.

@@ -4,7 +4,9 @@
 use serde_json::json;
 use tracing::warn;
 
-use super::client::{BitrixClient, Repeat, as_list, as_u64, value_text};
+use super::PLATFORM;
+use super::client::{BitrixClient, as_list, as_u64, value_text};
+use crate::upstream::Repeat;
 use livefeed_core::model::Person;
 use livefeed_core::people::PersonCache;
 use livefeed_core::store::Store;
@@ -21,7 +23,7 @@ impl People {
     pub fn new(client: BitrixClient, store: Store) -> Self {
         People {
             client,
-            cache: PersonCache::new(store, "bitrix24", TTL_MS),
+            cache: PersonCache::new(store, PLATFORM, TTL_MS),
         }
     }
 

@@ -12,40 +12,34 @@ use matrix_sdk::Client;
 use matrix_sdk::ruma::events::room::message::{ReplacementMetadata, RoomMessageEventContent};
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId};
 
-use super::html;
-use super::session::{http_failure, sdk_failure};
-use livefeed_core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage};
 use livefeed_core::layout::content_hash;
 use livefeed_core::metrics::Metrics;
-use livefeed_core::model::{Failure, FailureKind, Platform, PostId};
+use livefeed_core::model::{Failure, MessageId, Platform, PostId};
+
+use super::session::{http_failure, sdk_failure};
+use super::{DISPLAY_NAME, PLATFORM, html};
+use crate::upstream::{self, ErrorClass};
 
 /// Matrix events may be up to 64 KiB; leave room for the HTML and the envelope.
 const MAX_BODY_CHARS: usize = 16_000;
 
+/// Root messages in Matrix rooms, sent as the bot with the author's name in the body.
 pub struct MatrixChat {
     client: Client,
     metrics: Arc<Metrics>,
 }
 
 impl MatrixChat {
+    /// Root messages through the signed-in `client`.
     pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
         MatrixChat { client, metrics }
     }
 
     /// Count a homeserver call in `api_calls` (the SDK makes them; we name them by endpoint).
     fn counted<T>(&self, method: &str, result: Result<T, Failure>) -> Result<T, Failure> {
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(f) => match f.kind {
-                FailureKind::Transient {
-                    retry_after: Some(_),
-                } => "rate_limited",
-                FailureKind::Transient { retry_after: None } => "server_error",
-                FailureKind::Auth => "auth_error",
-                FailureKind::Permanent => "error",
-            },
-        };
-        self.metrics.api_call("matrix", method, outcome);
+        let outcome = upstream::outcome(&result.as_ref().map_err(ErrorClass::of));
+        self.metrics.api_call(PLATFORM.as_str(), method, outcome);
         result
     }
 
@@ -70,7 +64,7 @@ impl MatrixChat {
         }
     }
 
-    fn content(msg: &ChatPost) -> RoomMessageEventContent {
+    fn content(msg: &RootMessage) -> RoomMessageEventContent {
         RoomMessageEventContent::text_html(
             html::render_plain(&msg.doc),
             html::render_html(&msg.doc),
@@ -83,17 +77,21 @@ pub fn root_txn(post: PostId) -> OwnedTransactionId {
     format!("lfb-root-{post}").into()
 }
 
-fn edit_txn(event: &str, msg: &ChatPost) -> OwnedTransactionId {
+fn edit_txn(event: &MessageId, msg: &RootMessage) -> OwnedTransactionId {
     format!("lfb-edit-{:016x}", content_hash(&(event, &msg.doc))).into()
 }
 
-fn redact_txn(event: &str) -> OwnedTransactionId {
+fn redact_txn(event: &MessageId) -> OwnedTransactionId {
     format!("lfb-redact-{:016x}", content_hash(&event)).into()
 }
 
 impl ChatAdapter for MatrixChat {
     fn platform(&self) -> Platform {
-        Platform::Matrix
+        PLATFORM
+    }
+
+    fn display_name(&self) -> &str {
+        DISPLAY_NAME
     }
 
     fn layout(&self) -> LayoutOptions {
@@ -104,11 +102,11 @@ impl ChatAdapter for MatrixChat {
         }
     }
 
-    fn post<'a>(
+    fn send_root<'a>(
         &'a self,
         room: &'a str,
-        msg: &'a ChatPost,
-    ) -> BoxFuture<'a, Result<String, Failure>> {
+        msg: &'a RootMessage,
+    ) -> BoxFuture<'a, Result<MessageId, Failure>> {
         Box::pin(async move {
             let room = self.room(room).await?;
             let sent = room
@@ -117,29 +115,29 @@ impl ChatAdapter for MatrixChat {
                 .await
                 .map_err(|e| sdk_failure(&e));
             let sent = self.counted("send", sent)?;
-            Ok(sent.response.event_id.to_string())
+            Ok(MessageId(sent.response.event_id.to_string()))
         })
     }
 
-    fn find_post<'a>(
+    fn find_root<'a>(
         &'a self,
         _room: &'a str,
         _post: PostId,
         _since_ms: i64,
-    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+    ) -> BoxFuture<'a, Result<Option<MessageId>, Failure>> {
         // Sending again with the same transaction id returns the existing event.
         Box::pin(async { Ok(None) })
     }
 
-    fn edit<'a>(
+    fn edit_root<'a>(
         &'a self,
         room: &'a str,
-        message: &'a str,
-        msg: &'a ChatPost,
+        message: &'a MessageId,
+        msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             let room = self.room(room).await?;
-            let target = EventId::parse(message)
+            let target = EventId::parse(message.as_str())
                 .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
             let content =
                 Self::content(msg).make_replacement(ReplacementMetadata::new(target, None));
@@ -152,15 +150,19 @@ impl ChatAdapter for MatrixChat {
         })
     }
 
-    fn delete<'a>(&'a self, room: &'a str, message: &'a str) -> BoxFuture<'a, Result<(), Failure>> {
+    fn delete_message<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             let room = self.room(room).await?;
-            let target = EventId::parse(message)
+            let target = EventId::parse(message.as_str())
                 .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
             let redacted = match room
                 .redact(
                     &target,
-                    Some("deleted in Bitrix24"),
+                    Some("the post was deleted"),
                     Some(redact_txn(message)),
                 )
                 .await

@@ -1,7 +1,7 @@
 //! Matrix intake: `/sync` as the bot, thread replies → chat events.
 //!
 //! The sync token lives in the bridge's store and advances only in the same transaction that
-//! journals what the sync brought (DESIGN.md §3.1): a crash replays at most one sync, and a
+//! journals what the sync brought (ARCHITECTURE.md, "Accept durably, then acknowledge"): a crash replays at most one sync, and a
 //! restart neither replays history nor misses what happened while the bridge was down. The
 //! first sync only sets the token. A timeline the server cut short (`limited`) is filled in by
 //! paging back with `/messages` to the events already seen.
@@ -32,11 +32,15 @@ use matrix_sdk::{Client, Room};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::PLATFORM;
 use super::html;
-use super::session::{SIDE, sdk_failure};
+use super::session::sdk_failure;
+use crate::upstream::{self, ErrorClass};
 use livefeed_core::health::Health;
 use livefeed_core::journal::{Batch, Journal};
-use livefeed_core::model::{ChatEvent, FailureKind, Inbound, Person, Platform, Room as ChatRoom};
+use livefeed_core::model::{
+    ChatEvent, FailureKind, Inbound, Person, ReplyId, Room as ChatRoom, ThreadId,
+};
 use livefeed_core::richtext::Doc;
 use livefeed_core::store::Store;
 
@@ -51,9 +55,26 @@ const UTD_PATIENCE: Duration = Duration::from_secs(600);
 /// A Matrix event reduced to what the bridge acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
-    Reply { thread: String, body: Doc },
-    Edit { replaces: String, body: Doc },
-    Redaction { redacts: String },
+    /// A person replied in a thread (or replied to a root message).
+    Reply {
+        /// The thread's root event.
+        thread: String,
+        /// What they wrote.
+        body: Doc,
+    },
+    /// A person edited a message.
+    Edited {
+        /// The edited event.
+        replaces: String,
+        /// The new content.
+        body: Doc,
+    },
+    /// A message was redacted.
+    Deleted {
+        /// The redacted event.
+        redacts: String,
+    },
+    /// Nothing for the bridge, and why.
     Ignored(&'static str),
 }
 
@@ -74,7 +95,7 @@ pub fn classify(event: &AnySyncTimelineEvent, own: &str) -> Incoming {
                 thread: r.in_reply_to.event_id.to_string(),
                 body: body_of(&m.content.msgtype),
             },
-            Some(Relation::Replacement(r)) => Incoming::Edit {
+            Some(Relation::Replacement(r)) => Incoming::Edited {
                 replaces: r.event_id.to_string(),
                 body: new_body(&r.new_content),
             },
@@ -85,7 +106,7 @@ pub fn classify(event: &AnySyncTimelineEvent, own: &str) -> Incoming {
         )) => {
             // Room versions 11+ carry `redacts` in the content, older ones at the top level.
             match r.content.redacts.as_ref().or(r.redacts.as_ref()) {
-                Some(id) => Incoming::Redaction {
+                Some(id) => Incoming::Deleted {
                     redacts: id.to_string(),
                 },
                 None => Incoming::Ignored("redaction without a target"),
@@ -134,7 +155,7 @@ impl MatrixIntake {
         health: Arc<Health>,
         sync_timeout: Duration,
     ) -> Self {
-        health.register(SIDE);
+        health.register(PLATFORM.as_str());
         MatrixIntake {
             client,
             store: journal.store().clone(),
@@ -175,20 +196,11 @@ impl MatrixIntake {
                 r = self.client.sync_once(settings) => r,
                 _ = cancel.cancelled() => return,
             };
-            let call_outcome = match &synced {
-                Ok(_) => "ok",
-                Err(e) => match sdk_failure(e).kind {
-                    FailureKind::Auth => "auth_error",
-                    FailureKind::Transient {
-                        retry_after: Some(_),
-                    } => "rate_limited",
-                    FailureKind::Transient { retry_after: None } => "server_error",
-                    FailureKind::Permanent => "error",
-                },
-            };
+            let call_outcome =
+                upstream::outcome(&synced.as_ref().map_err(|e| ErrorClass::of(&sdk_failure(e))));
             self.journal
                 .metrics()
-                .api_call("matrix", "sync", call_outcome);
+                .api_call(PLATFORM.as_str(), "sync", call_outcome);
             let outcome = match synced {
                 Ok(resp) => self.handle(resp, token.is_none()).await,
                 Err(e) => Err(sdk_failure(&e)),
@@ -196,7 +208,7 @@ impl MatrixIntake {
             match outcome {
                 Ok(()) => {
                     failures = 0;
-                    self.health.ok(SIDE);
+                    self.health.ok(PLATFORM.as_str());
                 }
                 Err(f) => {
                     failures += 1;
@@ -209,7 +221,7 @@ impl MatrixIntake {
                         })
                     };
                     warn!(error = %f, retry_in_ms = delay.as_millis() as u64, "Matrix sync failed");
-                    self.health.error(SIDE, &f.reason, auth);
+                    self.health.error(PLATFORM.as_str(), &f.reason, auth);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cancel.cancelled() => return,
@@ -298,7 +310,7 @@ impl MatrixIntake {
             debug!(event = %event_id, "unparseable event ignored");
             return;
         };
-        let room = ChatRoom::new(Platform::Matrix, room_id.as_str());
+        let room = ChatRoom::new(PLATFORM, room_id.as_str());
         let chat_event = match classify(&parsed, self.own.as_str()) {
             Incoming::Ignored(why) => {
                 debug!(event = %event_id, why, "Matrix event ignored");
@@ -306,12 +318,13 @@ impl MatrixIntake {
             }
             Incoming::Reply { thread, body } => ChatEvent::ReplyPosted {
                 room,
-                thread,
-                reply: event_id.to_string(),
+                thread: ThreadId(thread),
+                reply: ReplyId(event_id.to_string()),
                 author: self.person(room_id, &parsed).await,
                 body,
             },
-            Incoming::Edit { replaces, body } => {
+            Incoming::Edited { replaces, body } => {
+                let replaces = ReplyId(replaces);
                 let Some(thread) = self.thread_of(room_id, &replaces).await else {
                     debug!(event = %event_id, "edit of a message outside any thread; ignored");
                     return;
@@ -324,10 +337,10 @@ impl MatrixIntake {
                     body,
                 }
             }
-            Incoming::Redaction { redacts } => ChatEvent::ReplyDeleted {
+            Incoming::Deleted { redacts } => ChatEvent::ReplyDeleted {
                 room,
                 thread: None,
-                reply: redacts,
+                reply: ReplyId(redacts),
             },
         };
         let source_ms = event.timestamp.map(|t| i64::from(t.get()));
@@ -336,12 +349,12 @@ impl MatrixIntake {
     }
 
     /// The thread of an edited reply: from the bridge's own records, else from the original.
-    async fn thread_of(&self, room_id: &OwnedRoomId, reply: &str) -> Option<String> {
-        let room = ChatRoom::new(Platform::Matrix, room_id.as_str());
+    async fn thread_of(&self, room_id: &OwnedRoomId, reply: &ReplyId) -> Option<ThreadId> {
+        let room = ChatRoom::new(PLATFORM, room_id.as_str());
         if let Ok(Some(c)) = self.store.comment_for_reply(&room, reply) {
             return Some(c.thread);
         }
-        let event_id = OwnedEventId::try_from(reply).ok()?;
+        let event_id = OwnedEventId::try_from(reply.as_str()).ok()?;
         let original = self
             .client
             .get_room(room_id)?
@@ -349,7 +362,7 @@ impl MatrixIntake {
             .await
             .ok()?;
         match classify(&original.raw().deserialize().ok()?, self.own.as_str()) {
-            Incoming::Reply { thread, .. } => Some(thread),
+            Incoming::Reply { thread, .. } => Some(ThreadId(thread)),
             _ => None,
         }
     }

@@ -1,7 +1,70 @@
 //! The Matrix side: a bot account through matrix-sdk (no homeserver admin needed), `/sync`
-//! intake, HTML conversion, and root-message effects. Matrix types stay in here.
+//! intake, HTML conversion, root-message effects, and how the bridge connects and probes.
+//! Matrix types stay in here.
+//!
+//! - [`session`]: the SDK client, signed in from a token or a saved password login.
+//! - [`intake`]: `/sync` → chat events, with gap filling and decryption retries.
+//! - [`html`]: Matrix HTML and plain bodies ⇄ the core's document.
+//! - [`adapter`]: root messages for feed posts ([`adapter::MatrixChat`]).
+//! - [`config`]: the `matrix:` section of `bridge.yaml`.
+//! - [`connect`] and [`probe`](probe::probe): what the assembly and `check` call.
 
 pub mod adapter;
+pub mod config;
 pub mod html;
 pub mod intake;
+pub mod probe;
 pub mod session;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use livefeed_core::model::Platform;
+use tracing::info;
+
+use crate::assembly::{ChatSide, Shared};
+use adapter::MatrixChat;
+use config::MatrixConfig;
+use intake::MatrixIntake;
+pub use session::SessionError as ConnectError;
+
+/// Matrix's name in keys, labels and `/readyz`.
+pub const PLATFORM: Platform = Platform::new("matrix");
+/// Matrix's name for people.
+pub const DISPLAY_NAME: &str = "Matrix";
+
+/// Sign the bot in (its device and keys live in `<store.path>/matrix`), resolve the mapped
+/// `rooms` (ids or aliases) and build the root-message adapter and the `/sync` intake.
+pub async fn connect(
+    cfg: &MatrixConfig,
+    rooms: &[String],
+    shared: &Shared,
+) -> Result<ChatSide, ConnectError> {
+    let client = session::connect(cfg, &shared.store_dir.join("matrix"), &shared.store).await?;
+    let mut resolved = BTreeMap::new();
+    let mut room_ids = BTreeSet::new();
+    for room in rooms {
+        let id = session::resolve_room(&client, room).await?;
+        resolved.insert(room.clone(), id.to_string());
+        room_ids.insert(id);
+    }
+    let own = session::own_user(&client).ok_or(ConnectError::SignIn {
+        what: "sign-in",
+        reason: "no user after sign-in".into(),
+    })?;
+    info!(user = %own, rooms = room_ids.len(), "Matrix bot signed in");
+    let intake = MatrixIntake::new(
+        client.clone(),
+        shared.journal.clone(),
+        room_ids,
+        own,
+        shared.health.clone(),
+        cfg.sync_timeout,
+    );
+    Ok(ChatSide {
+        adapter: Arc::new(MatrixChat::new(client, shared.metrics.clone())),
+        rooms: resolved,
+        tasks: vec![Box::pin(intake.run(shared.cancel.clone()))],
+        routes: None,
+    })
+}

@@ -1,5 +1,5 @@
-//! The Slack side of the engine: root messages for feed posts (contracts/slack.md §2.2–2.4,
-//! §2.8). Each root message carries the post id in its `metadata`, which is how reconciliation
+//! The Slack side of the engine: root messages for feed posts (docs/platforms/slack.md
+//! §2.2–2.4, §2.8). Each root message carries the post id in its `metadata`, which is how reconciliation
 //! recognises a message the bridge sent just before it stopped.
 
 use std::time::Duration;
@@ -7,34 +7,34 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tracing::debug;
 
-use super::api::{Body, Repeat, SlackApi, SlackErrorKind};
-use super::mrkdwn;
-use livefeed_core::adapters::{BoxFuture, ChatAdapter, ChatPost, LayoutOptions};
-use livefeed_core::model::{Failure, Platform, PostId};
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage};
+use livefeed_core::model::{Failure, MessageId, Platform, PostId};
 
+use super::api::{Body, SlackApi};
+use super::{DISPLAY_NAME, PLATFORM, mrkdwn};
+use crate::upstream::Repeat;
+
+/// The `event_type` of the metadata every root message carries (with the post id).
 pub const METADATA_EVENT: &str = "b24_feed_post";
 /// Slack shows up to 4,000 characters of `text` well; leave room for the layout.
 const MAX_BODY_CHARS: usize = 3_500;
 /// How far before an intent's start reconciliation looks (clock skew between us and Slack).
 const RECONCILE_SLACK: Duration = Duration::from_secs(120);
 
+/// Root messages in Slack channels, sent as the bot with the author's name and picture.
 pub struct SlackChat {
     api: SlackApi,
+    /// The bot's `bot_id`: reconciliation only adopts the bot's own messages.
     bot_id: String,
-    portal: String,
 }
 
 impl SlackChat {
-    /// `portal` names the Bitrix24 portal in message metadata (informational).
-    pub fn new(api: SlackApi, bot_id: String, portal: String) -> Self {
-        SlackChat {
-            api,
-            bot_id,
-            portal,
-        }
+    /// Root messages through `api`, as the bot `bot_id`.
+    pub fn new(api: SlackApi, bot_id: String) -> Self {
+        SlackChat { api, bot_id }
     }
 
-    fn message_body(&self, channel: &str, msg: &ChatPost) -> Value {
+    fn message_body(&self, channel: &str, msg: &RootMessage) -> Value {
         let mut body = json!({
             "channel": channel,
             "text": mrkdwn::render(&msg.doc),
@@ -43,7 +43,7 @@ impl SlackChat {
             "unfurl_media": false,
             "metadata": {
                 "event_type": METADATA_EVENT,
-                "event_payload": { "b24_post_id": msg.post.0.to_string(), "b24_portal": self.portal },
+                "event_payload": { "b24_post_id": msg.post.0.to_string() },
             },
         });
         if let Some(icon) = &msg.author.avatar_url {
@@ -57,7 +57,7 @@ impl SlackChat {
         channel: &str,
         post: PostId,
         since_ms: i64,
-    ) -> Result<Option<String>, Failure> {
+    ) -> Result<Option<MessageId>, Failure> {
         let oldest = (since_ms - RECONCILE_SLACK.as_millis() as i64).max(0) as f64 / 1000.0;
         let mut cursor: Option<String> = None;
         loop {
@@ -99,7 +99,7 @@ impl SlackChat {
                         == Some(post.0.to_string())
             });
             if let Some(m) = found {
-                return Ok(m.get("ts").and_then(Value::as_str).map(str::to_string));
+                return Ok(m.get("ts").and_then(Value::as_str).map(MessageId::from));
             }
             cursor = page
                 .get("response_metadata")
@@ -117,7 +117,11 @@ impl SlackChat {
 
 impl ChatAdapter for SlackChat {
     fn platform(&self) -> Platform {
-        Platform::Slack
+        PLATFORM
+    }
+
+    fn display_name(&self) -> &str {
+        DISPLAY_NAME
     }
 
     fn layout(&self) -> LayoutOptions {
@@ -127,11 +131,11 @@ impl ChatAdapter for SlackChat {
         }
     }
 
-    fn post<'a>(
+    fn send_root<'a>(
         &'a self,
         room: &'a str,
-        msg: &'a ChatPost,
-    ) -> BoxFuture<'a, Result<String, Failure>> {
+        msg: &'a RootMessage,
+    ) -> BoxFuture<'a, Result<MessageId, Failure>> {
         Box::pin(async move {
             let resp = self
                 .api
@@ -145,29 +149,29 @@ impl ChatAdapter for SlackChat {
                 .map_err(|e| e.to_failure())?;
             resp.get("ts")
                 .and_then(Value::as_str)
-                .map(str::to_string)
+                .map(MessageId::from)
                 .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
         })
     }
 
-    fn find_post<'a>(
+    fn find_root<'a>(
         &'a self,
         room: &'a str,
         post: PostId,
         since_ms: i64,
-    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+    ) -> BoxFuture<'a, Result<Option<MessageId>, Failure>> {
         Box::pin(self.find(room, post, since_ms))
     }
 
-    fn edit<'a>(
+    fn edit_root<'a>(
         &'a self,
         room: &'a str,
-        message: &'a str,
-        msg: &'a ChatPost,
+        message: &'a MessageId,
+        msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             // Metadata and the author customisation stay as posted; only the text changes.
-            let body = json!({ "channel": room, "ts": message, "text": mrkdwn::render(&msg.doc) });
+            let body = json!({ "channel": room, "ts": message.as_str(), "text": mrkdwn::render(&msg.doc) });
             self.api
                 .call("chat.update", Some(room), Body::Json(body), Repeat::Safe)
                 .await
@@ -176,18 +180,20 @@ impl ChatAdapter for SlackChat {
         })
     }
 
-    fn delete<'a>(&'a self, room: &'a str, message: &'a str) -> BoxFuture<'a, Result<(), Failure>> {
+    fn delete_message<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
-            let body = json!({ "channel": room, "ts": message });
+            let body = json!({ "channel": room, "ts": message.as_str() });
             match self
                 .api
                 .call("chat.delete", Some(room), Body::Json(body), Repeat::Safe)
                 .await
             {
                 Ok(_) => Ok(()),
-                Err(e) if e.kind == SlackErrorKind::Permanent && e.error == "message_not_found" => {
-                    Ok(())
-                }
+                Err(e) if e.is("message_not_found") => Ok(()),
                 Err(e) => Err(e.to_failure()),
             }
         })

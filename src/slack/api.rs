@@ -1,4 +1,4 @@
-//! Slack Web API client (contracts/slack.md §1–2).
+//! Slack Web API client (docs/platforms/slack.md §1–2).
 //!
 //! - POSTs everything; JSON bodies for the methods that accept them, form bodies for the rest;
 //!   the token travels only in the `Authorization` header.
@@ -17,57 +17,49 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tracing::{debug, trace};
 
-use crate::ratelimit::{Blocks, KeyedBuckets};
-use crate::secret::{Secret, scrub};
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::Failure;
 
-const PLATFORM: &str = "slack";
+use super::PLATFORM;
+use crate::secret::{Secret, scrub};
+use crate::upstream::ratelimit::{Blocks, KeyedBuckets, RateLimit};
+use crate::upstream::{ErrorClass, OUTCOME_NETWORK_ERROR, Repeat};
+
 /// Attempts per call before the failure goes back to the caller.
 const MAX_ATTEMPTS: u32 = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlackErrorKind {
-    /// Slack refused before acting (rate limits, refused connections): safe to repeat.
-    Rejected,
-    /// Network or server trouble: Slack may or may not have acted.
-    Transient,
-    /// The token or the app is no longer valid.
-    Auth,
-    /// This request can never succeed.
-    Permanent,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{method}: {error}")]
+/// A failed call: Slack's `error` code or a transport description (secrets scrubbed).
 pub struct SlackError {
+    /// The method called.
     pub method: String,
     /// Slack's `error` code, or a transport description.
     pub error: String,
-    pub kind: SlackErrorKind,
+    /// How to treat it.
+    pub class: ErrorClass,
+    /// How long Slack asked us to wait, when it did.
     pub retry_after: Option<Duration>,
 }
 
 impl SlackError {
+    /// The failure the engine sees.
     pub fn to_failure(&self) -> Failure {
-        let reason = self.to_string();
-        match self.kind {
-            SlackErrorKind::Rejected | SlackErrorKind::Transient => match self.retry_after {
-                Some(d) => Failure::retry_after(reason, d),
-                None => Failure::transient(reason),
-            },
-            SlackErrorKind::Auth => Failure::auth(reason),
-            SlackErrorKind::Permanent => Failure::permanent(reason),
-        }
+        self.class.failure(self.to_string(), self.retry_after)
+    }
+
+    /// Whether Slack answered with this `error` code.
+    pub fn is(&self, error: &str) -> bool {
+        self.error == error
     }
 }
 
-/// Classify an `ok:false` error code (contract §1.6).
-pub fn classify(error: &str) -> SlackErrorKind {
+/// Classify an `ok:false` error code (docs/platforms/slack.md §1.6).
+pub fn classify(error: &str) -> ErrorClass {
     match error {
-        "ratelimited" | "rate_limited" => SlackErrorKind::Rejected,
+        "ratelimited" | "rate_limited" => ErrorClass::Rejected,
         "fatal_error" | "internal_error" | "service_unavailable" | "request_timeout" => {
-            SlackErrorKind::Transient
+            ErrorClass::Transient
         }
         "invalid_auth"
         | "not_authed"
@@ -78,24 +70,36 @@ pub fn classify(error: &str) -> SlackErrorKind {
         | "not_allowed_token_type"
         | "team_disabled"
         | "user_removed_from_team"
-        | "link_disabled" => SlackErrorKind::Auth,
-        _ => SlackErrorKind::Permanent,
+        | "link_disabled" => ErrorClass::Auth,
+        _ => ErrorClass::Permanent,
     }
 }
 
+/// A request body: JSON for the methods that accept it, a form for the rest.
 #[derive(Debug, Clone)]
 pub enum Body {
+    /// `application/json`.
     Json(Value),
+    /// `application/x-www-form-urlencoded`.
     Form(Vec<(String, String)>),
 }
 
-/// Whether repeating a call is harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Repeat {
-    Safe,
-    OnlyIfRejected,
+/// Who the bot is, from `auth.test`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthTest {
+    /// The bot user (`U…`).
+    pub user_id: String,
+    /// The bot user's name.
+    pub user: String,
+    /// The bot (`B…`): the bot's own messages carry it.
+    pub bot_id: String,
+    /// The app (`A…`), when Slack says.
+    pub app_id: Option<String>,
+    /// The workspace's name.
+    pub team: String,
 }
 
+/// The Web API client. Cheap to clone; clones share pacing and rate-limit blocks.
 #[derive(Clone)]
 pub struct SlackApi {
     http: reqwest::Client,
@@ -107,10 +111,12 @@ pub struct SlackApi {
 }
 
 impl SlackApi {
+    /// A client for the API at `base` (`https://slack.com/api/`), pacing `chat.postMessage` per
+    /// channel at `post_rate` (none: unpaced).
     pub fn new(
         base: String,
         bot_token: Secret,
-        post_rate: Option<(f64, u32)>,
+        post_rate: Option<RateLimit>,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> reqwest::Result<Self> {
@@ -124,12 +130,14 @@ impl SlackApi {
             base,
             bot_token,
             metrics,
-            post_pacing: post_rate.map(|(r, b)| Arc::new(KeyedBuckets::new(r, b))),
+            post_pacing: post_rate.map(|rate| Arc::new(KeyedBuckets::new(rate))),
             blocks: Arc::new(Blocks::new()),
         })
     }
 
     /// Call with the bot token.
+    /// Call `method` with the bot token, retrying per `repeat`. `channel` keys pacing and
+    /// rate-limit blocks (a 429 holds that method in that channel for every caller).
     pub async fn call(
         &self,
         method: &str,
@@ -155,13 +163,13 @@ impl SlackApi {
         loop {
             attempt += 1;
             if self.blocks.wait(&key).await {
-                self.metrics.rate_limit_wait(PLATFORM);
+                self.metrics.rate_limit_wait(PLATFORM.as_str());
             }
             if method == "chat.postMessage"
                 && let (Some(pacing), Some(ch)) = (&self.post_pacing, channel)
                 && pacing.acquire(&ch.to_string()).await
             {
-                self.metrics.rate_limit_wait(PLATFORM);
+                self.metrics.rate_limit_wait(PLATFORM.as_str());
             }
             let result = self.call_once(method, &body, token).await;
             let err = match result {
@@ -171,17 +179,10 @@ impl SlackApi {
             if let Some(after) = err.retry_after {
                 self.blocks.block(key.clone(), after);
             }
-            let repeatable = match repeat {
-                Repeat::Safe => matches!(
-                    err.kind,
-                    SlackErrorKind::Rejected | SlackErrorKind::Transient
-                ),
-                Repeat::OnlyIfRejected => err.kind == SlackErrorKind::Rejected,
-            };
-            if !repeatable || attempt >= MAX_ATTEMPTS {
+            if !err.class.repeatable(repeat) || attempt >= MAX_ATTEMPTS {
                 return Err(err);
             }
-            self.metrics.retry(PLATFORM);
+            self.metrics.retry(PLATFORM.as_str());
             let backoff = Duration::from_millis(250 * (1 << attempt) + fastrand::u64(0..250));
             let delay = err.retry_after.unwrap_or(backoff);
             debug!(method, error = %err, retry_in_ms = delay.as_millis() as u64, "retrying Slack call");
@@ -209,108 +210,69 @@ impl SlackApi {
                 .body(serde_json::to_vec(v).expect("JSON values serialize")),
             Body::Form(pairs) => req.form(pairs),
         };
-        let response = match req.send().await {
-            Ok(r) => r,
+        let answered = async {
+            let response = req.send().await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Ok::<_, reqwest::Error>((status, retry_after, response.bytes().await?))
+        };
+        let (status, retry_after, bytes) = match answered.await {
+            Ok(answer) => answer,
             Err(e) => {
-                self.metrics.api_call(PLATFORM, method, "network_error");
+                self.metrics
+                    .api_call(PLATFORM.as_str(), method, OUTCOME_NETWORK_ERROR);
                 return Err(self.transport_error(method, e));
             }
         };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                self.metrics.api_call(PLATFORM, method, "network_error");
-                return Err(self.transport_error(method, e));
-            }
-        };
-        if status == 429 {
-            self.metrics.api_call(PLATFORM, method, "rate_limited");
-            return Err(SlackError {
-                method: method.into(),
-                error: "ratelimited".into(),
-                kind: SlackErrorKind::Rejected,
-                retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
-            });
+        let result = answer(method, status, retry_after, &bytes);
+        let outcome = crate::upstream::outcome(&result.as_ref().map_err(|e| e.class));
+        self.metrics.api_call(PLATFORM.as_str(), method, outcome);
+        if let Ok(value) = &result
+            && let Some(w) = value.get("warning").and_then(Value::as_str)
+        {
+            debug!(method, warning = w, "Slack warning");
         }
-        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let Some(value) = parsed.filter(|v| v.get("ok").is_some()) else {
-            self.metrics.api_call(PLATFORM, method, "server_error");
-            return Err(SlackError {
-                method: method.into(),
-                error: format!(
-                    "HTTP {status}, not a Slack API answer ({} bytes)",
-                    bytes.len()
-                ),
-                kind: if status >= 500 || status == 408 {
-                    SlackErrorKind::Transient
-                } else {
-                    SlackErrorKind::Permanent
-                },
-                retry_after: None,
-            });
-        };
-        if value.get("ok").and_then(Value::as_bool) == Some(true) {
-            self.metrics.api_call(PLATFORM, method, "ok");
-            if let Some(w) = value.get("warning").and_then(Value::as_str) {
-                debug!(method, warning = w, "Slack warning");
-            }
-            return Ok(value);
-        }
-        let error = value
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown_error")
-            .to_string();
-        let kind = classify(&error);
-        self.metrics.api_call(
-            PLATFORM,
-            method,
-            match kind {
-                SlackErrorKind::Rejected => "rate_limited",
-                SlackErrorKind::Auth => "auth_error",
-                _ => "error",
-            },
-        );
-        Err(SlackError {
-            method: method.into(),
-            retry_after: if kind == SlackErrorKind::Rejected {
-                Some(retry_after.unwrap_or(Duration::from_secs(1)))
-            } else {
-                None
-            },
-            error,
-            kind,
-        })
+        result
     }
 
     fn transport_error(&self, method: &str, e: reqwest::Error) -> SlackError {
-        let kind = if e.is_connect() {
-            SlackErrorKind::Rejected
+        // Refused connections never reached Slack; everything else may have.
+        let class = if e.is_connect() {
+            ErrorClass::Rejected
         } else {
-            SlackErrorKind::Transient
+            ErrorClass::Transient
         };
         SlackError {
             method: method.into(),
             error: scrub(&e.without_url().to_string(), &[&self.bot_token]),
-            kind,
+            class,
             retry_after: None,
         }
     }
 
     // -- the methods the bridge uses --------------------------------------------------------
 
-    pub async fn auth_test(&self) -> Result<Value, SlackError> {
-        self.call("auth.test", None, Body::Json(json!({})), Repeat::Safe)
-            .await
+    /// Who the bot token belongs to.
+    pub async fn auth_test(&self) -> Result<AuthTest, SlackError> {
+        let v = self
+            .call("auth.test", None, Body::Json(json!({})), Repeat::Safe)
+            .await?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Ok(AuthTest {
+            user_id: text("user_id").unwrap_or_default(),
+            user: text("user").unwrap_or_default(),
+            bot_id: text("bot_id").unwrap_or_default(),
+            app_id: text("app_id"),
+            team: text("team").unwrap_or_default(),
+        })
     }
 
+    /// A channel's facts (membership, archived).
     pub async fn conversations_info(&self, channel: &str) -> Result<Value, SlackError> {
         self.call(
             "conversations.info",
@@ -321,6 +283,7 @@ impl SlackApi {
         .await
     }
 
+    /// A user's profile.
     pub async fn users_info(&self, user: &str) -> Result<Value, SlackError> {
         self.call(
             "users.info",
@@ -332,17 +295,62 @@ impl SlackApi {
     }
 }
 
+/// Read an answer: `ok:true` is success; HTTP 429, `ok:false` and anything that is not a Web
+/// API answer are errors with their class (docs/platforms/slack.md §1.3–1.6).
+fn answer(
+    method: &str,
+    status: u16,
+    retry_after: Option<Duration>,
+    bytes: &[u8],
+) -> Result<Value, SlackError> {
+    let error = |error: String, class: ErrorClass, retry_after: Option<Duration>| SlackError {
+        method: method.into(),
+        error,
+        class,
+        retry_after,
+    };
+    // Slack's advice when a limit answer carries no Retry-After: wait a second.
+    let wait = Some(retry_after.unwrap_or(Duration::from_secs(1)));
+    if status == 429 {
+        return Err(error("ratelimited".into(), ErrorClass::Rejected, wait));
+    }
+    let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
+    let Some(value) = parsed.filter(|v| v.get("ok").is_some()) else {
+        let class = if status >= 500 || status == 408 {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        };
+        let what = format!(
+            "HTTP {status}, not a Slack API answer ({} bytes)",
+            bytes.len()
+        );
+        return Err(error(what, class, None));
+    };
+    if value.get("ok").and_then(Value::as_bool) == Some(true) {
+        return Ok(value);
+    }
+    let code = value
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown_error")
+        .to_string();
+    let class = classify(&code);
+    let retry = (class == ErrorClass::Rejected).then_some(wait).flatten();
+    Err(error(code, class, retry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn classification() {
-        assert_eq!(classify("ratelimited"), SlackErrorKind::Rejected);
-        assert_eq!(classify("rate_limited"), SlackErrorKind::Rejected);
-        assert_eq!(classify("internal_error"), SlackErrorKind::Transient);
-        assert_eq!(classify("token_revoked"), SlackErrorKind::Auth);
-        assert_eq!(classify("channel_not_found"), SlackErrorKind::Permanent);
-        assert_eq!(classify("is_archived"), SlackErrorKind::Permanent);
+        assert_eq!(classify("ratelimited"), ErrorClass::Rejected);
+        assert_eq!(classify("rate_limited"), ErrorClass::Rejected);
+        assert_eq!(classify("internal_error"), ErrorClass::Transient);
+        assert_eq!(classify("token_revoked"), ErrorClass::Auth);
+        assert_eq!(classify("channel_not_found"), ErrorClass::Permanent);
+        assert_eq!(classify("is_archived"), ErrorClass::Permanent);
     }
 }

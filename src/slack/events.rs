@@ -1,4 +1,4 @@
-//! Events API intake: `POST /slack/events` (contracts/slack.md §3–4).
+//! Events API intake: `POST /slack/events` (docs/platforms/slack.md §3–4).
 //!
 //! The v0 signature is checked in constant time over the raw body before anything is parsed;
 //! requests older (or newer) than 5 minutes are refused as replays; bodies above the configured
@@ -22,14 +22,19 @@ use livefeed_core::store::now_ms;
 /// Maximum accepted distance between Slack's timestamp and our clock.
 pub const MAX_SKEW_SECS: i64 = 300;
 
+/// Why a request's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// A header is missing.
     #[error("missing X-Slack-Request-Timestamp or X-Slack-Signature")]
     Missing,
+    /// The timestamp is not a number.
     #[error("timestamp is not a number")]
     BadTimestamp,
+    /// The request is older or newer than the window allows.
     #[error("timestamp outside the 5-minute window (possible replay)")]
     Stale,
+    /// The HMAC does not match.
     #[error("signature does not match")]
     Mismatch,
 }
@@ -64,12 +69,28 @@ pub fn verify(
         .map_err(|_| SignatureError::Mismatch)
 }
 
+/// The Events API endpoint's state: the signing secret and the intake.
 #[derive(Clone)]
 pub struct EventsApi {
+    /// Slack's signing secret (Basic Information → Signing Secret).
     pub signing_secret: Secret,
+    /// Where verified events go.
     pub intake: SlackIntake,
 }
 
+/// Where Slack posts events (the manifest's `request_url` ends with it).
+pub const PATH: &str = "/slack/events";
+
+impl EventsApi {
+    /// The route to serve on `http.listen`.
+    pub fn routes(self) -> axum::Router {
+        axum::Router::new()
+            .route(PATH, axum::routing::post(handle))
+            .with_state(self)
+    }
+}
+
+/// `POST /slack/events`: verify, then journal, then answer 200.
 pub async fn handle(
     State(api): State<EventsApi>,
     headers: HeaderMap,
@@ -137,7 +158,7 @@ pub async fn handle(
 mod tests {
     use super::*;
 
-    // Vectors from contracts/slack.md §4, computed with python hmac and slack-sdk.
+    // Vectors from docs/platforms/slack.md §4, computed with python hmac and slack-sdk.
     const V2_BODY: &str = r#"{"token":"XXYYZZ","team_id":"T0001","api_app_id":"A0001","event":{"type":"message","channel":"C0001","user":"U0002","text":"hello &amp; <https://example.com|example>","ts":"1700000000.000100","thread_ts":"1699999999.000200","parent_user_id":"U0001","event_ts":"1700000000.000100","channel_type":"channel"},"type":"event_callback","event_id":"Ev0001","event_time":1700000000,"authorizations":[{"enterprise_id":null,"team_id":"T0001","user_id":"U0001","is_bot":true,"is_enterprise_install":false}],"is_ext_shared_channel":false,"event_context":"4-eyJldCI6Im1lc3NhZ2UifQ"}"#;
 
     #[test]

@@ -1,4 +1,4 @@
-//! Slack events → chat events (contracts/slack.md §3.3–3.4). Shared by Socket Mode and the
+//! Slack events → chat events (docs/platforms/slack.md §3.3–3.4). Shared by Socket Mode and the
 //! Events API: both hand over the same `event_callback` payload.
 //!
 //! What counts: replies in threads (`thread_ts` ≠ `ts`, including "also send to channel"),
@@ -14,43 +14,75 @@ use std::sync::Arc;
 use serde_json::Value;
 use tracing::debug;
 
-use super::api::SlackApi;
-use super::mrkdwn;
 use livefeed_core::journal::{Batch, Journal};
-use livefeed_core::model::{ChatEvent, Inbound, Person, Platform, Room};
+use livefeed_core::model::{ChatEvent, Inbound, Person, ReplyId, Room, ThreadId};
 use livefeed_core::people::PersonCache;
+use livefeed_core::richtext::Doc;
 use livefeed_core::store::StoreError;
+
+use super::api::{AuthTest, SlackApi};
+use super::{PLATFORM, mrkdwn};
 
 /// The bot's own ids, from `auth.test`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {
+    /// The bot user.
     pub user_id: String,
+    /// The bot.
     pub bot_id: String,
+    /// The app, when Slack said.
     pub app_id: Option<String>,
+}
+
+impl From<&AuthTest> for Identity {
+    fn from(auth: &AuthTest) -> Self {
+        Identity {
+            user_id: auth.user_id.clone(),
+            bot_id: auth.bot_id.clone(),
+            app_id: auth.app_id.clone(),
+        }
+    }
 }
 
 /// A Slack message event reduced to what the bridge acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
+    /// A person replied in a thread.
     Reply {
+        /// The channel.
         channel: String,
+        /// The thread's root `ts`.
         thread: String,
+        /// The reply's `ts`.
         ts: String,
+        /// Who wrote it.
         user: String,
+        /// Its mrkdwn text.
         text: String,
     },
+    /// A person edited their reply.
     Edited {
+        /// The channel.
         channel: String,
+        /// The thread's root `ts`.
         thread: String,
+        /// The reply's `ts`.
         ts: String,
+        /// Who wrote it.
         user: String,
+        /// The new mrkdwn text.
         text: String,
     },
+    /// A message was deleted.
     Deleted {
+        /// The channel.
         channel: String,
+        /// The thread's root `ts`, when Slack said.
         thread: Option<String>,
+        /// The deleted message's `ts`.
         ts: String,
     },
+    /// Nothing for the bridge, and why.
     Ignored(&'static str),
 }
 
@@ -152,6 +184,8 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
     }
 }
 
+/// Turns Slack's event payloads into journaled chat events (shared by Socket Mode and the
+/// Events API).
 #[derive(Clone)]
 pub struct SlackIntake {
     api: SlackApi,
@@ -162,8 +196,9 @@ pub struct SlackIntake {
 }
 
 impl SlackIntake {
+    /// An intake for the mapped `channels`, ignoring the bot `own`.
     pub fn new(api: SlackApi, journal: Journal, own: Identity, channels: BTreeSet<String>) -> Self {
-        let people = PersonCache::new(journal.store().clone(), "slack", 3600 * 1000);
+        let people = PersonCache::new(journal.store().clone(), PLATFORM, 3600 * 1000);
         SlackIntake {
             api,
             journal,
@@ -212,9 +247,9 @@ impl SlackIntake {
                 user,
                 text,
             } => ChatEvent::ReplyPosted {
-                room: Room::new(Platform::Slack, channel),
-                thread,
-                reply: ts,
+                room: Room::new(PLATFORM, channel),
+                thread: ThreadId(thread),
+                reply: ReplyId(ts),
                 author: self.person(&user).await,
                 body: self.parse_text(&text).await,
             },
@@ -225,9 +260,9 @@ impl SlackIntake {
                 user,
                 text,
             } => ChatEvent::ReplyEdited {
-                room: Room::new(Platform::Slack, channel),
-                thread,
-                reply: ts,
+                room: Room::new(PLATFORM, channel),
+                thread: ThreadId(thread),
+                reply: ReplyId(ts),
                 author: self.person(&user).await,
                 body: self.parse_text(&text).await,
             },
@@ -236,9 +271,9 @@ impl SlackIntake {
                 thread,
                 ts,
             } => ChatEvent::ReplyDeleted {
-                room: Room::new(Platform::Slack, channel),
-                thread,
-                reply: ts,
+                room: Room::new(PLATFORM, channel),
+                thread: thread.map(ThreadId),
+                reply: ReplyId(ts),
             },
         };
         debug!(kind = chat_event.kind(), room = %chat_event.room(), "Slack event accepted");
@@ -255,7 +290,7 @@ impl SlackIntake {
             .await
     }
 
-    async fn parse_text(&self, text: &str) -> livefeed_core::richtext::Doc {
+    async fn parse_text(&self, text: &str) -> Doc {
         let mut names = std::collections::HashMap::new();
         for id in mrkdwn::mentioned_users(text) {
             let p = self.person(&id).await;

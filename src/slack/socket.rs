@@ -1,4 +1,4 @@
-//! Socket Mode intake (contracts/slack.md §5): no public URL needed.
+//! Socket Mode intake (docs/platforms/slack.md §5): no public URL needed.
 //!
 //! `apps.connections.open` (app-level token) gives a single-use WebSocket URL; Slack greets with
 //! `hello`, sends `events_api` envelopes, and asks us to reconnect with `disconnect`
@@ -18,12 +18,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::api::{Body, Repeat, SlackApi, SlackErrorKind};
-use super::intake::SlackIntake;
-use crate::secret::Secret;
 use livefeed_core::health::Health;
 
-pub const SIDE: &str = "slack";
+use super::PLATFORM;
+use super::api::{Body, SlackApi};
+use super::intake::SlackIntake;
+use crate::secret::Secret;
+use crate::upstream::{ErrorClass, Repeat};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Sink = futures_util::stream::SplitSink<Socket, Message>;
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// No frame (not even a pong) for this long means a half-open socket.
 const IDLE_LIMIT: Duration = Duration::from_secs(35);
@@ -44,6 +49,8 @@ enum SessionError {
     Dropped(String),
 }
 
+/// The Socket Mode connection: reconnects until the bridge stops, hands every event to the
+/// intake and acknowledges it once journaled.
 pub struct SocketMode {
     api: SlackApi,
     app_token: Secret,
@@ -52,8 +59,9 @@ pub struct SocketMode {
 }
 
 impl SocketMode {
+    /// A connection that will use `app_token` (`xapp-…`).
     pub fn new(api: SlackApi, app_token: Secret, intake: SlackIntake, health: Arc<Health>) -> Self {
-        health.register(SIDE);
+        health.register(PLATFORM.as_str());
         SocketMode {
             api,
             app_token,
@@ -62,6 +70,7 @@ impl SocketMode {
         }
     }
 
+    /// Stay connected until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures: u32 = 0;
         loop {
@@ -69,7 +78,7 @@ impl SocketMode {
                 o = self.session() => o,
                 _ = cancel.cancelled() => return,
             };
-            self.health.disconnected(SIDE);
+            self.health.disconnected(PLATFORM.as_str());
             let delay = match outcome {
                 Ok(End::Reconnect) => {
                     failures = 0;
@@ -78,13 +87,13 @@ impl SocketMode {
                 }
                 Err(SessionError::Auth(e)) => {
                     warn!(error = %e, "Socket Mode cannot connect; retrying in 60 s");
-                    self.health.error(SIDE, &e, true);
+                    self.health.error(PLATFORM.as_str(), &e, true);
                     Duration::from_secs(60)
                 }
                 Err(SessionError::Dropped(e)) => {
                     failures = 0;
                     warn!(error = %e, "Socket Mode connection dropped; reconnecting");
-                    self.health.error(SIDE, &e, false);
+                    self.health.error(PLATFORM.as_str(), &e, false);
                     Duration::from_millis(100 + fastrand::u64(0..400))
                 }
                 Err(SessionError::Other(e)) => {
@@ -92,7 +101,7 @@ impl SocketMode {
                     let base = 500u64.saturating_mul(1 << failures.min(6));
                     let delay = Duration::from_millis(base.min(30_000) + fastrand::u64(0..500));
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Socket Mode connection lost");
-                    self.health.error(SIDE, &e, false);
+                    self.health.error(PLATFORM.as_str(), &e, false);
                     delay
                 }
             };
@@ -103,7 +112,8 @@ impl SocketMode {
         }
     }
 
-    async fn session(&self) -> Result<End, SessionError> {
+    /// Ask for a WebSocket URL with the app-level token and connect to it.
+    async fn open(&self) -> Result<Socket, SessionError> {
         let opened = self
             .api
             .call_with(
@@ -114,8 +124,8 @@ impl SocketMode {
                 &self.app_token,
             )
             .await
-            .map_err(|e| match e.kind {
-                SlackErrorKind::Auth => SessionError::Auth(e.to_string()),
+            .map_err(|e| match e.class {
+                ErrorClass::Auth => SessionError::Auth(e.to_string()),
                 _ => SessionError::Other(e.to_string()),
             })?;
         let url = opened
@@ -126,19 +136,16 @@ impl SocketMode {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .map_err(|e| SessionError::Other(format!("WebSocket connect failed: {e}")))?;
-        let (mut sink, mut stream) = ws.split();
+        Ok(ws)
+    }
+
+    /// One connection, from `apps.connections.open` until it ends.
+    async fn session(&self) -> Result<End, SessionError> {
+        let (mut sink, mut stream) = self.open().await?.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut last_frame = Instant::now();
         let mut greeted = false;
-        // Errors after `hello` are drops of a working link, not connection failures.
-        let lost = |greeted: bool, e: String| {
-            if greeted {
-                SessionError::Dropped(e)
-            } else {
-                SessionError::Other(e)
-            }
-        };
         loop {
             let frame = tokio::select! {
                 f = stream.next() => f,
@@ -173,53 +180,75 @@ impl SocketMode {
                 warn!(bytes = text.len(), "Socket Mode frame is not JSON; ignored");
                 continue;
             };
-            match envelope.get("type").and_then(Value::as_str) {
-                Some("hello") => {
-                    greeted = true;
-                    info!("Socket Mode connected");
-                    self.health.ok(SIDE);
-                }
-                Some("disconnect") => {
-                    let reason = envelope.get("reason").and_then(Value::as_str).unwrap_or("");
-                    if reason == "link_disabled" {
-                        return Err(SessionError::Auth(
-                            "Socket Mode is disabled in the Slack app's settings".into(),
-                        ));
-                    }
-                    debug!(reason, "Slack asked for a reconnect");
-                    let _ = sink.send(Message::Close(None)).await;
-                    return Ok(End::Reconnect);
-                }
-                Some("events_api") => {
-                    let Some(id) = envelope.get("envelope_id").and_then(Value::as_str) else {
-                        warn!("events_api envelope without envelope_id; ignored");
-                        continue;
-                    };
-                    let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
-                    match self.intake.handle(&payload).await {
-                        Ok(()) => {
-                            livefeed_core::crashpoint::hit("slack.journaled");
-                            let ack = json!({ "envelope_id": id }).to_string();
-                            sink.send(Message::Text(ack.into()))
-                                .await
-                                .map_err(|e| lost(greeted, format!("ack failed: {e}")))?;
-                            self.health.ok(SIDE);
-                        }
-                        // Not acknowledged: Slack redelivers it.
-                        Err(e) => {
-                            warn!(error = %e, "cannot journal a Slack event; leaving it unacknowledged")
-                        }
-                    }
-                }
-                other => {
-                    // Slash commands and interactivity are not ours; acknowledge so Slack stops.
-                    if let Some(id) = envelope.get("envelope_id").and_then(Value::as_str) {
-                        let ack = json!({ "envelope_id": id }).to_string();
-                        let _ = sink.send(Message::Text(ack.into())).await;
-                    }
-                    debug!(kind = ?other, "Socket Mode frame ignored");
-                }
+            if let Some(end) = self.envelope(&envelope, &mut sink, &mut greeted).await? {
+                return Ok(end);
             }
         }
+    }
+
+    /// Act on one envelope; `Some` ends the connection.
+    async fn envelope(
+        &self,
+        envelope: &Value,
+        sink: &mut Sink,
+        greeted: &mut bool,
+    ) -> Result<Option<End>, SessionError> {
+        match envelope.get("type").and_then(Value::as_str) {
+            Some("hello") => {
+                *greeted = true;
+                info!("Socket Mode connected");
+                self.health.ok(PLATFORM.as_str());
+            }
+            Some("disconnect") => {
+                let reason = envelope.get("reason").and_then(Value::as_str).unwrap_or("");
+                if reason == "link_disabled" {
+                    return Err(SessionError::Auth(
+                        "Socket Mode is disabled in the Slack app's settings".into(),
+                    ));
+                }
+                debug!(reason, "Slack asked for a reconnect");
+                let _ = sink.send(Message::Close(None)).await;
+                return Ok(Some(End::Reconnect));
+            }
+            Some("events_api") => {
+                let Some(id) = envelope.get("envelope_id").and_then(Value::as_str) else {
+                    warn!("events_api envelope without envelope_id; ignored");
+                    return Ok(None);
+                };
+                let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
+                match self.intake.handle(&payload).await {
+                    Ok(()) => {
+                        livefeed_core::crashpoint::hit("slack.journaled");
+                        let ack = json!({ "envelope_id": id }).to_string();
+                        sink.send(Message::Text(ack.into()))
+                            .await
+                            .map_err(|e| lost(*greeted, format!("ack failed: {e}")))?;
+                        self.health.ok(PLATFORM.as_str());
+                    }
+                    // Not acknowledged: Slack redelivers it.
+                    Err(e) => {
+                        warn!(error = %e, "cannot journal a Slack event; leaving it unacknowledged")
+                    }
+                }
+            }
+            other => {
+                // Slash commands and interactivity are not ours; acknowledge so Slack stops.
+                if let Some(id) = envelope.get("envelope_id").and_then(Value::as_str) {
+                    let ack = json!({ "envelope_id": id }).to_string();
+                    let _ = sink.send(Message::Text(ack.into())).await;
+                }
+                debug!(kind = ?other, "Socket Mode frame ignored");
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Errors after `hello` are drops of a working link, not connection failures.
+fn lost(greeted: bool, e: String) -> SessionError {
+    if greeted {
+        SessionError::Dropped(e)
+    } else {
+        SessionError::Other(e)
     }
 }

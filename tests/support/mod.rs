@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use ::matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
 
-use livefeed_bridge::bridge::{self, Options, Running};
+use livefeed_bridge::assembly::{self, Options, Running};
 use livefeed_bridge::config::Config;
+use livefeed_bridge::upstream::Backoff;
 use livefeed_core::engine::EngineConfig;
 use livefeed_sandbox::bitrix::{self as b24, FakePortal, PortalConfig};
 use livefeed_sandbox::slack::{self as sl, FakeSlack, MessageView, WorkspaceConfig};
@@ -226,7 +227,7 @@ http: {{ listen: {listen} }}
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "already running");
         let config = self.config("127.0.0.1:0");
-        let running = bridge::start(
+        let running = assembly::start(
             &config,
             Options {
                 engine: EngineConfig {
@@ -234,7 +235,11 @@ http: {{ listen: {listen} }}
                     retry_base: Duration::from_millis(20),
                     retry_max: Duration::from_millis(300),
                 },
-                bitrix_backoff: Some((Duration::from_millis(20), Duration::from_millis(200), 6)),
+                bitrix_backoff: Some(Backoff {
+                    first: Duration::from_millis(20),
+                    max: Duration::from_millis(200),
+                    retries: 6,
+                }),
             },
         )
         .await

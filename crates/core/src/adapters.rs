@@ -5,16 +5,21 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::model::{CommentId, Failure, Person, Platform, PostId};
+use super::model::{CommentId, Failure, MessageId, Person, Platform, PostId};
 use super::richtext::Doc;
 
+/// A boxed future that can cross threads: what the adapter traits' methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A root message mirroring a feed post, laid out (see `core::layout`) but not yet rendered.
+/// The root message mirroring a feed post, laid out (see [`crate::layout`]) but not yet
+/// rendered in the platform's format.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatPost {
+pub struct RootMessage {
+    /// The post it mirrors (platforms that can carry metadata keep it, for reconciliation).
     pub post: PostId,
+    /// The post's author, for platforms that can show a per-message name and picture.
     pub author: Person,
+    /// The laid-out content.
     pub doc: Doc,
 }
 
@@ -27,34 +32,52 @@ pub struct LayoutOptions {
     pub max_body_chars: usize,
 }
 
+/// A chat platform's side of the engine: root messages in rooms. Room ids are the platform's
+/// own (a Slack channel id, a Matrix room id).
 pub trait ChatAdapter: Send + Sync {
+    /// The platform's name in keys and labels (`slack`).
     fn platform(&self) -> Platform;
+    /// The platform's name for people (`Slack`), e.g. in comment attributions.
+    fn display_name(&self) -> &str;
+    /// How root messages should be laid out for this platform.
     fn layout(&self) -> LayoutOptions;
-    /// Post a root message; returns its message id.
-    fn post<'a>(
+    /// Send a root message; returns its id. Not idempotent: the engine guards it with an
+    /// intent and reconciles with [`ChatAdapter::find_root`] after a crash.
+    fn send_root<'a>(
         &'a self,
         room: &'a str,
-        msg: &'a ChatPost,
-    ) -> BoxFuture<'a, Result<String, Failure>>;
+        msg: &'a RootMessage,
+    ) -> BoxFuture<'a, Result<MessageId, Failure>>;
     /// Find a root message for `post` that the bridge may have sent since `since_ms` before
-    /// it stopped (reconciliation of an open intent).
-    fn find_post<'a>(
+    /// it stopped (reconciliation of an open intent). A platform whose sends are idempotent may
+    /// answer `None` and let the engine send again.
+    fn find_root<'a>(
         &'a self,
         room: &'a str,
         post: PostId,
         since_ms: i64,
-    ) -> BoxFuture<'a, Result<Option<String>, Failure>>;
-    fn edit<'a>(
+    ) -> BoxFuture<'a, Result<Option<MessageId>, Failure>>;
+    /// Replace a root message's content.
+    fn edit_root<'a>(
         &'a self,
         room: &'a str,
-        message: &'a str,
-        msg: &'a ChatPost,
+        message: &'a MessageId,
+        msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>>;
     /// Delete a message; a message that is already gone counts as deleted.
-    fn delete<'a>(&'a self, room: &'a str, message: &'a str) -> BoxFuture<'a, Result<(), Failure>>;
+    fn delete_message<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+    ) -> BoxFuture<'a, Result<(), Failure>>;
 }
 
+/// The feed's side of the engine: the comments the bridge writes for chat replies.
 pub trait FeedAdapter: Send + Sync {
+    /// The feed's name in keys and labels (`bitrix24`).
+    fn platform(&self) -> Platform;
+    /// The feed's name for people (`Bitrix24`), e.g. "Open in Bitrix24".
+    fn display_name(&self) -> &str;
     /// Add a comment (already attributed) to a post; a duplicate of the bridge's own latest
     /// comment counts as added and returns that comment's id.
     fn add_comment<'a>(

@@ -9,25 +9,31 @@ use serde::Serialize;
 use crate::store::now_ms;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// What one side (a platform) last reported.
 pub struct SideHealth {
+    /// Its intake and its calls work.
     pub connected: bool,
     /// Unix ms of the last successful poll / sync / handshake.
     pub last_ok_ms: Option<i64>,
+    /// The last failure, in words safe to show (never a secret).
     pub last_error: Option<String>,
     /// Credentials refused: the side is down until an operator acts.
     pub auth_failed: bool,
 }
 
 #[derive(Debug, Default)]
+/// Every side's health, keyed by the side's platform name. Shared by intakes, clients and the engine.
 pub struct Health {
     sides: Mutex<BTreeMap<String, SideHealth>>,
 }
 
 impl Health {
+    /// Make `side` appear in `/readyz` (not connected) before it reports anything.
     pub fn register(&self, side: &str) {
         self.with(side, |_| {});
     }
 
+    /// A call or an intake step on `side` worked.
     pub fn ok(&self, side: &str) {
         self.with(side, |s| {
             s.connected = true;
@@ -37,6 +43,7 @@ impl Health {
         });
     }
 
+    /// A call or an intake step on `side` failed; `auth` when its credentials were refused.
     pub fn error(&self, side: &str, error: &str, auth: bool) {
         self.with(side, |s| {
             s.connected = false;
@@ -56,10 +63,12 @@ impl Health {
         });
     }
 
+    /// The side's connection dropped (it will reconnect).
     pub fn disconnected(&self, side: &str) {
         self.with(side, |s| s.connected = false);
     }
 
+    /// A copy of every side's state.
     pub fn snapshot(&self) -> BTreeMap<String, SideHealth> {
         self.sides.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -1,5 +1,6 @@
 //! The journal's front door: intakes hand over what they noticed; once [`Journal::accept`]
-//! returns, the events are durable and the intake may acknowledge its source (DESIGN.md §3.1).
+//! returns, the events are durable and the intake may acknowledge its source (ARCHITECTURE.md,
+//! "Accept durably, then acknowledge").
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::model::Inbound;
+use super::model::{Inbound, Platform};
 use super::store::{JournalEntry, Store, StoreError, now_ms};
 use crate::metrics::Metrics;
 
@@ -23,14 +24,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Nothing to write.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.cursors.is_empty() && self.dedupe.is_empty()
     }
 }
 
+/// Accepts events durably and wakes the engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     store: Store,
+    /// The feed's name: the `source` label of events about posts.
+    feed: Platform,
     notify: Arc<Notify>,
     metrics: Arc<Metrics>,
     /// The number of entries not yet applied, published on every change.
@@ -38,10 +43,12 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+    /// A journal in `store`; `feed` names the feed in the metrics of the events it accepts.
+    pub fn new(store: Store, metrics: Arc<Metrics>, feed: Platform) -> Self {
         let depth = Arc::new(watch::channel(store.journal_depth()).0);
         Journal {
             store,
+            feed,
             notify: Arc::new(Notify::new()),
             metrics,
             depth,
@@ -68,7 +75,8 @@ impl Journal {
         crate::crashpoint::hit("journal.appended");
         self.store.sync().await?;
         for (event, _) in &batch.events {
-            self.metrics.accepted(event.source(), event.kind());
+            self.metrics
+                .accepted(event.source(&self.feed).as_str(), event.kind());
         }
         self.publish_depth();
         if !entries.is_empty() {
@@ -101,10 +109,12 @@ impl Journal {
         &self.notify
     }
 
+    /// The bridge's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
+    /// The store the journal lives in.
     pub fn store(&self) -> &Store {
         &self.store
     }

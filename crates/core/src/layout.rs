@@ -5,13 +5,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::adapters::LayoutOptions;
-use super::model::{FeedPost, Person, Platform};
+use super::model::{FeedPost, Person};
 use super::richtext::{Block, Doc, Inline, normalize_inlines};
 
 /// The root message for a post: important mark, (author), title, body, link and comment count.
 ///
-/// `comments` counts the post's comments *not* written by the bridge.
-pub fn root_message(post: &FeedPost, comments: u32, opts: LayoutOptions) -> Doc {
+/// `comments` counts the post's comments *not* written by the bridge; `feed` is the feed's
+/// name for people ("Open in `feed`").
+pub fn root_message(post: &FeedPost, comments: u32, opts: LayoutOptions, feed: &str) -> Doc {
     let mut blocks = Vec::new();
     if post.important {
         blocks.push(Block::Paragraph(vec![
@@ -22,7 +23,7 @@ pub fn root_message(post: &FeedPost, comments: u32, opts: LayoutOptions) -> Doc 
     if opts.author_in_body {
         blocks.push(Block::Paragraph(vec![
             Inline::Bold(vec![Inline::Text(post.author.name.clone())]),
-            Inline::Text(" in Bitrix24:".into()),
+            Inline::Text(format!(" in {feed}:")),
         ]));
     }
     if let Some(title) = post.title.as_deref().filter(|t| !t.trim().is_empty()) {
@@ -34,30 +35,31 @@ pub fn root_message(post: &FeedPost, comments: u32, opts: LayoutOptions) -> Doc 
     blocks.extend(body.blocks);
     if cut {
         blocks.push(Block::Paragraph(vec![Inline::Italic(vec![Inline::Text(
-            "(continued in Bitrix24)".into(),
+            format!("(continued in {feed})"),
         )])]));
     }
     let mut footer = vec![Inline::Link {
         url: post.url.clone(),
-        text: vec![Inline::Text("Open in Bitrix24".into())],
+        text: vec![Inline::Text(format!("Open in {feed}"))],
     }];
     if comments > 0 {
         let noun = if comments == 1 { "comment" } else { "comments" };
         footer.push(Inline::Text(" · ".into()));
         footer.push(Inline::Link {
             url: post.url.clone(),
-            text: vec![Inline::Text(format!("{comments} {noun} in Bitrix24"))],
+            text: vec![Inline::Text(format!("{comments} {noun} in {feed}"))],
         });
     }
     blocks.push(Block::Paragraph(footer));
     Doc::new(blocks).normalize()
 }
 
-/// A chat reply as a feed comment: `**Name** (Platform): text…`.
-pub fn attributed_comment(author: &Person, platform: Platform, body: &Doc) -> Doc {
+/// A chat reply as a feed comment: `**Name** (Platform): text…`, where `platform` is the chat
+/// platform's name for people.
+pub fn attributed_comment(author: &Person, platform: &str, body: &Doc) -> Doc {
     let mut prefix = vec![
         Inline::Bold(vec![Inline::Text(author.name.clone())]),
-        Inline::Text(format!(" ({}): ", platform.display_name())),
+        Inline::Text(format!(" ({platform}): ")),
     ];
     let mut blocks = body.blocks.clone();
     match blocks.first_mut() {
@@ -66,7 +68,7 @@ pub fn attributed_comment(author: &Person, platform: Platform, body: &Doc) -> Do
             *first = prefix;
         }
         _ => {
-            prefix[1] = Inline::Text(format!(" ({}):", platform.display_name()));
+            prefix[1] = Inline::Text(format!(" ({platform}):"));
             blocks.insert(0, Block::Paragraph(prefix));
         }
     }
@@ -169,23 +171,16 @@ fn take_chars(text: &str, budget: &mut usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PostId;
+    use crate::testing::fixtures;
 
     fn post() -> FeedPost {
         FeedPost {
-            id: PostId(217),
-            author: Person {
-                id: "5".into(),
-                name: "Ivan Petrov".into(),
-                avatar_url: None,
-            },
             title: Some("Quarterly plan".into()),
-            body: Doc::plain("Line one\nLine two"),
-            important: false,
-            audiences: Default::default(),
-            url: "https://acme.bitrix24.com/company/personal/user/5/blog/217/".into(),
-            published_at: 0,
-            num_comments: 0,
+            body: Doc::plain(
+                "Line one
+Line two",
+            ),
+            ..fixtures::post(217)
         }
     }
 
@@ -196,7 +191,7 @@ mod tests {
 
     #[test]
     fn root_message_parts() {
-        let doc = root_message(&post(), 0, OPTS);
+        let doc = root_message(&post(), 0, OPTS, "Bitrix24");
         assert_eq!(
             doc.plain_text(),
             "Quarterly plan\n\nLine one\nLine two\n\nOpen in Bitrix24"
@@ -211,13 +206,14 @@ mod tests {
                 author_in_body: true,
                 ..OPTS
             },
+            "Bitrix24",
         );
         assert_eq!(
             doc.plain_text(),
             "❗ Important\n\nIvan Petrov in Bitrix24:\n\nLine one\nLine two\n\nOpen in Bitrix24 · 2 comments in Bitrix24"
         );
         assert!(
-            root_message(&p, 1, OPTS)
+            root_message(&p, 1, OPTS, "Bitrix24")
                 .plain_text()
                 .ends_with("1 comment in Bitrix24")
         );
@@ -234,6 +230,7 @@ mod tests {
                 max_body_chars: 100,
                 ..OPTS
             },
+            "Bitrix24",
         );
         let text = doc.plain_text();
         assert!(text.chars().count() < 200, "{text}");
@@ -245,12 +242,8 @@ mod tests {
 
     #[test]
     fn attribution_joins_the_first_paragraph() {
-        let who = Person {
-            id: "U1".into(),
-            name: "Anna Smirnova".into(),
-            avatar_url: None,
-        };
-        let doc = attributed_comment(&who, Platform::Slack, &Doc::plain("Looks good"));
+        let who = fixtures::person("U1", "Anna Smirnova");
+        let doc = attributed_comment(&who, "Slack", &Doc::plain("Looks good"));
         assert_eq!(
             doc,
             Doc::paragraph(vec![
@@ -259,7 +252,7 @@ mod tests {
             ])
         );
         let code = Doc::new(vec![Block::Code("x = 1".into())]);
-        let doc = attributed_comment(&who, Platform::Matrix, &code);
+        let doc = attributed_comment(&who, "Matrix", &code);
         assert_eq!(doc.plain_text(), "Anna Smirnova (Matrix):\n\nx = 1");
     }
 

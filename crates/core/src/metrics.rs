@@ -10,40 +10,63 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels of the event counters.
 pub struct EventLabels {
+    /// Where the event came from (a platform name).
     pub source: String,
+    /// What happened (`post_created`, `reply_posted`, …).
     pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels of the effect counter.
 pub struct EffectLabels {
+    /// Where the effect happened.
     pub platform: String,
+    /// What was done (`post`, `edit`, `delete`, `comment_add`, …).
     pub action: String,
+    /// `ok`, `retry` or `dead_letter`.
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels of the API call counter.
 pub struct ApiLabels {
+    /// Which platform was called.
     pub platform: String,
+    /// The API method or endpoint name.
     pub method: String,
+    /// `ok` or the class of the failure (`rate_limited`, `server_error`, `network_error`, `auth_error`, `error`).
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A platform label alone.
 pub struct PlatformLabels {
+    /// The platform.
     pub platform: String,
 }
 
+/// The bridge's metrics and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
+    /// Inbound events durably journaled.
     pub events_accepted: Family<EventLabels, Counter>,
+    /// Journal entries fully applied.
     pub events_applied: Family<EventLabels, Counter>,
+    /// Effects on platforms.
     pub effects: Family<EffectLabels, Counter>,
+    /// Every platform call.
     pub api_calls: Family<ApiLabels, Counter>,
+    /// Retried platform calls.
     pub retries: Family<PlatformLabels, Counter>,
+    /// Waits for client-side pacing or a server's rate limit.
     pub rate_limit_waits: Family<PlatformLabels, Counter>,
+    /// Source change → mirrored effect.
     pub lag_seconds: Family<PlatformLabels, Histogram>,
+    /// Accepted events not yet applied.
     pub journal_depth: Gauge,
+    /// Actions waiting for an operator.
     pub dead_letters: Gauge,
 }
 
@@ -54,6 +77,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric registered (no global state: tests run in parallel).
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("livefeed_bridge");
         let events_accepted = Family::<EventLabels, Counter>::default();
@@ -122,6 +146,7 @@ impl Metrics {
         }
     }
 
+    /// The OpenMetrics text `/metrics` serves.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -129,6 +154,7 @@ impl Metrics {
         out
     }
 
+    /// Count a platform call.
     pub fn api_call(&self, platform: &str, method: &str, outcome: &str) {
         self.api_calls
             .get_or_create(&ApiLabels {
@@ -139,6 +165,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Count a retried call.
     pub fn retry(&self, platform: &str) {
         self.retries
             .get_or_create(&PlatformLabels {
@@ -147,6 +174,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Count a wait for a rate limit.
     pub fn rate_limit_wait(&self, platform: &str) {
         self.rate_limit_waits
             .get_or_create(&PlatformLabels {
@@ -155,6 +183,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Count an effect.
     pub fn effect(&self, platform: &str, action: &str, outcome: &str) {
         self.effects
             .get_or_create(&EffectLabels {
@@ -165,6 +194,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Count an event journaled.
     pub fn accepted(&self, source: &str, kind: &str) {
         self.events_accepted
             .get_or_create(&EventLabels {
@@ -174,6 +204,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Count a journal entry applied.
     pub fn applied(&self, source: &str, kind: &str) {
         self.events_applied
             .get_or_create(&EventLabels {
@@ -183,6 +214,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Record the lag of one mirrored change.
     pub fn lag(&self, platform: &str, seconds: f64) {
         self.lag_seconds
             .get_or_create(&PlatformLabels {

@@ -1,22 +1,80 @@
 //! The neutral model the core works in: feed posts and comments, chat rooms, messages and
 //! replies, the events adapters report and the errors their effects can end in. Nothing here
-//! knows a platform's wire format.
+//! knows a platform's wire format, and no platform is named: adapters bring their names.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::richtext::Doc;
 
-/// A feed post's id (Bitrix24 blog post id).
+/// A feed post's id, as the feed numbers its posts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PostId(pub u64);
 
-/// A feed comment's id (Bitrix24 blog comment id, the one add/delete use).
+/// A feed comment's id, the one the feed's add and delete calls use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CommentId(pub u64);
+
+/// Opaque string ids of chat messages. The core stores and compares them, never parses them;
+/// each is only unique inside its [`Room`].
+macro_rules! chat_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The id as the platform wrote it.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                $name(id.to_string())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> Self {
+                $name(id)
+            }
+        }
+    };
+}
+
+chat_id!(
+    /// A chat message the bridge wrote: a root message mirroring a post (Slack `ts`, Matrix
+    /// event id).
+    MessageId
+);
+chat_id!(
+    /// A chat thread, named by its root message.
+    ThreadId
+);
+chat_id!(
+    /// A person's message in a thread, which the bridge turns into a feed comment.
+    ReplyId
+);
+
+impl ThreadId {
+    /// The thread whose root is `message`.
+    pub fn rooted_at(message: &MessageId) -> Self {
+        ThreadId(message.0.clone())
+    }
+}
 
 impl fmt::Display for PostId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -30,12 +88,16 @@ impl fmt::Display for CommentId {
     }
 }
 
-/// Who a feed post is addressed to (DESIGN.md §4).
+/// Who a feed post is addressed to (ARCHITECTURE.md, "Routing and privacy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Audience {
+    /// Every employee.
     All,
+    /// The members of one workgroup.
     Group(u64),
+    /// The members of one department.
     Department(u64),
+    /// One person.
     User(u64),
 }
 
@@ -73,18 +135,24 @@ impl fmt::Display for Audience {
 pub struct Person {
     /// The id on the platform the person belongs to.
     pub id: String,
+    /// The name people know them by.
     pub name: String,
+    /// A picture, where the platform has one at a public URL.
     pub avatar_url: Option<String>,
 }
 
 /// What the bridge knows of a feed post at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedPost {
+    /// The post's id.
     pub id: PostId,
+    /// Who wrote it.
     pub author: Person,
     /// `None` for micro posts, whose title is only derived from the text.
     pub title: Option<String>,
+    /// The text.
     pub body: Doc,
+    /// Marked important ("read and confirm").
     pub important: bool,
     /// The audiences the post was seen addressed to.
     pub audiences: BTreeSet<Audience>,
@@ -99,14 +167,18 @@ pub struct FeedPost {
 /// A change the feed intake noticed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FeedEvent {
+    /// A post the bridge had not seen.
     PostCreated(FeedPost),
     /// Title, text, importance or audiences changed.
     PostEdited(FeedPost),
+    /// The number of comments changed.
     CommentsChanged(FeedPost),
+    /// The post is gone.
     PostDeleted(PostId),
 }
 
 impl FeedEvent {
+    /// The post the event is about.
     pub fn post_id(&self) -> PostId {
         match self {
             FeedEvent::PostCreated(p)
@@ -116,6 +188,7 @@ impl FeedEvent {
         }
     }
 
+    /// The event's kind as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
             FeedEvent::PostCreated(_) => "post_created",
@@ -126,33 +199,40 @@ impl FeedEvent {
     }
 }
 
-/// A chat platform. Only a name: every platform detail lives in its adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Platform {
-    Slack,
-    Matrix,
-}
+/// A platform's name as the bridge uses it in store keys, metric labels and logs: `slack`,
+/// `matrix`, and the feed's own. Adapters define theirs; the core never names one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Platform(Cow<'static, str>);
 
 impl Platform {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Slack => "slack",
-            Platform::Matrix => "matrix",
-        }
+    /// A platform name (lower-case ASCII by convention, e.g. `"slack"`).
+    pub const fn new(name: &'static str) -> Self {
+        Platform(Cow::Borrowed(name))
     }
 
-    /// How the platform is named to people, e.g. in comment attributions.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Platform::Slack => "Slack",
-            Platform::Matrix => "Matrix",
-        }
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Platform {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Platform {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Journals written before platforms were names hold `"Slack"` and `"Matrix"`.
+        let name = String::deserialize(d)?.to_ascii_lowercase();
+        Ok(Platform(Cow::Owned(name)))
     }
 }
 
@@ -160,11 +240,14 @@ impl fmt::Display for Platform {
 /// always travel together.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Room {
+    /// The platform the room is on.
     pub platform: Platform,
+    /// The room's id on that platform (Slack channel id, Matrix room id).
     pub id: String,
 }
 
 impl Room {
+    /// The room `id` on `platform`.
     pub fn new(platform: Platform, id: impl Into<String>) -> Self {
         Room {
             platform,
@@ -179,34 +262,48 @@ impl fmt::Display for Room {
     }
 }
 
-/// A change a chat intake noticed in a room the bridge serves. Message ids are the platform's
-/// (Slack `ts`, Matrix event id).
+/// A change a chat intake noticed in a room the bridge serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChatEvent {
+    /// A person replied in a thread.
     ReplyPosted {
+        /// Where.
         room: Room,
-        /// The thread root the reply belongs to.
-        thread: String,
-        reply: String,
+        /// The thread the reply belongs to.
+        thread: ThreadId,
+        /// The reply.
+        reply: ReplyId,
+        /// Who wrote it.
         author: Person,
+        /// What they wrote.
         body: Doc,
     },
+    /// A person edited their reply.
     ReplyEdited {
+        /// Where.
         room: Room,
-        thread: String,
-        reply: String,
+        /// The thread the reply belongs to.
+        thread: ThreadId,
+        /// The reply.
+        reply: ReplyId,
+        /// Who wrote it.
         author: Person,
+        /// The new text.
         body: Doc,
     },
+    /// A reply was deleted.
     ReplyDeleted {
+        /// Where.
         room: Room,
         /// The thread, when the platform says (it keeps a delete in its reply's lane).
-        thread: Option<String>,
-        reply: String,
+        thread: Option<ThreadId>,
+        /// The reply.
+        reply: ReplyId,
     },
 }
 
 impl ChatEvent {
+    /// The room the event happened in.
     pub fn room(&self) -> &Room {
         match self {
             ChatEvent::ReplyPosted { room, .. }
@@ -215,6 +312,7 @@ impl ChatEvent {
         }
     }
 
+    /// The event's kind as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
             ChatEvent::ReplyPosted { .. } => "reply_posted",
@@ -227,25 +325,31 @@ impl ChatEvent {
 /// Everything the journal can hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Inbound {
+    /// A change in the feed.
     Feed(FeedEvent),
+    /// A change in a chat room.
     Chat(ChatEvent),
     /// Re-render a post's existing mirrors (its bridge-written comment count changed).
     Refresh(PostId),
     /// Bring one room's mirror of a post up to date (a dead letter being retried).
     SyncRoom {
+        /// The post.
         post: PostId,
+        /// The room whose mirror to bring up to date.
         room: Room,
     },
 }
 
 impl Inbound {
-    pub fn source(&self) -> &'static str {
+    /// Where the event came from: its chat platform, or `feed` for everything about posts.
+    pub fn source<'a>(&'a self, feed: &'a Platform) -> &'a Platform {
         match self {
-            Inbound::Feed(_) | Inbound::Refresh(_) | Inbound::SyncRoom { .. } => "bitrix24",
-            Inbound::Chat(e) => e.room().platform.as_str(),
+            Inbound::Chat(e) => &e.room().platform,
+            Inbound::Feed(_) | Inbound::Refresh(_) | Inbound::SyncRoom { .. } => feed,
         }
     }
 
+    /// The event's kind as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
             Inbound::Feed(e) => e.kind(),
@@ -259,8 +363,11 @@ impl Inbound {
 /// How an effect on a platform failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureKind {
-    /// Try again later (network, 5xx, rate limits); `retry_after` when the platform said when.
-    Transient { retry_after: Option<Duration> },
+    /// Try again later (network, 5xx, rate limits).
+    Transient {
+        /// When the platform said to try again, if it did.
+        retry_after: Option<Duration>,
+    },
     /// The credentials were refused: nothing on this side works until an operator acts.
     Auth,
     /// This one action can never succeed (channel gone, post deleted, not allowed).
@@ -271,11 +378,14 @@ pub enum FailureKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct Failure {
+    /// What the engine should do about it.
     pub kind: FailureKind,
+    /// Why, in words safe to log and store.
     pub reason: String,
 }
 
 impl Failure {
+    /// Worth another try later.
     pub fn transient(reason: impl Into<String>) -> Self {
         Failure {
             kind: FailureKind::Transient { retry_after: None },
@@ -283,6 +393,7 @@ impl Failure {
         }
     }
 
+    /// Worth another try, not before `after`.
     pub fn retry_after(reason: impl Into<String>, after: Duration) -> Self {
         Failure {
             kind: FailureKind::Transient {
@@ -292,6 +403,7 @@ impl Failure {
         }
     }
 
+    /// This action can never succeed.
     pub fn permanent(reason: impl Into<String>) -> Self {
         Failure {
             kind: FailureKind::Permanent,
@@ -299,6 +411,7 @@ impl Failure {
         }
     }
 
+    /// The side's credentials were refused.
     pub fn auth(reason: impl Into<String>) -> Self {
         Failure {
             kind: FailureKind::Auth,
@@ -306,10 +419,12 @@ impl Failure {
         }
     }
 
+    /// Whether another try may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self.kind, FailureKind::Transient { .. })
     }
 
+    /// When the platform said to try again, if it did.
     pub fn retry_hint(&self) -> Option<Duration> {
         match self.kind {
             FailureKind::Transient { retry_after } => retry_after,

@@ -6,20 +6,22 @@ use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
-use super::model::Person;
+use super::model::{Person, Platform};
 use super::store::{CachedPerson, Store, now_ms};
 
 #[derive(Clone)]
+/// People of one platform, cached in memory and in the store for `ttl_ms`.
 pub struct PersonCache {
     store: Store,
-    /// Key namespace, e.g. `bitrix24` or `slack`.
-    namespace: &'static str,
+    /// The platform the people belong to: their store keys start with its name.
+    namespace: Platform,
     ttl_ms: i64,
     memory: Arc<Mutex<HashMap<String, CachedPerson>>>,
 }
 
 impl PersonCache {
-    pub fn new(store: Store, namespace: &'static str, ttl_ms: i64) -> Self {
+    /// A cache whose store keys start with `namespace` (the platform's name).
+    pub fn new(store: Store, namespace: Platform, ttl_ms: i64) -> Self {
         PersonCache {
             store,
             namespace,
@@ -53,6 +55,7 @@ impl PersonCache {
         Some(c.person)
     }
 
+    /// Remember a person as of now.
     pub fn put(&self, person: Person) {
         let cached = CachedPerson {
             fetched_ms: now_ms(),

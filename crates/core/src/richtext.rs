@@ -19,48 +19,70 @@ use serde::{Deserialize, Serialize};
 pub const MAX_DEPTH: usize = 24;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// A document: a sequence of blocks.
 pub struct Doc {
+    /// The blocks, in reading order.
     pub blocks: Vec<Block>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A block of a document.
 pub enum Block {
+    /// Inline content; a blank line separates paragraphs.
     Paragraph(Vec<Inline>),
+    /// A quotation of other blocks.
     Quote(Vec<Block>),
     /// Preformatted text, shown verbatim (never parsed for markup).
     Code(String),
     /// Each item is a sequence of blocks (usually one paragraph).
     List {
+        /// Numbered rather than bulleted.
         ordered: bool,
+        /// The items.
         items: Vec<Vec<Block>>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Inline content of a paragraph.
 pub enum Inline {
+    /// Plain text.
     Text(String),
+    /// Strong emphasis.
     Bold(Vec<Inline>),
+    /// Emphasis.
     Italic(Vec<Inline>),
+    /// Underlined text.
     Underline(Vec<Inline>),
+    /// Struck-through text.
     Strike(Vec<Inline>),
     /// Inline code, verbatim.
     Code(String),
     /// A hyperlink; empty `text` means "show the URL itself".
     Link {
+        /// Where it points.
         url: String,
+        /// What it shows.
         text: Vec<Inline>,
     },
+    /// A mention of a person or a group.
     Mention(Mention),
+    /// An image shown inline.
     Image {
+        /// Where the image is.
         url: String,
+        /// Its description.
         alt: String,
     },
     /// An attached file known only by its platform id (e.g. a Bitrix24 Disk file); renderers show
     /// a placeholder or a link when they know one.
     File {
+        /// The platform's file id.
         id: String,
+        /// The file's name.
         name: String,
     },
+    /// A line break inside a paragraph.
     LineBreak,
 }
 
@@ -68,16 +90,22 @@ pub enum Inline {
 /// and is only meaningful together with `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mention {
+    /// What is mentioned.
     pub kind: MentionKind,
+    /// Its id on the source platform.
     pub id: String,
+    /// What to show.
     pub name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a [`Mention`] refers to.
 pub enum MentionKind {
+    /// A person.
     User,
     /// A workgroup / project (Bitrix24) or a user group (Slack).
     Group,
+    /// A department.
     Department,
     /// A chat channel or room.
     Channel,
@@ -86,6 +114,7 @@ pub enum MentionKind {
 }
 
 impl Doc {
+    /// A document of these blocks.
     pub fn new(blocks: Vec<Block>) -> Self {
         Doc { blocks }
     }
@@ -102,6 +131,7 @@ impl Doc {
         Doc::paragraph(text_with_breaks(text)).normalize()
     }
 
+    /// Whether the document shows nothing.
     pub fn is_empty(&self) -> bool {
         self.blocks.iter().all(block_is_empty)
     }

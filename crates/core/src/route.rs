@@ -1,4 +1,5 @@
-//! Which post goes to which rooms, and where replies may come back from (DESIGN.md §4).
+//! Which post goes to which rooms, and where replies may come back from (ARCHITECTURE.md,
+//! "Routing and privacy").
 //!
 //! Privacy-safe by construction: a post reaches a room only if one of the room's mappings names
 //! an audience the post was addressed to. A room appears once in the result however many
@@ -9,19 +10,26 @@ use std::collections::BTreeSet;
 use super::model::{Audience, FeedPost, Room};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// One mapping of `bridge.yaml`: audiences to rooms.
 pub struct Route {
+    /// The mapping's name.
     pub name: String,
+    /// Posts addressed to any of these are mirrored.
     pub audiences: Vec<Audience>,
+    /// Where they are mirrored.
     pub rooms: Vec<Room>,
+    /// Whether thread replies in these rooms become feed comments.
     pub replies: bool,
 }
 
 #[derive(Debug, Clone, Default)]
+/// Every route; answers "which rooms for this post" and "may this room reply".
 pub struct Router {
     routes: Vec<Route>,
 }
 
 impl Router {
+    /// A router over `routes`, in configuration order.
     pub fn new(routes: Vec<Route>) -> Self {
         Router { routes }
     }
@@ -45,6 +53,7 @@ impl Router {
             .any(|r| r.replies && r.rooms.contains(room))
     }
 
+    /// Whether any mapping names `room`.
     pub fn serves(&self, room: &Room) -> bool {
         self.routes.iter().any(|r| r.rooms.contains(room))
     }
@@ -57,6 +66,7 @@ impl Router {
             .collect()
     }
 
+    /// Every room some mapping names.
     pub fn rooms(&self) -> BTreeSet<Room> {
         self.routes
             .iter()
@@ -68,29 +78,15 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Person, Platform, PostId};
-    use crate::richtext::Doc;
+    use crate::model::Platform;
+    use crate::testing::{CHAT, fixtures};
 
     fn post(audiences: &[Audience]) -> FeedPost {
-        FeedPost {
-            id: PostId(1),
-            author: Person {
-                id: "1".into(),
-                name: "A".into(),
-                avatar_url: None,
-            },
-            title: None,
-            body: Doc::plain("x"),
-            important: false,
-            audiences: audiences.iter().copied().collect(),
-            url: String::new(),
-            published_at: 0,
-            num_comments: 0,
-        }
+        fixtures::post_for(1, audiences, "x")
     }
 
     fn router() -> Router {
-        let slack = |c: &str| Room::new(Platform::Slack, c);
+        let slack = |c: &str| Room::new(CHAT, c);
         Router::new(vec![
             Route {
                 name: "news".into(),
@@ -145,9 +141,9 @@ mod tests {
     #[test]
     fn replies_follow_any_mapping_of_the_room() {
         let r = router();
-        assert!(r.replies_enabled(&Room::new(Platform::Slack, "CNEWS0001")));
-        assert!(!r.replies_enabled(&Room::new(Platform::Slack, "CDEV00001")));
-        assert!(!r.replies_enabled(&Room::new(Platform::Matrix, "CNEWS0001")));
+        assert!(r.replies_enabled(&Room::new(CHAT, "CNEWS0001")));
+        assert!(!r.replies_enabled(&Room::new(CHAT, "CDEV00001")));
+        assert!(!r.replies_enabled(&Room::new(Platform::new("other"), "CNEWS0001")));
         assert_eq!(r.audiences().len(), 3);
     }
 }

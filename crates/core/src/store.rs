@@ -1,4 +1,4 @@
-//! The sled store: everything the bridge must not forget (DESIGN.md §3).
+//! The sled store: everything the bridge must not forget (ARCHITECTURE.md, "The store").
 //!
 //! One sled database, one tree per kind of fact. Keys are typed by tree and namespaced by
 //! platform *and* room wherever a foreign id appears; values are JSON (small, readable with a
@@ -31,8 +31,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::model::{CommentId, FeedPost, Inbound, Person, PostId, Room};
+use super::model::{
+    CommentId, FeedPost, Inbound, MessageId, Person, Platform, PostId, ReplyId, Room, ThreadId,
+};
 
+/// The layout version this build writes; older stores are migrated on open, newer refused.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Why the store could not be read or written.
@@ -52,12 +55,24 @@ pub enum StoreError {
         /// The store directory.
         path: String,
     },
+    /// A value could not be decoded.
     #[error("store: corrupt value in {tree}: {detail}")]
-    Corrupt { tree: &'static str, detail: String },
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// What could not be decoded.
+        detail: String,
+    },
+    /// The store was written by a newer bridge.
     #[error(
         "store: written by a newer livefeed-bridge (schema {found}, this build knows {known}); upgrade the bridge"
     )]
-    NewerSchema { found: u32, known: u32 },
+    NewerSchema {
+        /// The store's schema version.
+        found: u32,
+        /// The newest version this build knows.
+        known: u32,
+    },
 }
 
 impl<E: Into<StoreError>> From<TransactionError<E>> for StoreError {
@@ -69,12 +84,15 @@ impl<E: Into<StoreError>> From<TransactionError<E>> for StoreError {
     }
 }
 
+/// The store's result type.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The latest snapshot of a post and what the bridge did with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostRecord {
+    /// The latest snapshot.
     pub post: FeedPost,
+    /// The post is gone from the feed.
     pub deleted: bool,
     /// Comments the bridge wrote on this post that still exist.
     pub bridge_comments: u32,
@@ -83,31 +101,42 @@ pub struct PostRecord {
 /// One chat message mirroring a post.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mirror {
-    pub message_id: String,
+    /// The root message.
+    pub message_id: MessageId,
     /// Hash of what was last sent, to skip edits that change nothing.
     pub content_hash: u64,
+    /// The message was deleted.
     pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a chat message mirrors (the `chat_index` tree).
 pub struct IndexEntry {
+    /// The post.
     pub post: PostId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A feed comment the bridge wrote for a chat reply.
 pub struct CommentRecord {
+    /// The post it is on.
     pub post: PostId,
+    /// The comment.
     pub comment: CommentId,
-    /// The thread root the reply was in.
-    pub thread: String,
+    /// The thread the reply was in.
+    pub thread: ThreadId,
+    /// Hash of the comment's content, to skip edits that change nothing.
     pub content_hash: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An accepted event not yet fully applied.
 pub struct JournalEntry {
+    /// When the bridge accepted it (unix ms).
     pub accepted_ms: i64,
     /// When the change happened at its source, if known (for lag metrics).
     pub source_ms: Option<i64>,
+    /// The event.
     pub event: Inbound,
 }
 
@@ -115,28 +144,37 @@ pub struct JournalEntry {
 /// have happened and must be reconciled before it is tried again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
+    /// When the effect was started (unix ms): reconciliation looks from here.
     pub started_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An action that failed permanently, kept for an operator.
 pub struct DeadLetter {
+    /// Its id (for `dead-letters retry`).
     pub id: u64,
+    /// When it failed (unix ms).
     pub at_ms: i64,
     /// What the bridge tried, in words ("post 217 → slack:C01").
     pub action: String,
+    /// The failure's reason.
     pub error: String,
     /// The event to re-journal on retry.
     pub event: Inbound,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A person as a platform's directory knew them at `fetched_ms`.
 pub struct CachedPerson {
+    /// The person.
     pub person: Person,
+    /// When they were looked up (unix ms).
     pub fetched_ms: i64,
 }
 
 /// Durable state. Cheap to clone.
 #[derive(Clone)]
+/// The bridge's durable state: one sled database (module doc). Cheap to clone.
 pub struct Store {
     inner: Arc<Inner>,
 }
@@ -176,6 +214,7 @@ pub const LOCK_FILE: &str = "livefeed-bridge.lock";
 /// a store just closed may still be finishing a flush on sled's threads.
 const SLED_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The time now, in unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -195,6 +234,7 @@ fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T> {
 }
 
 /// `platform \0 room \0` — the namespace of a room's foreign ids.
+/// The key prefix of a room's foreign ids.
 pub fn room_key(room: &Room) -> Vec<u8> {
     let mut k = Vec::with_capacity(room.id.len() + 8);
     k.extend_from_slice(room.platform.as_str().as_bytes());
@@ -210,15 +250,15 @@ fn message_key(room: &Room, message: &str) -> Vec<u8> {
     k
 }
 
-fn reply_key(room: &Room, reply: &str) -> Vec<u8> {
+fn reply_key(room: &Room, reply: &ReplyId) -> Vec<u8> {
     let mut k = vec![b'r'];
-    k.extend(message_key(room, reply));
+    k.extend(message_key(room, reply.as_str()));
     k
 }
 
-fn tombstone_key(room: &Room, reply: &str) -> Vec<u8> {
+fn tombstone_key(room: &Room, reply: &ReplyId) -> Vec<u8> {
     let mut k = vec![b't'];
-    k.extend(message_key(room, reply));
+    k.extend(message_key(room, reply.as_str()));
     k
 }
 
@@ -236,21 +276,20 @@ fn mirror_key(post: PostId, room: &Room) -> Vec<u8> {
 
 fn room_from_key(key: &[u8]) -> Option<Room> {
     let mut parts = key.split(|b| *b == 0);
-    let platform = match parts.next()? {
-        b"slack" => super::model::Platform::Slack,
-        b"matrix" => super::model::Platform::Matrix,
-        _ => return None,
-    };
+    let platform = std::str::from_utf8(parts.next()?).ok()?;
     let id = std::str::from_utf8(parts.next()?).ok()?;
+    let platform: Platform = serde_json::from_value(serde_json::Value::from(platform)).ok()?;
     Some(Room::new(platform, id))
 }
 
 /// Intent keys: one per non-idempotent effect.
+/// The intent guarding the creation of `post`'s root message in `room`.
 pub fn post_intent_key(post: PostId, room: &Room) -> String {
     format!("post/{}/{}/{}", room.platform, room.id, post.0)
 }
 
-pub fn comment_intent_key(room: &Room, reply: &str) -> String {
+/// The intent guarding the comment for `reply`.
+pub fn comment_intent_key(room: &Room, reply: &ReplyId) -> String {
     format!("comment/{}/{}/{}", room.platform, room.id, reply)
 }
 
@@ -381,6 +420,7 @@ impl Store {
 
     // -- posts and mirrors ----------------------------------------------------------------
 
+    /// The record of a post, if the bridge has seen it.
     pub fn post(&self, id: PostId) -> Result<Option<PostRecord>> {
         self.inner
             .posts
@@ -420,6 +460,7 @@ impl Store {
         Ok(res)
     }
 
+    /// The root message of `post` in `room`, if one was recorded.
     pub fn mirror(&self, post: PostId, room: &Room) -> Result<Option<Mirror>> {
         self.inner
             .posts
@@ -458,7 +499,7 @@ impl Store {
             .transaction(|(posts, index, intents)| {
                 posts.insert(mirror_key(post, room), enc(mirror))?;
                 index.insert(
-                    message_key(room, &mirror.message_id),
+                    message_key(room, mirror.message_id.as_str()),
                     enc(&IndexEntry { post }),
                 )?;
                 intents.remove(intent.as_bytes())?;
@@ -467,6 +508,7 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Update a recorded root message (after an edit or a deletion).
     pub fn put_mirror(&self, post: PostId, room: &Room, mirror: &Mirror) -> Result<()> {
         self.inner
             .posts
@@ -474,12 +516,12 @@ impl Store {
         Ok(())
     }
 
-    /// The post a chat message mirrors (a thread root), if any.
-    pub fn post_for_message(&self, room: &Room, message: &str) -> Result<Option<PostId>> {
+    /// The post whose root message starts `thread`, if any.
+    pub fn post_for_thread(&self, room: &Room, thread: &ThreadId) -> Result<Option<PostId>> {
         Ok(self
             .inner
             .chat_index
-            .get(message_key(room, message))?
+            .get(message_key(room, thread.as_str()))?
             .map(|v| dec::<IndexEntry>("chat_index", &v))
             .transpose()?
             .map(|e| e.post))
@@ -487,7 +529,8 @@ impl Store {
 
     // -- comments ---------------------------------------------------------------------------
 
-    pub fn comment_for_reply(&self, room: &Room, reply: &str) -> Result<Option<CommentRecord>> {
+    /// The comment written for `reply`, if any.
+    pub fn comment_for_reply(&self, room: &Room, reply: &ReplyId) -> Result<Option<CommentRecord>> {
         self.inner
             .comments
             .get(reply_key(room, reply))?
@@ -501,7 +544,7 @@ impl Store {
     pub fn record_comment(
         &self,
         room: &Room,
-        reply: &str,
+        reply: &ReplyId,
         record: &CommentRecord,
         intent: &str,
     ) -> Result<u64> {
@@ -510,7 +553,10 @@ impl Store {
         let seq = (&i.comments, &i.posts, &i.intents, &i.journal)
             .transaction(|(comments, posts, intents, journal)| {
                 comments.insert(reply_key(room, reply), enc(record))?;
-                comments.insert(comment_key(record.comment), message_key(room, reply))?;
+                comments.insert(
+                    comment_key(record.comment),
+                    message_key(room, reply.as_str()),
+                )?;
                 intents.remove(intent.as_bytes())?;
                 adjust_bridge_comments(posts, record.post, 1)?;
                 let seq = journal.generate_id()?;
@@ -523,7 +569,12 @@ impl Store {
     }
 
     /// Forget a comment the bridge deleted; journals a refresh of the post's mirrors.
-    pub fn remove_comment(&self, room: &Room, reply: &str, record: &CommentRecord) -> Result<u64> {
+    pub fn remove_comment(
+        &self,
+        room: &Room,
+        reply: &ReplyId,
+        record: &CommentRecord,
+    ) -> Result<u64> {
         let i = &self.inner;
         let _order = i.journal_order();
         let seq = (&i.comments, &i.posts, &i.journal)
@@ -543,14 +594,15 @@ impl Store {
     /// Remember that a reply was deleted before the bridge wrote its comment: events can
     /// arrive out of order (a redelivered post after its deletion), and a late post of a
     /// deleted reply must not become a comment.
-    pub fn put_reply_tombstone(&self, room: &Room, reply: &str) -> Result<()> {
+    pub fn put_reply_tombstone(&self, room: &Room, reply: &ReplyId) -> Result<()> {
         self.inner
             .comments
             .insert(tombstone_key(room, reply), enc(&now_ms()))?;
         Ok(())
     }
 
-    pub fn reply_tombstoned(&self, room: &Room, reply: &str) -> Result<bool> {
+    /// Whether `reply` was deleted before it was bridged.
+    pub fn reply_tombstoned(&self, room: &Room, reply: &ReplyId) -> Result<bool> {
         Ok(self
             .inner
             .comments
@@ -559,6 +611,7 @@ impl Store {
 
     // -- intents ----------------------------------------------------------------------------
 
+    /// An open intent.
     pub fn intent(&self, key: &str) -> Result<Option<Intent>> {
         self.inner
             .intents
@@ -567,11 +620,13 @@ impl Store {
             .transpose()
     }
 
+    /// Open an intent (durable after the next [`Store::sync`]).
     pub fn put_intent(&self, key: &str, intent: &Intent) -> Result<()> {
         self.inner.intents.insert(key.as_bytes(), enc(intent))?;
         Ok(())
     }
 
+    /// Close an intent.
     pub fn remove_intent(&self, key: &str) -> Result<()> {
         self.inner.intents.remove(key.as_bytes())?;
         Ok(())
@@ -589,6 +644,7 @@ impl Store {
             .is_some())
     }
 
+    /// How many intents are open.
     pub fn intent_count(&self) -> usize {
         self.inner.intents.len()
     }
@@ -649,6 +705,7 @@ impl Store {
         Ok(out)
     }
 
+    /// Remove an applied journal entry.
     pub fn complete(&self, seq: u64) -> Result<()> {
         if self.inner.journal.remove(seq.to_be_bytes())?.is_some() {
             self.inner.journal_len.fetch_sub(1, Ordering::SeqCst);
@@ -656,12 +713,14 @@ impl Store {
         Ok(())
     }
 
+    /// Entries in the journal.
     pub fn journal_depth(&self) -> usize {
         self.inner.journal_len.load(Ordering::SeqCst) as usize
     }
 
     // -- cursors, dedupe, users ---------------------------------------------------------------
 
+    /// An intake's bookkeeping value.
     pub fn cursor<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.inner
             .cursors
@@ -670,6 +729,7 @@ impl Store {
             .transpose()
     }
 
+    /// Every cursor whose key starts with `prefix`.
     pub fn cursors_with_prefix<T: DeserializeOwned>(
         &self,
         prefix: &str,
@@ -685,11 +745,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Write an intake's bookkeeping value.
     pub fn put_cursor<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         self.inner.cursors.insert(key.as_bytes(), enc(value))?;
         Ok(())
     }
 
+    /// Whether a source event id was accepted before (deduplication).
     pub fn seen_event(&self, key: &str) -> Result<bool> {
         Ok(self.inner.dedupe.contains_key(key.as_bytes())?)
     }
@@ -716,6 +778,7 @@ impl Store {
         Ok(removed)
     }
 
+    /// A cached person.
     pub fn cached_person(&self, key: &str) -> Result<Option<CachedPerson>> {
         self.inner
             .users
@@ -724,6 +787,7 @@ impl Store {
             .transpose()
     }
 
+    /// Cache a person.
     pub fn put_person(&self, key: &str, person: &CachedPerson) -> Result<()> {
         self.inner.users.insert(key.as_bytes(), enc(person))?;
         Ok(())
@@ -731,6 +795,7 @@ impl Store {
 
     // -- dead letters -------------------------------------------------------------------------
 
+    /// Keep a permanently failed action for an operator.
     pub fn add_dead_letter(
         &self,
         action: String,
@@ -751,6 +816,7 @@ impl Store {
         Ok(letter)
     }
 
+    /// Every dead letter, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         self.inner
             .dead_letters
@@ -760,6 +826,7 @@ impl Store {
             .collect()
     }
 
+    /// How many dead letters wait.
     pub fn dead_letter_count(&self) -> usize {
         self.inner.dead_letters.len()
     }
@@ -823,32 +890,14 @@ fn adjust_bridge_comments(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FeedEvent, Platform};
-    use crate::richtext::Doc;
-
-    fn post(id: u64) -> FeedPost {
-        FeedPost {
-            id: PostId(id),
-            author: Person {
-                id: "1".into(),
-                name: "Ivan".into(),
-                avatar_url: None,
-            },
-            title: Some("T".into()),
-            body: Doc::plain("b"),
-            important: false,
-            audiences: Default::default(),
-            url: "https://p/".into(),
-            published_at: 0,
-            num_comments: 0,
-        }
-    }
+    use crate::model::FeedEvent;
+    use crate::testing::{CHAT, fixtures::post};
 
     #[tokio::test]
     async fn mirrors_index_and_intents() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let room = Room::new(Platform::Slack, "C1");
+        let room = Room::new(CHAT, "C1");
         store
             .update_post(PostId(7), |_| {
                 Some(PostRecord {
@@ -863,7 +912,7 @@ mod tests {
         assert!(store.has_post_intent_in(&room).unwrap());
         store.sync().await.unwrap();
         let m = Mirror {
-            message_id: "1.0001".into(),
+            message_id: MessageId::from("1.0001"),
             content_hash: 9,
             deleted: false,
         };
@@ -872,18 +921,25 @@ mod tests {
         assert_eq!(store.mirror(PostId(7), &room).unwrap(), Some(m.clone()));
         assert_eq!(store.mirrors(PostId(7)).unwrap(), vec![(room.clone(), m)]);
         assert_eq!(
-            store.post_for_message(&room, "1.0001").unwrap(),
+            store
+                .post_for_thread(&room, &ThreadId::from("1.0001"))
+                .unwrap(),
             Some(PostId(7))
         );
-        let other = Room::new(Platform::Matrix, "C1");
-        assert_eq!(store.post_for_message(&other, "1.0001").unwrap(), None);
+        let other = Room::new(Platform::new("other"), "C1");
+        assert_eq!(
+            store
+                .post_for_thread(&other, &ThreadId::from("1.0001"))
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]
     async fn comments_adjust_counts_and_journal_refreshes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let room = Room::new(Platform::Slack, "C1");
+        let room = Room::new(CHAT, "C1");
         store
             .update_post(PostId(7), |_| {
                 Some(PostRecord {
@@ -896,21 +952,32 @@ mod tests {
         let rec = CommentRecord {
             post: PostId(7),
             comment: CommentId(300),
-            thread: "1.0001".into(),
+            thread: ThreadId::from("1.0001"),
             content_hash: 1,
         };
-        store.record_comment(&room, "2.0002", &rec, "k").unwrap();
+        store
+            .record_comment(&room, &ReplyId::from("2.0002"), &rec, "k")
+            .unwrap();
         assert_eq!(store.post(PostId(7)).unwrap().unwrap().bridge_comments, 1);
         assert_eq!(
-            store.comment_for_reply(&room, "2.0002").unwrap(),
+            store
+                .comment_for_reply(&room, &ReplyId::from("2.0002"))
+                .unwrap(),
             Some(rec.clone())
         );
         let j = store.journal_after(None, 10).unwrap();
         assert_eq!(j.len(), 1);
         assert_eq!(j[0].1.event, Inbound::Refresh(PostId(7)));
-        store.remove_comment(&room, "2.0002", &rec).unwrap();
+        store
+            .remove_comment(&room, &ReplyId::from("2.0002"), &rec)
+            .unwrap();
         assert_eq!(store.post(PostId(7)).unwrap().unwrap().bridge_comments, 0);
-        assert_eq!(store.comment_for_reply(&room, "2.0002").unwrap(), None);
+        assert_eq!(
+            store
+                .comment_for_reply(&room, &ReplyId::from("2.0002"))
+                .unwrap(),
+            None
+        );
         assert_eq!(store.journal_depth(), 2);
     }
 

@@ -1,302 +1,26 @@
 //! The engine against in-memory adapters: exact outcomes of the reliability contract (accept,
 //! apply, reconcile after a crash, retry, dead-letter) without any network.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use livefeed_core::adapters::{BoxFuture, ChatAdapter, ChatPost, FeedAdapter, LayoutOptions};
+use livefeed_core::adapters::{ChatAdapter, FeedAdapter};
 use livefeed_core::engine::{Engine, EngineConfig};
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::{
-    Audience, ChatEvent, CommentId, Failure, FeedEvent, FeedPost, Inbound, Person, Platform,
-    PostId, Room,
+    Audience, ChatEvent, Failure, FeedEvent, FeedPost, Inbound, PostId, ReplyId, Room, ThreadId,
 };
 use livefeed_core::richtext::Doc;
 use livefeed_core::route::{Route, Router};
-use tokio::sync::watch;
+use livefeed_core::store::Store;
+use livefeed_core::testing::{CHAT, FEED, MemoryChat, MemoryFeed, Script, WAIT, fixtures};
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// What a fake platform holds, with a version bump on every change so tests can await
-/// conditions instead of sleeping.
-#[derive(Default, Clone, Debug)]
-struct ChatState {
-    /// (room, id) → (post, text, deleted)
-    messages: BTreeMap<(String, String), (PostId, String, bool)>,
-    posts_sent: usize,
-    edits: usize,
-    /// Calls that reached a gate.
-    gated: usize,
-}
-
-/// Wait until `pred` holds for the state behind `changed` (re-checked on every change).
-async fn wait_for<T: std::fmt::Debug>(
-    changed: &watch::Sender<u64>,
-    state: &Mutex<T>,
-    pred: impl Fn(&T) -> bool,
-) {
-    let mut rx = changed.subscribe();
-    let ok = tokio::time::timeout(WAIT, async {
-        loop {
-            if pred(&state.lock().unwrap()) {
-                return;
-            }
-            rx.changed().await.unwrap();
-        }
-    })
-    .await;
-    assert!(
-        ok.is_ok(),
-        "condition not reached; state: {:?}",
-        state.lock().unwrap()
-    );
-}
-
-#[derive(Clone, Debug)]
-enum Script {
-    Fail(Failure),
-    /// Perform the effect, then never answer (the process "crashes" mid-call).
-    HangAfterEffect,
-    /// Count the call as in flight, wait for the gate, then perform the effect.
-    Gate(Arc<tokio::sync::Notify>),
-}
-
-struct MockChat {
-    state: Mutex<ChatState>,
-    changed: watch::Sender<u64>,
-    script: Mutex<Vec<Script>>,
-}
-
-impl MockChat {
-    fn new() -> Arc<Self> {
-        Arc::new(MockChat {
-            state: Mutex::new(ChatState::default()),
-            changed: watch::channel(0).0,
-            script: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn bump(&self) {
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    fn next_script(&self) -> Option<Script> {
-        let mut s = self.script.lock().unwrap();
-        (!s.is_empty()).then(|| s.remove(0))
-    }
-
-    fn live(&self, room: &str) -> Vec<(PostId, String)> {
-        self.state
-            .lock()
-            .unwrap()
-            .messages
-            .iter()
-            .filter(|((r, _), (_, _, deleted))| r == room && !deleted)
-            .map(|(_, (p, t, _))| (*p, t.clone()))
-            .collect()
-    }
-
-    async fn wait(&self, pred: impl Fn(&ChatState) -> bool) {
-        wait_for(&self.changed, &self.state, pred).await;
-    }
-}
-
-impl ChatAdapter for MockChat {
-    fn platform(&self) -> Platform {
-        Platform::Slack
-    }
-
-    fn layout(&self) -> LayoutOptions {
-        LayoutOptions::default()
-    }
-
-    fn post<'a>(
-        &'a self,
-        room: &'a str,
-        msg: &'a ChatPost,
-    ) -> BoxFuture<'a, Result<String, Failure>> {
-        Box::pin(async move {
-            let script = self.next_script();
-            if let Some(Script::Fail(f)) = script {
-                return Err(f);
-            }
-            if let Some(Script::Gate(gate)) = &script {
-                self.state.lock().unwrap().gated += 1;
-                self.bump();
-                gate.notified().await;
-            }
-            let id = {
-                let mut s = self.state.lock().unwrap();
-                s.posts_sent += 1;
-                let id = format!("m{}", s.posts_sent);
-                s.messages.insert(
-                    (room.to_string(), id.clone()),
-                    (msg.post, msg.doc.plain_text(), false),
-                );
-                id
-            };
-            self.bump();
-            if let Some(Script::HangAfterEffect) = script {
-                std::future::pending::<()>().await;
-            }
-            Ok(id)
-        })
-    }
-
-    fn find_post<'a>(
-        &'a self,
-        room: &'a str,
-        post: PostId,
-        _since: i64,
-    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
-        Box::pin(async move {
-            Ok(self
-                .state
-                .lock()
-                .unwrap()
-                .messages
-                .iter()
-                .find(|((r, _), (p, _, _))| r == room && *p == post)
-                .map(|((_, id), _)| id.clone()))
-        })
-    }
-
-    fn edit<'a>(
-        &'a self,
-        room: &'a str,
-        message: &'a str,
-        msg: &'a ChatPost,
-    ) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            if let Some(Script::Fail(f)) = self.next_script() {
-                return Err(f);
-            }
-            {
-                let mut s = self.state.lock().unwrap();
-                s.edits += 1;
-                if let Some(m) = s.messages.get_mut(&(room.to_string(), message.to_string())) {
-                    m.1 = msg.doc.plain_text();
-                }
-            }
-            self.bump();
-            Ok(())
-        })
-    }
-
-    fn delete<'a>(&'a self, room: &'a str, message: &'a str) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            if let Some(m) = self
-                .state
-                .lock()
-                .unwrap()
-                .messages
-                .get_mut(&(room.to_string(), message.to_string()))
-            {
-                m.2 = true;
-            }
-            self.bump();
-            Ok(())
-        })
-    }
-}
-
-#[derive(Default, Clone, Debug)]
-struct FeedState {
-    /// comment id → (post, text)
-    comments: BTreeMap<u64, (PostId, String)>,
-    next_id: u64,
-    adds: usize,
-}
-
-struct MockFeed {
-    state: Mutex<FeedState>,
-    changed: watch::Sender<u64>,
-    script: Mutex<Vec<Script>>,
-}
-
-impl MockFeed {
-    fn new() -> Arc<Self> {
-        Arc::new(MockFeed {
-            state: Mutex::new(FeedState {
-                next_id: 300,
-                ..Default::default()
-            }),
-            changed: watch::channel(0).0,
-            script: Mutex::new(Vec::new()),
-        })
-    }
-
-    async fn wait(&self, pred: impl Fn(&FeedState) -> bool) {
-        wait_for(&self.changed, &self.state, pred).await;
-    }
-}
-
-impl FeedAdapter for MockFeed {
-    fn add_comment<'a>(
-        &'a self,
-        post: PostId,
-        doc: &'a Doc,
-    ) -> BoxFuture<'a, Result<CommentId, Failure>> {
-        Box::pin(async move {
-            let script = {
-                let mut s = self.script.lock().unwrap();
-                (!s.is_empty()).then(|| s.remove(0))
-            };
-            if let Some(Script::Fail(f)) = script {
-                return Err(f);
-            }
-            let id = {
-                let mut s = self.state.lock().unwrap();
-                s.next_id += 1;
-                s.adds += 1;
-                let id = s.next_id;
-                s.comments.insert(id, (post, doc.plain_text()));
-                id
-            };
-            self.changed.send_modify(|v| *v += 1);
-            if let Some(Script::HangAfterEffect) = script {
-                std::future::pending::<()>().await;
-            }
-            Ok(CommentId(id))
-        })
-    }
-
-    fn find_comment<'a>(
-        &'a self,
-        post: PostId,
-        doc: &'a Doc,
-        _since: i64,
-    ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>> {
-        Box::pin(async move {
-            let text = doc.plain_text();
-            Ok(self
-                .state
-                .lock()
-                .unwrap()
-                .comments
-                .iter()
-                .rev()
-                .find(|(_, (p, t))| *p == post && *t == text)
-                .map(|(id, _)| CommentId(*id)))
-        })
-    }
-
-    fn delete_comment<'a>(&'a self, comment: CommentId) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            self.state.lock().unwrap().comments.remove(&comment.0);
-            self.changed.send_modify(|v| *v += 1);
-            Ok(())
-        })
-    }
-}
 
 struct Harness {
     dir: tempfile::TempDir,
-    chat: Arc<MockChat>,
-    feed: Arc<MockFeed>,
+    chat: Arc<MemoryChat>,
+    feed: Arc<MemoryFeed>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<()>, Journal)>,
 }
 
@@ -308,13 +32,13 @@ fn router() -> Router {
         Route {
             name: "news".into(),
             audiences: vec![Audience::All],
-            rooms: vec![Room::new(Platform::Slack, NEWS)],
+            rooms: vec![Room::new(CHAT, NEWS)],
             replies: true,
         },
         Route {
             name: "dev".into(),
             audiences: vec![Audience::Group(5)],
-            rooms: vec![Room::new(Platform::Slack, DEV)],
+            rooms: vec![Room::new(CHAT, DEV)],
             replies: false,
         },
     ])
@@ -324,8 +48,8 @@ impl Harness {
     fn new() -> Self {
         Harness {
             dir: tempfile::tempdir().unwrap(),
-            chat: MockChat::new(),
-            feed: MockFeed::new(),
+            chat: MemoryChat::new(),
+            feed: MemoryFeed::new(),
             running: None,
         }
     }
@@ -334,12 +58,11 @@ impl Harness {
         assert!(self.running.is_none());
         // sled lets go of its lock from its own threads a moment after a crash: wait as the
         // bridge does.
-        let store =
-            livefeed_core::store::Store::open_waiting(self.dir.path(), Duration::from_secs(5))
-                .await
-                .unwrap();
+        let store = Store::open_waiting(self.dir.path(), Duration::from_secs(5))
+            .await
+            .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let journal = Journal::new(store, metrics.clone());
+        let journal = Journal::new(store, metrics.clone(), FEED);
         let cancel = CancellationToken::new();
         let engine = Engine::new(
             journal.clone(),
@@ -391,33 +114,15 @@ impl Harness {
 }
 
 fn post(id: u64, audiences: &[Audience], text: &str) -> FeedPost {
-    FeedPost {
-        id: PostId(id),
-        author: Person {
-            id: "5".into(),
-            name: "Ivan Petrov".into(),
-            avatar_url: None,
-        },
-        title: Some(format!("Post {id}")),
-        body: Doc::plain(text),
-        important: false,
-        audiences: audiences.iter().copied().collect(),
-        url: format!("https://acme.bitrix24.com/company/personal/user/5/blog/{id}/"),
-        published_at: 0,
-        num_comments: 0,
-    }
+    fixtures::post_for(id, audiences, text)
 }
 
 fn reply(thread: &str, reply: &str, text: &str) -> Inbound {
     Inbound::Chat(ChatEvent::ReplyPosted {
-        room: Room::new(Platform::Slack, NEWS),
-        thread: thread.into(),
-        reply: reply.into(),
-        author: Person {
-            id: "U2".into(),
-            name: "Anna Smirnova".into(),
-            avatar_url: None,
-        },
+        room: Room::new(CHAT, NEWS),
+        thread: ThreadId::from(thread),
+        reply: ReplyId::from(reply),
+        author: fixtures::person("U2", "Anna Smirnova"),
         body: Doc::plain(text),
     })
 }
@@ -438,7 +143,7 @@ async fn posts_follow_their_audience_edits_and_deletions() {
         "group only",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 2).await;
+    h.chat.wait(|s| s.sent == 2).await;
     h.settle().await;
     assert_eq!(
         h.chat.live(NEWS).len(),
@@ -465,10 +170,10 @@ async fn posts_follow_their_audience_edits_and_deletions() {
     h.accept(Inbound::Feed(FeedEvent::PostDeleted(PostId(1))))
         .await;
     h.settle().await;
-    let s = h.chat.state.lock().unwrap().clone();
+    let s = h.chat.state();
     assert_eq!(s.edits, 1);
     assert_eq!(h.chat.live(NEWS), vec![]);
-    assert_eq!(s.posts_sent, 2);
+    assert_eq!(s.sent, 2);
     // A stale snapshot after the deletion must not bring the post back.
     h.accept(Inbound::Feed(FeedEvent::PostEdited(post(
         1,
@@ -477,13 +182,13 @@ async fn posts_follow_their_audience_edits_and_deletions() {
     ))))
     .await;
     h.settle().await;
-    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 2);
+    assert_eq!(h.chat.state().sent, 2);
 }
 
 #[tokio::test]
 async fn a_crash_after_sending_is_reconciled_not_resent() {
     let mut h = Harness::new();
-    h.chat.script.lock().unwrap().push(Script::HangAfterEffect);
+    h.chat.script([Script::HangAfterEffect]);
     h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         7,
@@ -492,13 +197,13 @@ async fn a_crash_after_sending_is_reconciled_not_resent() {
     ))))
     .await;
     // The message is out, but the engine never hears back: crash now.
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.crash().await;
     h.start().await;
     h.settle().await;
-    let s = h.chat.state.lock().unwrap().clone();
+    let s = h.chat.state();
     assert_eq!(
-        s.posts_sent, 1,
+        s.sent, 1,
         "reconciliation found the message; nothing was resent"
     );
     assert_eq!(h.chat.live(NEWS).len(), 1);
@@ -512,7 +217,7 @@ async fn a_crash_after_sending_is_reconciled_not_resent() {
 #[tokio::test]
 async fn a_message_found_by_reconciliation_gets_the_latest_edit() {
     let mut h = Harness::new();
-    h.chat.script.lock().unwrap().push(Script::HangAfterEffect);
+    h.chat.script([Script::HangAfterEffect]);
     h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         9,
@@ -520,7 +225,7 @@ async fn a_message_found_by_reconciliation_gets_the_latest_edit() {
         "first words",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.accept(Inbound::Feed(FeedEvent::PostEdited(post(
         9,
         &[Audience::All],
@@ -530,7 +235,7 @@ async fn a_message_found_by_reconciliation_gets_the_latest_edit() {
     h.crash().await;
     h.start().await;
     h.settle().await;
-    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 1, "nothing resent");
+    assert_eq!(h.chat.state().sent, 1, "nothing resent");
     let live = h.chat.live(NEWS);
     assert_eq!(live.len(), 1);
     assert!(live[0].1.contains("second thoughts"), "{live:?}");
@@ -542,11 +247,7 @@ async fn a_message_found_by_reconciliation_gets_the_latest_edit() {
 async fn a_deletion_while_the_create_is_in_flight_still_deletes() {
     let mut h = Harness::new();
     let gate = Arc::new(tokio::sync::Notify::new());
-    h.chat
-        .script
-        .lock()
-        .unwrap()
-        .push(Script::Gate(gate.clone()));
+    h.chat.script([Script::Gate(gate.clone())]);
     h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         3,
@@ -559,7 +260,7 @@ async fn a_deletion_while_the_create_is_in_flight_still_deletes() {
         .await;
     gate.notify_one();
     h.settle().await;
-    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 1);
+    assert_eq!(h.chat.state().sent, 1);
     assert_eq!(h.chat.live(NEWS), vec![]);
 }
 
@@ -568,7 +269,7 @@ async fn a_deletion_while_the_create_is_in_flight_still_deletes() {
 #[tokio::test]
 async fn a_crash_after_sending_a_post_deleted_meanwhile_deletes_it() {
     let mut h = Harness::new();
-    h.chat.script.lock().unwrap().push(Script::HangAfterEffect);
+    h.chat.script([Script::HangAfterEffect]);
     h.start().await;
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         8,
@@ -576,13 +277,13 @@ async fn a_crash_after_sending_a_post_deleted_meanwhile_deletes_it() {
         "gone soon",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.accept(Inbound::Feed(FeedEvent::PostDeleted(PostId(8))))
         .await;
     h.crash().await;
     h.start().await;
     h.settle().await;
-    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 1, "nothing resent");
+    assert_eq!(h.chat.state().sent, 1, "nothing resent");
     assert_eq!(h.chat.live(NEWS), vec![], "the orphan was deleted");
 }
 
@@ -596,29 +297,25 @@ async fn replies_become_one_comment_each_and_follow_edits_and_deletes() {
         "root",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.settle().await;
     h.accept(reply("m1", "r1", "Looks good")).await;
     h.accept(reply("m1", "r1", "Looks good")).await; // redelivery
     h.accept(reply("unknown-thread", "r9", "ignored")).await;
     h.feed.wait(|f| f.comments.len() == 1).await;
     h.settle().await;
-    let f = h.feed.state.lock().unwrap().clone();
+    let f = h.feed.state();
     assert_eq!(f.adds, 1);
     let (post_id, text) = f.comments.values().next().unwrap().clone();
     assert_eq!(post_id, PostId(3));
-    assert_eq!(text, "Anna Smirnova (Slack): Looks good");
+    assert_eq!(text, "Anna Smirnova (Chat): Looks good");
 
-    let room = Room::new(Platform::Slack, NEWS);
+    let room = Room::new(CHAT, NEWS);
     h.accept(Inbound::Chat(ChatEvent::ReplyEdited {
         room: room.clone(),
-        thread: "m1".into(),
-        reply: "r1".into(),
-        author: Person {
-            id: "U2".into(),
-            name: "Anna Smirnova".into(),
-            avatar_url: None,
-        },
+        thread: ThreadId::from("m1"),
+        reply: ReplyId::from("r1"),
+        author: fixtures::person("U2", "Anna Smirnova"),
         body: Doc::plain("Looks great"),
     }))
     .await;
@@ -627,21 +324,21 @@ async fn replies_become_one_comment_each_and_follow_edits_and_deletes() {
         .await;
     h.settle().await;
     assert_eq!(
-        h.feed.state.lock().unwrap().comments.len(),
+        h.feed.state().comments.len(),
         1,
         "the old comment was replaced"
     );
 
     h.accept(Inbound::Chat(ChatEvent::ReplyDeleted {
         room,
-        thread: Some("m1".into()),
-        reply: "r1".into(),
+        thread: Some(ThreadId::from("m1")),
+        reply: ReplyId::from("r1"),
     }))
     .await;
     h.feed.wait(|f| f.comments.is_empty()).await;
     h.settle().await;
     // The mirrored post never showed the bridge's own comments in its count.
-    assert_eq!(h.chat.state.lock().unwrap().edits, 0);
+    assert_eq!(h.chat.state().edits, 0);
 }
 
 #[tokio::test]
@@ -654,7 +351,7 @@ async fn comment_counts_exclude_the_bridges_own() {
         "root",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.settle().await;
     h.accept(reply("m1", "r1", "from chat")).await;
     h.feed.wait(|f| f.comments.len() == 1).await;
@@ -665,15 +362,11 @@ async fn comment_counts_exclude_the_bridges_own() {
     h.accept(Inbound::Feed(FeedEvent::CommentsChanged(p.clone())))
         .await;
     h.settle().await;
-    assert_eq!(
-        h.chat.state.lock().unwrap().edits,
-        0,
-        "own comment does not count"
-    );
+    assert_eq!(h.chat.state().edits, 0, "own comment does not count");
     p.num_comments = 2;
     h.accept(Inbound::Feed(FeedEvent::CommentsChanged(p))).await;
     h.chat.wait(|s| s.edits == 1).await;
-    assert!(h.chat.live(NEWS)[0].1.contains("1 comment in Bitrix24"));
+    assert!(h.chat.live(NEWS)[0].1.contains("1 comment in Feed"));
 }
 
 #[tokio::test]
@@ -686,22 +379,22 @@ async fn a_crash_after_commenting_is_reconciled() {
         "root",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.settle().await;
-    h.feed.script.lock().unwrap().push(Script::HangAfterEffect);
+    h.feed.script([Script::HangAfterEffect]);
     h.accept(reply("m1", "r1", "exactly once")).await;
     h.feed.wait(|f| f.adds == 1).await;
     h.crash().await;
     h.start().await;
     h.settle().await;
-    let f = h.feed.state.lock().unwrap().clone();
+    let f = h.feed.state();
     assert_eq!((f.adds, f.comments.len()), (1, 1));
 }
 
 #[tokio::test]
 async fn transient_failures_retry_and_permanent_ones_dead_letter_without_blocking_others() {
     let mut h = Harness::new();
-    h.chat.script.lock().unwrap().extend([
+    h.chat.script([
         Script::Fail(Failure::retry_after(
             "ratelimited",
             Duration::from_millis(20),
@@ -721,7 +414,7 @@ async fn transient_failures_retry_and_permanent_ones_dead_letter_without_blockin
     let letters = store.dead_letters().unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].error, "channel_not_found");
-    assert_eq!(h.chat.state.lock().unwrap().posts_sent, 0);
+    assert_eq!(h.chat.state().sent, 0);
     // The next post flows; retrying the dead letter delivers the first one exactly once.
     h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
         11,
@@ -729,10 +422,10 @@ async fn transient_failures_retry_and_permanent_ones_dead_letter_without_blockin
         "b",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     assert!(store.retry_dead_letter(letters[0].id).unwrap());
     h.journal().wake();
-    h.chat.wait(|s| s.posts_sent == 2).await;
+    h.chat.wait(|s| s.sent == 2).await;
     h.settle().await;
     let posts: Vec<PostId> = h.chat.live(NEWS).into_iter().map(|(p, _)| p).collect();
     assert_eq!(posts.len(), 2);
@@ -750,25 +443,25 @@ async fn a_deletion_that_overtakes_its_reply_keeps_the_reply_out() {
         "root",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.settle().await;
     // Slack redelivered the reply after its deletion (a lost ack): deletion first.
-    let room = Room::new(Platform::Slack, NEWS);
+    let room = Room::new(CHAT, NEWS);
     h.accept(Inbound::Chat(ChatEvent::ReplyDeleted {
         room,
-        thread: Some("m1".into()),
-        reply: "r1".into(),
+        thread: Some(ThreadId::from("m1")),
+        reply: ReplyId::from("r1"),
     }))
     .await;
     h.accept(reply("m1", "r1", "deleted already")).await;
     h.accept(reply("m1", "r2", "still here")).await;
     h.feed.wait(|f| f.adds == 1).await;
     h.settle().await;
-    let f = h.feed.state.lock().unwrap().clone();
+    let f = h.feed.state();
     assert_eq!(f.adds, 1);
     assert_eq!(
         f.comments.values().next().unwrap().1,
-        "Anna Smirnova (Slack): still here"
+        "Anna Smirnova (Chat): still here"
     );
 }
 
@@ -782,20 +475,16 @@ async fn replies_in_rooms_without_replies_are_not_written_back() {
         "dev",
     ))))
     .await;
-    h.chat.wait(|s| s.posts_sent == 1).await;
+    h.chat.wait(|s| s.sent == 1).await;
     h.settle().await;
     h.accept(Inbound::Chat(ChatEvent::ReplyPosted {
-        room: Room::new(Platform::Slack, DEV),
-        thread: "m1".into(),
-        reply: "r1".into(),
-        author: Person {
-            id: "U2".into(),
-            name: "Anna".into(),
-            avatar_url: None,
-        },
+        room: Room::new(CHAT, DEV),
+        thread: ThreadId::from("m1"),
+        reply: ReplyId::from("r1"),
+        author: fixtures::person("U2", "Anna"),
         body: Doc::plain("no"),
     }))
     .await;
     h.settle().await;
-    assert_eq!(h.feed.state.lock().unwrap().adds, 0);
+    assert_eq!(h.feed.state().adds, 0);
 }

@@ -8,6 +8,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// A configured rate: `per_second` sustained, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Calls per second, sustained.
+    pub per_second: f64,
+    /// Calls allowed at once after a quiet period.
+    pub burst: u32,
+}
+
 /// A token bucket: `burst` tokens, refilled at `per_second`.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -17,10 +26,11 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(per_second: f64, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
+    /// A full bucket for `rate`.
+    pub fn new(rate: RateLimit) -> Self {
+        let burst = f64::from(rate.burst.max(1));
         TokenBucket {
-            per_second: per_second.max(f64::MIN_POSITIVE),
+            per_second: rate.per_second.max(f64::MIN_POSITIVE),
             burst,
             state: Mutex::new((burst, Instant::now())),
         }
@@ -51,16 +61,15 @@ impl TokenBucket {
 /// One bucket per key (e.g. per Slack channel), created on first use.
 #[derive(Debug)]
 pub struct KeyedBuckets<K> {
-    per_second: f64,
-    burst: u32,
+    rate: RateLimit,
     buckets: Mutex<HashMap<K, std::sync::Arc<TokenBucket>>>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
-    pub fn new(per_second: f64, burst: u32) -> Self {
+    /// No buckets yet; each key gets a full one for `rate` on first use.
+    pub fn new(rate: RateLimit) -> Self {
         KeyedBuckets {
-            per_second,
-            burst,
+            rate,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -69,9 +78,7 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
         let bucket = {
             let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone())
-                .or_insert_with(|| {
-                    std::sync::Arc::new(TokenBucket::new(self.per_second, self.burst))
-                })
+                .or_insert_with(|| std::sync::Arc::new(TokenBucket::new(self.rate)))
                 .clone()
         };
         bucket.acquire().await
@@ -125,7 +132,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_burst_then_paces() {
-        let b = TokenBucket::new(2.0, 3);
+        let b = TokenBucket::new(RateLimit {
+            per_second: 2.0,
+            burst: 3,
+        });
         let start = Instant::now();
         for _ in 0..3 {
             assert!(!b.acquire().await);

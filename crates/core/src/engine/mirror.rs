@@ -1,0 +1,142 @@
+//! Mirror sync: make one room's root message match a post's latest record: create it, edit it
+//! when its content changed, delete it when the post is gone.
+
+use tracing::info;
+
+use super::{Begin, Inner, IntentState, UNKNOWN_CONTENT, store_failure};
+use crate::adapters::{ChatAdapter, RootMessage};
+use crate::layout::{content_hash, root_message};
+use crate::model::{Failure, PostId, Room};
+use crate::store::{Mirror, post_intent_key};
+
+impl Inner {
+    /// Make `room`'s message for `post` match the post's latest record.
+    pub(super) async fn sync_mirror(&self, post: PostId, room: &Room) -> Result<(), Failure> {
+        let Some(record) = self.store.post(post).map_err(store_failure)? else {
+            return Ok(());
+        };
+        let chat = self.chat(&room.platform)?;
+        let platform = room.platform.as_str();
+        let mirror = self.store.mirror(post, room).map_err(store_failure)?;
+        if record.deleted {
+            match mirror {
+                Some(mut m) if !m.deleted => {
+                    chat.delete_message(&room.id, &m.message_id).await?;
+                    m.deleted = true;
+                    self.store
+                        .put_mirror(post, room, &m)
+                        .map_err(store_failure)?;
+                    self.metrics.effect(platform, "delete", "ok");
+                    info!(%post, %room, "mirror deleted");
+                }
+                Some(_) => {}
+                None => self.delete_unrecorded(post, room, chat.as_ref()).await?,
+            }
+            return Ok(());
+        }
+        let comments = record
+            .post
+            .num_comments
+            .saturating_sub(record.bridge_comments);
+        let msg = RootMessage {
+            post,
+            author: record.post.author.clone(),
+            doc: root_message(
+                &record.post,
+                comments,
+                chat.layout(),
+                self.feed.display_name(),
+            ),
+        };
+        let hash = content_hash(&(&msg.author, &msg.doc));
+        match mirror {
+            None => {
+                let key = post_intent_key(post, room);
+                let (message_id, reconciled) = match self.begin(&key).await? {
+                    Begin::Send => (chat.send_root(&room.id, &msg).await?, false),
+                    Begin::Reconcile { since_ms } => {
+                        let id = match chat.find_root(&room.id, post, since_ms).await? {
+                            Some(found) => {
+                                info!(%post, %room, "found the root message sent before");
+                                found
+                            }
+                            // A platform that deduplicates sends may return the earlier one.
+                            None => chat.send_root(&room.id, &msg).await?,
+                        };
+                        (id, true)
+                    }
+                };
+                crate::crashpoint::hit("engine.sent");
+                // A message sent before a stop shows the post as it was then, which an edit
+                // since may have changed: recorded as unknown content, it is edited below (and
+                // by the retry, if that edit fails).
+                let mirror = Mirror {
+                    message_id,
+                    content_hash: if reconciled { UNKNOWN_CONTENT } else { hash },
+                    deleted: false,
+                };
+                self.store
+                    .record_mirror(post, room, &mirror, &key)
+                    .map_err(store_failure)?;
+                self.set_intent_state(&key, None);
+                crate::crashpoint::hit("engine.recorded");
+                self.metrics.effect(platform, "post", "ok");
+                info!(%post, %room, message = %mirror.message_id, "post mirrored");
+                if reconciled {
+                    self.edit_mirror(post, room, chat.as_ref(), mirror, &msg, hash)
+                        .await?;
+                }
+            }
+            Some(m) if m.deleted || m.content_hash == hash => {}
+            Some(m) => {
+                self.edit_mirror(post, room, chat.as_ref(), m, &msg, hash)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn edit_mirror(
+        &self,
+        post: PostId,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+        mut m: Mirror,
+        msg: &RootMessage,
+        hash: u64,
+    ) -> Result<(), Failure> {
+        chat.edit_root(&room.id, &m.message_id, msg).await?;
+        m.content_hash = hash;
+        self.store
+            .put_mirror(post, room, &m)
+            .map_err(store_failure)?;
+        self.metrics.effect(room.platform.as_str(), "edit", "ok");
+        info!(%post, %room, "mirror updated");
+        Ok(())
+    }
+
+    /// A deleted post without a recorded message may still have one: a create whose intent
+    /// is open was sent, or may have been, before a crash. Find it and delete it.
+    pub(super) async fn delete_unrecorded(
+        &self,
+        post: PostId,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+    ) -> Result<(), Failure> {
+        let key = post_intent_key(post, room);
+        let Some(intent) = self.store.intent(&key).map_err(store_failure)? else {
+            return Ok(());
+        };
+        // Prepared in this run but never attempted: nothing can have been sent.
+        if self.intent_state(&key) != Some(IntentState::Prepared)
+            && let Some(found) = chat.find_root(&room.id, post, intent.started_ms).await?
+        {
+            chat.delete_message(&room.id, &found).await?;
+            self.metrics.effect(room.platform.as_str(), "delete", "ok");
+            info!(%post, %room, "deleted a root message sent before a stop");
+        }
+        self.store.remove_intent(&key).map_err(store_failure)?;
+        self.set_intent_state(&key, None);
+        Ok(())
+    }
+}

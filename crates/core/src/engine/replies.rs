@@ -1,0 +1,166 @@
+//! Replies: a chat reply becomes a comment on its thread's post; an edit replaces the comment
+//! (the feed cannot edit comments through its API); a deletion deletes it.
+
+use std::time::Duration;
+
+use tracing::{debug, info};
+
+use super::{Begin, Inner, store_failure};
+use crate::layout::{attributed_comment, content_hash};
+use crate::model::{ChatEvent, Failure, Person, ReplyId, Room, ThreadId};
+use crate::richtext::Doc;
+use crate::store::{CommentRecord, comment_intent_key};
+
+impl Inner {
+    pub(super) async fn apply_reply(&self, event: &ChatEvent) -> Result<(), Failure> {
+        match event {
+            ChatEvent::ReplyPosted {
+                room,
+                thread,
+                reply,
+                author,
+                body,
+            } => self.add_comment(room, thread, reply, author, body).await,
+            ChatEvent::ReplyEdited {
+                room,
+                thread,
+                reply,
+                author,
+                body,
+            } => {
+                let doc =
+                    attributed_comment(author, self.chat(&room.platform)?.display_name(), body);
+                if let Some(existing) = self
+                    .store
+                    .comment_for_reply(room, reply)
+                    .map_err(store_failure)?
+                {
+                    if existing.content_hash == content_hash(&doc) {
+                        return Ok(());
+                    }
+                    // Feed comments cannot be edited through the API: replace the comment.
+                    self.remove_comment(room, reply, &existing).await?;
+                }
+                self.add_comment(room, thread, reply, author, body).await
+            }
+            ChatEvent::ReplyDeleted { room, reply, .. } => {
+                match self
+                    .store
+                    .comment_for_reply(room, reply)
+                    .map_err(store_failure)?
+                {
+                    Some(existing) => self.remove_comment(room, reply, &existing).await?,
+                    None => {
+                        // Not bridged (yet): if the reply itself arrives late, it stays out.
+                        debug!(%room, %reply, "deleted reply was never a comment; remembered");
+                        self.store
+                            .put_reply_tombstone(room, reply)
+                            .map_err(store_failure)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn add_comment(
+        &self,
+        room: &Room,
+        thread: &ThreadId,
+        reply: &ReplyId,
+        author: &Person,
+        body: &Doc,
+    ) -> Result<(), Failure> {
+        if !self.router.replies_enabled(room) {
+            debug!(%room, "replies are off for this room; reply ignored");
+            return Ok(());
+        }
+        if self
+            .store
+            .comment_for_reply(room, reply)
+            .map_err(store_failure)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        if self
+            .store
+            .reply_tombstoned(room, reply)
+            .map_err(store_failure)?
+        {
+            debug!(%room, %reply, "reply deleted before it arrived; not bridged");
+            return Ok(());
+        }
+        let Some(post) = self
+            .store
+            .post_for_thread(room, thread)
+            .map_err(store_failure)?
+        else {
+            if self.store.has_post_intent_in(room).map_err(store_failure)? {
+                // The root may be one the bridge is sending right now; wait for its record.
+                return Err(Failure::retry_after(
+                    "thread root not recorded yet",
+                    Duration::from_millis(200),
+                ));
+            }
+            debug!(%room, %thread, "reply in a thread the bridge did not start; ignored");
+            return Ok(());
+        };
+        match self.store.post(post).map_err(store_failure)? {
+            Some(rec) if !rec.deleted => {}
+            _ => {
+                debug!(%post, "reply to a deleted post; ignored");
+                return Ok(());
+            }
+        }
+        let doc = attributed_comment(author, self.chat(&room.platform)?.display_name(), body);
+        let key = comment_intent_key(room, reply);
+        let comment = match self.begin(&key).await? {
+            Begin::Send => self.feed.add_comment(post, &doc).await?,
+            Begin::Reconcile { since_ms } => {
+                match self.feed.find_comment(post, &doc, since_ms).await? {
+                    Some(found) => {
+                        info!(%post, %room, "found the comment written before");
+                        found
+                    }
+                    None => self.feed.add_comment(post, &doc).await?,
+                }
+            }
+        };
+        crate::crashpoint::hit("engine.commented");
+        let record = CommentRecord {
+            post,
+            comment,
+            thread: thread.clone(),
+            content_hash: content_hash(&doc),
+        };
+        self.store
+            .record_comment(room, reply, &record, &key)
+            .map_err(store_failure)?;
+        self.set_intent_state(&key, None);
+        self.journal.publish_depth();
+        self.journal.wake();
+        self.metrics
+            .effect(self.feed_platform.as_str(), "comment_add", "ok");
+        info!(%post, %room, comment = %comment, "reply added as a feed comment");
+        Ok(())
+    }
+
+    pub(super) async fn remove_comment(
+        &self,
+        room: &Room,
+        reply: &ReplyId,
+        existing: &CommentRecord,
+    ) -> Result<(), Failure> {
+        self.feed.delete_comment(existing.comment).await?;
+        self.store
+            .remove_comment(room, reply, existing)
+            .map_err(store_failure)?;
+        self.journal.publish_depth();
+        self.journal.wake();
+        self.metrics
+            .effect(self.feed_platform.as_str(), "comment_delete", "ok");
+        info!(post = %existing.post, comment = %existing.comment, "feed comment deleted");
+        Ok(())
+    }
+}

@@ -1,0 +1,678 @@
+//! `bridge.yaml`: the typed configuration, `${VAR}` expansion and validation.
+//!
+//! The file is parsed *before* environment variables are expanded: every string that may hold a
+//! `${VAR}` keeps its source position (serde-saphyr's `Spanned`), so an error can name
+//! `file:line:column` without ever echoing an expanded secret. Every error says what to write
+//! instead.
+
+pub(crate) mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use livefeed_core::model::{Audience, Platform, Room};
+use serde::Deserialize;
+
+pub use crate::bitrix::config::{BitrixConfig, PollConfig};
+pub use crate::matrix::config::{MatrixAuth, MatrixConfig};
+pub use crate::slack::config::{SlackConfig, SlackIntake};
+pub use validate::parse_duration;
+use validate::{Str, Validator};
+use {crate::bitrix, crate::matrix, crate::slack};
+
+/// A configuration problem with its position in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the problem is not tied to a position (e.g. the file is missing).
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )?;
+        } else {
+            write!(f, "{}: {}", self.file, self.message)?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub bitrix24: BitrixConfig,
+    pub slack: Option<SlackConfig>,
+    pub matrix: Option<MatrixConfig>,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub mappings: Vec<Mapping>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub name: String,
+    pub audiences: Vec<Audience>,
+    pub rooms: Vec<Room>,
+    pub replies: bool,
+}
+
+impl Config {
+    /// Read, parse, expand and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}"),
+            hint: Some(
+                "pass --config PATH or set LIVEFEED_BRIDGE_CONFIG; the repository's bridge.yaml is an annotated example"
+                    .into(),
+            ),
+        })?;
+        Config::parse(&text, &file, &|name| std::env::var(name).ok()).map(|mut c| {
+            c.path = path.to_path_buf();
+            c
+        })
+    }
+
+    /// Parse config text; `env` looks variables up (the process environment in production).
+    pub fn parse(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        Validator { file, env }.config(raw)
+    }
+
+    /// Every room any mapping names, once.
+    pub fn rooms(&self) -> BTreeSet<Room> {
+        self.mappings
+            .iter()
+            .flat_map(|m| m.rooms.iter().cloned())
+            .collect()
+    }
+
+    /// The room ids of one platform's rooms, as configured, each once.
+    pub fn rooms_on(&self, platform: &Platform) -> Vec<String> {
+        self.rooms()
+            .into_iter()
+            .filter(|r| &r.platform == platform)
+            .map(|r| r.id)
+            .collect()
+    }
+}
+
+fn yaml_error(file: &str, e: &serde_saphyr::Error) -> ConfigError {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    // The snippet-free rendering never shows neighbouring lines (which could hold a literal
+    // secret); it ends in " at line L, column C", which our prefix already says.
+    let mut message = e.without_snippet().to_string();
+    if let Some(cut) = message.rfind(" at line ") {
+        message.truncate(cut);
+    }
+    let hint = if message.starts_with("unknown field") {
+        Some("check the spelling; the keys this section accepts are listed above".to_string())
+    } else if message.starts_with("missing field") {
+        Some("add the key; the annotated bridge.yaml in the repository shows every key".into())
+    } else if message.starts_with("invalid u32") || message.starts_with("invalid u64") {
+        message = "expected a whole number".into();
+        None
+    } else if message.starts_with("invalid f64") {
+        message = "expected a number".into();
+        None
+    } else if message.starts_with("invalid bool") || message.contains("boolean") {
+        message = "expected true or false".into();
+        None
+    } else {
+        None
+    };
+    ConfigError {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+        hint,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    bitrix24: bitrix::config::RawBitrix,
+    #[serde(default)]
+    slack: Option<slack::config::RawSlack>,
+    #[serde(default)]
+    matrix: Option<matrix::config::RawMatrix>,
+    #[serde(default)]
+    store: Option<RawStore>,
+    #[serde(default)]
+    http: Option<RawHttp>,
+    mappings: Vec<RawMapping>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Str,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    listen: Option<Str>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    name: Str,
+    audience: Vec<Str>,
+    #[serde(default)]
+    slack: Option<slack::config::RawSlackTarget>,
+    #[serde(default)]
+    matrix: Option<matrix::config::RawMatrixTarget>,
+    #[serde(default)]
+    replies: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+impl Validator<'_> {
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let bitrix24 = bitrix::config::validate(self, &raw.bitrix24)?;
+        let slack = match &raw.slack {
+            Some(s) => Some(slack::config::validate(self, s)?),
+            None => None,
+        };
+        let matrix = match &raw.matrix {
+            Some(m) => Some(matrix::config::validate(self, m)?),
+            None => None,
+        };
+        let store = StoreConfig {
+            path: match &raw.store {
+                Some(s) => PathBuf::from(self.expand("store.path", &s.path)?),
+                None => PathBuf::from("./data"),
+            },
+        };
+        let http = self.http(raw.http.as_ref())?;
+        let mappings = self.mappings(&raw.mappings)?;
+
+        if slack.is_none()
+            && let Some(m) = raw.mappings.iter().find(|m| m.slack.is_some())
+        {
+            return Err(self.err(
+                &m.name,
+                format!("mapping `{}` names a Slack channel but there is no `slack:` section", m.name.value),
+                Some("add `slack:` with bot_token and app_token (Socket Mode) or signing_secret (Events API)".into()),
+            ));
+        }
+        if matrix.is_none()
+            && let Some(m) = raw.mappings.iter().find(|m| m.matrix.is_some())
+        {
+            return Err(self.err(
+                &m.name,
+                format!("mapping `{}` names a Matrix room but there is no `matrix:` section", m.name.value),
+                Some("add `matrix:` with homeserver, user_id and access_token + device_id (or password)".into()),
+            ));
+        }
+        Ok(Config {
+            path: PathBuf::new(),
+            bitrix24,
+            slack,
+            matrix,
+            store,
+            http,
+            mappings,
+        })
+    }
+
+    fn http(&self, raw: Option<&RawHttp>) -> Result<HttpConfig, ConfigError> {
+        let listen = match raw.and_then(|h| h.listen.as_ref()) {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(s) => {
+                let text = self.expand("http.listen", s)?;
+                text.trim().parse().map_err(|_| {
+                    self.err(
+                        s,
+                        format!("http.listen: `{text}` is not an address"),
+                        Some(
+                            "write IP:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080 in a container"
+                                .into(),
+                        ),
+                    )
+                })?
+            }
+        };
+        Ok(HttpConfig {
+            listen,
+            max_body_bytes: raw
+                .and_then(|h| h.max_body_bytes)
+                .unwrap_or(1 << 20)
+                .max(1024),
+        })
+    }
+
+    fn mappings(&self, raw: &[RawMapping]) -> Result<Vec<Mapping>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.top_err(
+                "mappings: at least one mapping is needed",
+                Some(
+                    "add a mapping: name, audience: [all], slack: { channel: C0123456789 }".into(),
+                ),
+            ));
+        }
+        let mut names: BTreeMap<String, u64> = BTreeMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for m in raw {
+            let name = m.name.value.trim().to_string();
+            if name.is_empty() {
+                return Err(self.err(
+                    &m.name,
+                    "mapping name is empty",
+                    Some("give every mapping a unique name".into()),
+                ));
+            }
+            if let Some(first) = names.insert(name.clone(), m.name.referenced.line()) {
+                return Err(self.err(
+                    &m.name,
+                    format!("duplicate mapping name `{name}` (first used on line {first})"),
+                    Some("give every mapping a unique name".into()),
+                ));
+            }
+            if m.audience.is_empty() {
+                return Err(self.err(
+                    &m.name,
+                    format!("mapping `{name}` has an empty audience"),
+                    Some("write audience: [all] or e.g. [group:12, department:3]".into()),
+                ));
+            }
+            let mut audiences = Vec::new();
+            for a in &m.audience {
+                let text = self.expand("audience", a)?;
+                let audience = Audience::parse(&text).ok_or_else(|| {
+                    self.err(
+                        a,
+                        format!("`{text}` is not an audience"),
+                        Some("write all, group:<id>, department:<id> or user:<id> (ids as in Bitrix24 URLs)".into()),
+                    )
+                })?;
+                if !audiences.contains(&audience) {
+                    audiences.push(audience);
+                }
+            }
+            let mut rooms = Vec::new();
+            if let Some(s) = &m.slack {
+                rooms.push(Room::new(slack::PLATFORM, slack::config::channel(self, s)?));
+            }
+            if let Some(t) = &m.matrix {
+                rooms.push(Room::new(matrix::PLATFORM, matrix::config::room(self, t)?));
+            }
+            if rooms.is_empty() {
+                return Err(self.err(
+                    &m.name,
+                    format!("mapping `{name}` has no chat target"),
+                    Some("add slack: { channel: C0123456789 } and/or matrix: { room: \"!roomid:server\" }".into()),
+                ));
+            }
+            out.push(Mapping {
+                name,
+                audiences,
+                rooms,
+                replies: m.replies.unwrap_or(true),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::validate::{Expansion, expand_env};
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    const GOOD: &str = r#"bitrix24:
+  webhook_url: ${B24_WEBHOOK_URL}
+  poll: { interval: 5s, reconcile_window: 7d, reconcile_interval: 5m }
+  backfill: 0
+  rate_limit: { per_second: 2, burst: 50 }
+slack:
+  bot_token: ${SLACK_BOT_TOKEN}
+  app_token: ${SLACK_APP_TOKEN}
+  signing_secret: ${SLACK_SIGNING_SECRET}
+  api_base: https://slack.com/api/
+store: { path: ./data }
+http: { listen: 127.0.0.1:8080 }
+mappings:
+  - name: company-news
+    audience: [all]
+    slack: { channel: C0123456789 }
+    replies: true
+  - name: dev-group
+    audience: [group:12, department:3]
+    slack: { channel: G0123456789 }
+"#;
+
+    fn good_env() -> impl Fn(&str) -> Option<String> {
+        env(&[
+            (
+                "B24_WEBHOOK_URL",
+                "https://acme.bitrix24.com/rest/17/k3yS3cr3t0000001/",
+            ),
+            ("SLACK_BOT_TOKEN", "xoxb-1-2-3"),
+            ("SLACK_APP_TOKEN", "xapp-1-2-3"),
+        ])
+    }
+
+    fn parse_err(text: &str, e: &dyn Fn(&str) -> Option<String>) -> ConfigError {
+        Config::parse(text, "bridge.yaml", e).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD, "bridge.yaml", &good_env()).unwrap();
+        assert_eq!(c.bitrix24.portal_url, "https://acme.bitrix24.com");
+        assert_eq!(c.bitrix24.user_id, 17);
+        assert_eq!(c.bitrix24.poll.interval, Duration::from_secs(5));
+        assert_eq!(
+            c.bitrix24.poll.reconcile_window,
+            Duration::from_secs(604_800)
+        );
+        assert_eq!(c.bitrix24.rate_limit.unwrap().burst, 50);
+        let slack = c.slack.as_ref().unwrap();
+        assert!(matches!(slack.intake, SlackIntake::SocketMode { .. }));
+        assert_eq!(slack.api_base, "https://slack.com/api/");
+        assert_eq!(c.mappings.len(), 2);
+        assert_eq!(
+            c.mappings[1].audiences,
+            vec![Audience::Group(12), Audience::Department(3)]
+        );
+        assert!(c.mappings[1].replies, "replies default to true");
+        assert_eq!(c.rooms().len(), 2);
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../bridge.yaml");
+        let c = Config::parse(text, "bridge.yaml", &good_env()).unwrap();
+        assert_eq!(c.mappings[0].rooms[0].id, "C0123456789");
+        assert_eq!(c.bitrix24.poll.max_pages, 20);
+        assert_eq!(c.http.max_body_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn signing_secret_selects_events_api() {
+        let e = env(&[
+            (
+                "B24_WEBHOOK_URL",
+                "https://acme.bitrix24.com/rest/1/abcdefgh/",
+            ),
+            ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ("SLACK_SIGNING_SECRET", "s3cr3t-signing"),
+        ]);
+        let c = Config::parse(GOOD, "bridge.yaml", &e).unwrap();
+        assert!(matches!(
+            c.slack.unwrap().intake,
+            SlackIntake::EventsApi { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_key_has_position_and_alternatives() {
+        let text = GOOD.replace("  app_token:", "  app_tokn:");
+        let e = parse_err(&text, &good_env());
+        assert_eq!((e.line, e.column), (8, 3));
+        assert!(e.message.contains("unknown field `app_tokn`"), "{e}");
+        assert!(e.message.contains("app_token"), "{e}");
+        assert!(e.to_string().starts_with("bridge.yaml:8:3: "), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_has_position() {
+        let text = GOOD.replace("backfill: 0", "backfill: lots");
+        let e = parse_err(&text, &good_env());
+        assert_eq!((e.line, e.column), (4, 13));
+        assert_eq!(e.message, "expected a whole number");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let e = parse_err(GOOD, &env(&[("SLACK_BOT_TOKEN", "xoxb-1")]));
+        assert_eq!((e.line, e.column), (2, 16));
+        assert!(e.message.contains("B24_WEBHOOK_URL is not set"), "{e}");
+        assert!(e.hint.unwrap().contains("export B24_WEBHOOK_URL"));
+    }
+
+    #[test]
+    fn env_default_is_used() {
+        let text = GOOD.replace(
+            "${B24_WEBHOOK_URL}",
+            "${B24_URL:-http://127.0.0.1:9/rest/1/abc123456/}",
+        );
+        let c = Config::parse(&text, "f", &good_env()).unwrap();
+        assert_eq!(c.bitrix24.portal_url, "http://127.0.0.1:9");
+        assert_eq!(
+            c.bitrix24.webhook_url.expose(),
+            "http://127.0.0.1:9/rest/1/abc123456/"
+        );
+    }
+
+    #[test]
+    fn bad_webhook_urls_never_echo_the_secret() {
+        for (url, needle) in [
+            (
+                "http://acme.bitrix24.com/rest/1/k3yS3cr3t0000001/",
+                "plain http",
+            ),
+            ("https://acme.bitrix24.com/k3yS3cr3t0000001/", "shape"),
+            ("not a url k3yS3cr3t0000001", "not a valid URL"),
+            (
+                "https://acme.bitrix24.com/rest/x/k3yS3cr3t0000001/",
+                "shape",
+            ),
+        ] {
+            let e = parse_err(
+                GOOD,
+                &env(&[
+                    ("B24_WEBHOOK_URL", url),
+                    ("SLACK_BOT_TOKEN", "xoxb-1"),
+                    ("SLACK_APP_TOKEN", "xapp-1"),
+                ]),
+            );
+            let shown = e.to_string();
+            assert!(shown.contains(needle), "{shown}");
+            assert!(!shown.contains("k3yS3cr3t"), "secret leaked: {shown}");
+            assert_eq!(e.line, 2);
+        }
+    }
+
+    #[test]
+    fn duplicate_mapping_names() {
+        let text = GOOD.replace("name: dev-group", "name: company-news");
+        let e = parse_err(&text, &good_env());
+        assert_eq!(e.line, 18);
+        assert!(
+            e.message
+                .contains("duplicate mapping name `company-news` (first used on line 14)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_audience_and_channel() {
+        let e = parse_err(&GOOD.replace("group:12", "team:12"), &good_env());
+        assert_eq!((e.line, e.column), (19, 16));
+        assert!(e.hint.unwrap().contains("group:<id>"));
+        let e = parse_err(&GOOD.replace("C0123456789", "\"#general\""), &good_env());
+        assert_eq!(e.line, 16);
+        assert!(e.message.contains("not a Slack channel id"), "{e}");
+    }
+
+    #[test]
+    fn slack_needs_an_intake() {
+        let e = parse_err(
+            GOOD,
+            &env(&[
+                ("B24_WEBHOOK_URL", "https://a.bitrix24.com/rest/1/abcdefgh/"),
+                ("SLACK_BOT_TOKEN", "xoxb-1"),
+            ]),
+        );
+        assert!(
+            e.message.contains("SLACK_APP_TOKEN, SLACK_SIGNING_SECRET"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        let e = parse_err(
+            &GOOD.replace("interval: 5s", "interval: 5 seconds"),
+            &good_env(),
+        );
+        assert_eq!((e.line, e.column), (3, 21));
+        assert!(e.hint.unwrap().contains("5s"));
+    }
+
+    const MATRIX: &str = r##"bitrix24:
+  webhook_url: https://acme.bitrix24.com/rest/1/abcdefgh/
+matrix:
+  homeserver: https://matrix.example.org
+  user_id: "@feedbot:example.org"
+  access_token: ${MATRIX_ACCESS_TOKEN}
+  device_id: LIVEFEEDBRIDGE
+  encryption: true
+mappings:
+  - name: company-news
+    audience: [all]
+    matrix: { room: "!roomid:example.org" }
+  - name: dev
+    audience: [group:5]
+    matrix: { room: "#dev:example.org" }
+"##;
+
+    #[test]
+    fn matrix_section_and_rooms() {
+        let c = Config::parse(MATRIX, "f", &env(&[("MATRIX_ACCESS_TOKEN", "syt_x")])).unwrap();
+        let m = c.matrix.as_ref().unwrap();
+        assert_eq!(m.homeserver, "https://matrix.example.org");
+        assert!(
+            matches!(&m.auth, MatrixAuth::Token { device_id, .. } if device_id == "LIVEFEEDBRIDGE")
+        );
+        assert!(m.encryption);
+        assert_eq!(
+            c.mappings[1].rooms,
+            vec![Room::new(matrix::PLATFORM, "#dev:example.org")]
+        );
+        assert_eq!(c.rooms_on(&matrix::PLATFORM).len(), 2);
+        assert!(c.rooms_on(&slack::PLATFORM).is_empty());
+        let pw = MATRIX.replace(
+            "access_token: ${MATRIX_ACCESS_TOKEN}",
+            "password: ${MATRIX_PASSWORD}",
+        );
+        let c = Config::parse(&pw, "f", &env(&[("MATRIX_PASSWORD", "pw")])).unwrap();
+        assert!(matches!(
+            c.matrix.unwrap().auth,
+            MatrixAuth::Password { .. }
+        ));
+    }
+
+    #[test]
+    fn matrix_errors() {
+        let e = parse_err(MATRIX, &env(&[]));
+        assert!(
+            e.message
+                .contains("neither access_token nor password is set (unset: MATRIX_ACCESS_TOKEN)"),
+            "{e}"
+        );
+        let e = parse_err(
+            &MATRIX.replace("  device_id: LIVEFEEDBRIDGE\n", ""),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert!(e.message.contains("needs matrix.device_id"), "{e}");
+        let e = parse_err(
+            &MATRIX.replace("\"@feedbot:example.org\"", "feedbot"),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert_eq!(e.line, 5);
+        let e = parse_err(
+            &MATRIX.replace("#dev:example.org", "dev"),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert!(e.message.contains("not a Matrix room id or alias"), "{e}");
+        let e = parse_err(
+            &MATRIX.replace("https://matrix.example.org", "http://matrix.example.org"),
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        );
+        assert!(e.message.contains("plain http"), "{e}");
+        let no_section = "bitrix24:\n  webhook_url: https://a.bitrix24.com/rest/1/abcdefgh/\nmappings:\n  - name: x\n    audience: [all]\n    matrix: { room: \"!r\" }\n";
+        let e = parse_err(no_section, &env(&[]));
+        assert!(e.message.contains("no `matrix:` section"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5w"), None);
+    }
+
+    #[test]
+    fn env_expansion_forms() {
+        let e = env(&[("A", "x"), ("EMPTY", "")]);
+        assert_eq!(expand_env("${A}-${B:-d}-$$-$5", &e), Ok("x-d-$-$5".into()));
+        assert_eq!(expand_env("${EMPTY:-d}", &e), Ok("d".into()));
+        assert_eq!(expand_env("${B}", &e), Err(Expansion::Unset("B".into())));
+        assert_eq!(expand_env("${A", &e), Err(Expansion::Malformed));
+        assert_eq!(expand_env("${1A}", &e), Err(Expansion::Malformed));
+    }
+}
