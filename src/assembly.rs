@@ -180,19 +180,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         cancel: CancellationToken::new(),
     };
 
-    // One line per chat platform.
-    let mut chats = Vec::new();
-    if let Some(m) = &config.matrix {
-        let rooms = config.rooms_on(&matrix::PLATFORM);
-        let side = matrix::connect(m, &rooms, &shared).await;
-        chats.push(side.map_err(|e| StartError::connect(matrix::PLATFORM)(e.into()))?);
-    }
-    if let Some(s) = &config.slack {
-        let rooms = config.rooms_on(&slack::PLATFORM);
-        let side = slack::connect(s, &rooms, &shared).await;
-        chats.push(side.map_err(|e| StartError::connect(slack::PLATFORM)(e.into()))?);
-    }
-
+    let chats = connect_chats(config, &shared).await?;
     let resolved = chats
         .iter()
         .map(|c| (c.adapter.platform(), c.rooms.clone()))
@@ -249,6 +237,20 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         store: shared.store,
         journal: shared.journal,
     })
+}
+
+/// Connect every configured chat platform: one line each.
+async fn connect_chats(config: &Config, shared: &Shared) -> Result<Vec<ChatSide>, StartError> {
+    let mut chats = Vec::new();
+    if let Some(m) = &config.matrix {
+        let side = matrix::connect(m, &config.rooms_on(&matrix::PLATFORM), shared).await;
+        chats.push(side.map_err(|e| StartError::connect(matrix::PLATFORM)(e.into()))?);
+    }
+    if let Some(s) = &config.slack {
+        let side = slack::connect(s, &config.rooms_on(&slack::PLATFORM), shared).await;
+        chats.push(side.map_err(|e| StartError::connect(slack::PLATFORM)(e.into()))?);
+    }
+    Ok(chats)
 }
 
 /// Bind `http.listen` and serve the bridge's own routes plus the sides'.

@@ -1,8 +1,6 @@
 //! Property tests: the parsers accept anything, and rendering then parsing gives back every
 //! document the target format can express.
 
-mod common;
-
 use livefeed_bridge::bitrix::bbcode;
 use livefeed_bridge::matrix::html;
 use livefeed_bridge::slack::mrkdwn;
@@ -21,9 +19,9 @@ fn assert_well_formed(doc: &Doc) {
         "parser output is not normalized"
     );
     assert!(
-        common::depth(doc) <= MAX_DEPTH,
+        livefeed_core::testing::depth(doc) <= MAX_DEPTH,
         "too deep: {}",
-        common::depth(doc)
+        livefeed_core::testing::depth(doc)
     );
 }
 

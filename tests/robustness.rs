@@ -2,8 +2,6 @@
 //! recursion, and come out no deeper than `MAX_DEPTH`. (Assertions are on structure; a
 //! quadratic parser would make these tests run for minutes.)
 
-mod common;
-
 use livefeed_bridge::bitrix::bbcode;
 use livefeed_bridge::matrix::html;
 use livefeed_bridge::slack::mrkdwn;
@@ -13,19 +11,19 @@ const N: usize = 100_000;
 
 fn bb(input: &str) -> Doc {
     let doc = bbcode::parse(input);
-    assert!(common::depth(&doc) <= MAX_DEPTH);
+    assert!(livefeed_core::testing::depth(&doc) <= MAX_DEPTH);
     doc
 }
 
 fn md(input: &str) -> Doc {
     let doc = mrkdwn::parse(input, &|_| None);
-    assert!(common::depth(&doc) <= MAX_DEPTH);
+    assert!(livefeed_core::testing::depth(&doc) <= MAX_DEPTH);
     doc
 }
 
 fn h(input: &str) -> Doc {
     let doc = html::parse(input);
-    assert!(common::depth(&doc) <= MAX_DEPTH);
+    assert!(livefeed_core::testing::depth(&doc) <= MAX_DEPTH);
     doc
 }
 
@@ -44,7 +42,7 @@ fn noise(alphabet: &[&str], len: usize, mut seed: u64) -> String {
 #[test]
 fn nested_bbcode_styles_are_capped() {
     let doc = bb(&format!("{}x{}", "[B]".repeat(N), "[/B]".repeat(N)));
-    assert_eq!(common::depth(&doc), MAX_DEPTH);
+    assert_eq!(livefeed_core::testing::depth(&doc), MAX_DEPTH);
     assert_eq!(doc.plain_text(), "x");
 
     // Never closed: the openers kept on the stack come back as text, the rest are flattened.
@@ -55,7 +53,7 @@ fn nested_bbcode_styles_are_capped() {
 #[test]
 fn nested_bbcode_quotes_are_capped() {
     let doc = bb(&format!("{}q{}", "[QUOTE]".repeat(N), "[/QUOTE]".repeat(N)));
-    assert_eq!(common::depth(&doc), MAX_DEPTH);
+    assert_eq!(livefeed_core::testing::depth(&doc), MAX_DEPTH);
     assert_eq!(doc.plain_text().trim_start_matches(['>', ' ']), "q");
     bb(&"[QUOTE]".repeat(N));
     bb(&"[/QUOTE]".repeat(N));
@@ -68,7 +66,7 @@ fn nested_bbcode_lists_are_capped() {
         "[LIST][*]".repeat(N),
         "[/LIST]".repeat(N)
     ));
-    assert_eq!(common::depth(&doc), MAX_DEPTH);
+    assert_eq!(livefeed_core::testing::depth(&doc), MAX_DEPTH);
     let mut blocks = doc.blocks;
     let mut levels = 0;
     while let [Block::List { items, .. }] = blocks.as_slice() {
@@ -159,7 +157,7 @@ fn mrkdwn_marker_floods() {
 fn mrkdwn_style_nesting_is_shallow() {
     // `*a *a *a … a* a* a*`: a style never opens inside itself.
     let doc = md(&format!("{}x{}", "*a ".repeat(N), " a*".repeat(N)));
-    assert!(common::depth(&doc) <= 1);
+    assert!(livefeed_core::testing::depth(&doc) <= 1);
 }
 
 #[test]

@@ -1,11 +1,13 @@
-//! Bitrix24 Live Feed BBCode ⇄ [`Doc`] (dialect: `contracts/bitrix24.md` §7).
+//! Bitrix24 Live Feed BBCode ⇄ [`Doc`] (dialect: `docs/platforms/bitrix24.md` §7).
 //!
 //! Parsing mirrors what the portal shows. Bitrix converts only *matched* tag pairs, so an opener
 //! without its closer (`[B]x`, `[QUOTE]…`), a closer without an opener and anything that is not a
 //! known tag (`[1]`, `[sic]`, `[b`) stay literal text. Two deliberate deviations:
-//! - Mismatched inline nesting (`[B][I]x[/B]y[/I]`) is repaired the way browsers repair HTML: the
-//!   inner style ends with the outer one and is reopened after it, so nothing leaks as literal tags.
-//! - Markup nested deeper than [`MAX_DEPTH`] is flattened: the surplus tags vanish, their text stays.
+//! - Mismatched inline nesting (`[B][I]x[/B]y[/I]`) is repaired the way browsers repair HTML:
+//!   the inner style ends with the outer one and is reopened after it, so nothing leaks as
+//!   literal tags.
+//! - Markup nested deeper than [`MAX_DEPTH`] is flattened: the surplus tags vanish, their
+//!   text stays.
 //!
 //! The parser is one left-to-right pass over the input with a stack of at most `MAX_DEPTH` open
 //! tags, and every look-ahead is bounded or cached, so hostile input costs linear time and the
@@ -399,6 +401,8 @@ impl<'a> Parser<'a> {
         self.push(Node::Text(text));
     }
 
+    // Long: one match over the dialect's whole tag table, so a reader sees every tag the feed
+    // can send in one place; split up, the table would scatter across helpers.
     /// Handle one tag; returns where scanning resumes.
     fn tag(&mut self, lexed: &Lexed<'_>, at: usize, end: usize) -> usize {
         let raw = &self.src[at..end];

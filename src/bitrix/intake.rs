@@ -1,6 +1,6 @@
 //! Poll intake: learns about feed changes by reading `log.blogpost.get`
-//! (docs/platforms/bitrix24.md §4.6, §6). An incoming webhook cannot subscribe to events, so polling is the mode that works
-//! everywhere without a public URL.
+//! (docs/platforms/bitrix24.md §4.6, §6). An incoming webhook cannot subscribe to events, so
+//! polling is the mode that works everywhere without a public URL.
 //!
 //! Each cycle reads the first page of the feed once per watched audience (`LOG_RIGHTS`; one
 //! `batch` request when there are several), ordered by last activity, and follows further pages

@@ -25,11 +25,15 @@ use {crate::bitrix, crate::matrix, crate::slack};
 /// A configuration problem with its position in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file.
     pub file: String,
     /// 1-based; 0 when the problem is not tied to a position (e.g. the file is missing).
     pub line: u64,
+    /// 1-based.
     pub column: u64,
+    /// What is wrong.
     pub message: String,
+    /// What to write instead.
     pub hint: Option<String>,
 }
 
@@ -54,32 +58,50 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 #[derive(Debug, Clone)]
+/// A validated `bridge.yaml`.
 pub struct Config {
+    /// Where it was read from.
     pub path: PathBuf,
+    /// `bitrix24:`.
     pub bitrix24: BitrixConfig,
+    /// `slack:`, if configured.
     pub slack: Option<SlackConfig>,
+    /// `matrix:`, if configured.
     pub matrix: Option<MatrixConfig>,
+    /// `store:`.
     pub store: StoreConfig,
+    /// `http:`.
     pub http: HttpConfig,
+    /// `mappings:`, in file order.
     pub mappings: Vec<Mapping>,
 }
 
 #[derive(Debug, Clone)]
+/// `store:`.
 pub struct StoreConfig {
+    /// The sled directory; must persist.
     pub path: PathBuf,
 }
 
 #[derive(Debug, Clone)]
+/// `http:`.
 pub struct HttpConfig {
+    /// Where `/healthz`, `/readyz`, `/metrics` and the sides' routes are served.
     pub listen: SocketAddr,
+    /// Larger requests get 413.
     pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
+/// One mapping: audiences to rooms.
 pub struct Mapping {
+    /// Unique.
     pub name: String,
+    /// Posts addressed to any of these are mirrored.
     pub audiences: Vec<Audience>,
+    /// Where (room ids as configured; aliases resolved at start).
     pub rooms: Vec<Room>,
+    /// Whether thread replies become feed comments.
     pub replies: bool,
 }
 

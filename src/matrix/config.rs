@@ -11,29 +11,37 @@ use crate::config::validate::{Optional, Str, Validator, check_scheme};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
+/// The `matrix:` section, validated.
 pub struct MatrixConfig {
     /// `https://matrix.example.org` (plain http only for loopback).
     pub homeserver: String,
     /// `@feedbot:example.org`
     pub user_id: String,
+    /// How the bot signs in.
     pub auth: MatrixAuth,
     /// Take part in encrypted rooms (device keys and a crypto store in the store directory).
     pub encryption: bool,
+    /// Longest wait for one answer.
     pub request_timeout: Duration,
     /// Long-poll timeout of `/sync`.
     pub sync_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
+/// How the bot signs in.
 pub enum MatrixAuth {
     /// An existing session: the token and the device it belongs to.
     Token {
+        /// The token.
         access_token: Secret,
+        /// The device it belongs to.
         device_id: String,
     },
     /// Log in once with the password; the session is then kept in the store.
     Password {
+        /// The bot's password.
         password: Secret,
+        /// The device id to create, if chosen.
         device_id: Option<String>,
     },
 }
@@ -92,50 +100,10 @@ pub(crate) fn validate(v: &Validator, raw: &RawMatrix) -> Result<MatrixConfig, C
             Some("write the bot's full id in quotes: \"@feedbot:example.org\"".into()),
         ));
     }
-    let token = v.expand_optional("matrix.access_token", raw.access_token.as_ref())?;
-    let password = v.expand_optional("matrix.password", raw.password.as_ref())?;
-    let device_id = match raw.device_id.as_ref() {
-        Some(d) => {
-            Some(v.expand("matrix.device_id", d)?.trim().to_string()).filter(|d| !d.is_empty())
-        }
-        None => None,
-    };
-    let auth = match (token, password) {
-        (Optional::Set(access_token), _) => {
-            let Some(device_id) = device_id else {
-                return Err(v.err(
-                    raw.access_token.as_ref().expect("set implies present"),
-                    "matrix.access_token needs matrix.device_id (the device the token belongs to)",
-                    Some("add device_id: the device id shown when the token was created (GET /_matrix/client/v3/account/whoami tells it)".into()),
-                ));
-            };
-            MatrixAuth::Token {
-                access_token: Secret::new(access_token),
-                device_id,
-            }
-        }
-        (Optional::Unset { .. }, Optional::Set(password)) => MatrixAuth::Password {
-            password: Secret::new(password),
-            device_id,
-        },
-        (Optional::Unset { unset_var: a }, Optional::Unset { unset_var: p }) => {
-            let named: Vec<String> = [a, p].into_iter().flatten().collect();
-            let detail = if named.is_empty() {
-                String::new()
-            } else {
-                format!(" (unset: {})", named.join(", "))
-            };
-            return Err(v.err(
-                &raw.user_id,
-                format!("matrix: neither access_token nor password is set{detail}"),
-                Some("set access_token: ${MATRIX_ACCESS_TOKEN} with device_id, or password: ${MATRIX_PASSWORD}".into()),
-            ));
-        }
-    };
     Ok(MatrixConfig {
         homeserver: hs.as_str().trim_end_matches('/').to_string(),
         user_id,
-        auth,
+        auth: auth(v, raw)?,
         encryption: raw.encryption.unwrap_or(true),
         request_timeout: v.duration(
             "matrix.request_timeout",
@@ -148,6 +116,50 @@ pub(crate) fn validate(v: &Validator, raw: &RawMatrix) -> Result<MatrixConfig, C
             Duration::from_secs(30),
         )?,
     })
+}
+
+/// An access token with its device, else a password (with an optional device id).
+fn auth(v: &Validator, raw: &RawMatrix) -> Result<MatrixAuth, ConfigError> {
+    let token = v.expand_optional("matrix.access_token", raw.access_token.as_ref())?;
+    let password = v.expand_optional("matrix.password", raw.password.as_ref())?;
+    let device_id = match raw.device_id.as_ref() {
+        Some(d) => {
+            Some(v.expand("matrix.device_id", d)?.trim().to_string()).filter(|d| !d.is_empty())
+        }
+        None => None,
+    };
+    match (token, password) {
+        (Optional::Set(access_token), _) => {
+            let Some(device_id) = device_id else {
+                return Err(v.err(
+                    raw.access_token.as_ref().expect("set implies present"),
+                    "matrix.access_token needs matrix.device_id (the device the token belongs to)",
+                    Some("add device_id: the device id shown when the token was created (GET /_matrix/client/v3/account/whoami tells it)".into()),
+                ));
+            };
+            Ok(MatrixAuth::Token {
+                access_token: Secret::new(access_token),
+                device_id,
+            })
+        }
+        (Optional::Unset { .. }, Optional::Set(password)) => Ok(MatrixAuth::Password {
+            password: Secret::new(password),
+            device_id,
+        }),
+        (Optional::Unset { unset_var: a }, Optional::Unset { unset_var: p }) => {
+            let named: Vec<String> = [a, p].into_iter().flatten().collect();
+            let detail = if named.is_empty() {
+                String::new()
+            } else {
+                format!(" (unset: {})", named.join(", "))
+            };
+            Err(v.err(
+                &raw.user_id,
+                format!("matrix: neither access_token nor password is set{detail}"),
+                Some("set access_token: ${MATRIX_ACCESS_TOKEN} with device_id, or password: ${MATRIX_PASSWORD}".into()),
+            ))
+        }
+    }
 }
 
 /// Validate a mapping's Matrix target: a room id or alias.

@@ -1,8 +1,8 @@
 //! Matrix message formats ⇄ [`Doc`]: `formatted_body` HTML (`org.matrix.custom.html`) and the
 //! plain `body` every event also carries.
 //!
-//! Rendering emits only tags from the Matrix spec's recommended set (client-server API, "m.room.message
-//! msgtypes"), so every client shows the same thing. Images become links: Matrix `<img>` only
+//! Rendering emits only tags from the Matrix spec's recommended set (client-server API,
+//! "m.room.message msgtypes"), so every client shows the same thing. Images become links: Matrix `<img>` only
 //! loads `mxc://` URLs and the feed's are `https://`.
 //!
 //! Parsing is a small, forgiving HTML reader, not a browser: it builds a bounded tree (nesting
@@ -340,6 +340,9 @@ struct Open {
     children: Vec<Node>,
 }
 
+/// Read HTML into a tree of nodes, forgiving and bounded (nesting capped, scans linear).
+// Long: one tokenizer loop whose states (text, tag, entity, comment) share the open-element
+// stack; splitting it would pass that stack through every helper.
 fn build_tree(html: &str) -> Vec<Node> {
     let mut stack: Vec<Open> = vec![Open {
         name: String::new(),

@@ -1,8 +1,9 @@
 //! Matrix intake: `/sync` as the bot, thread replies → chat events.
 //!
 //! The sync token lives in the bridge's store and advances only in the same transaction that
-//! journals what the sync brought (ARCHITECTURE.md, "Accept durably, then acknowledge"): a crash replays at most one sync, and a
-//! restart neither replays history nor misses what happened while the bridge was down. The
+//! journals what the sync brought (ARCHITECTURE.md, "Accept durably, then acknowledge"): a
+//! crash replays at most one sync, and a restart neither replays history nor misses what
+//! happened while the bridge was down. The
 //! first sync only sets the token. A timeline the server cut short (`limited`) is filled in by
 //! paging back with `/messages` to the events already seen.
 //!

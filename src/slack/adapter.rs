@@ -1,6 +1,6 @@
 //! The Slack side of the engine: root messages for feed posts (docs/platforms/slack.md
-//! §2.2–2.4, §2.8). Each root message carries the post id in its `metadata`, which is how reconciliation
-//! recognises a message the bridge sent just before it stopped.
+//! §2.2–2.4, §2.8). Each root message carries the post id in its `metadata`, which is how
+//! reconciliation recognises a message the bridge sent just before it stopped.
 
 use std::time::Duration;
 

@@ -12,18 +12,26 @@ use crate::secret::Secret;
 use crate::upstream::ratelimit::RateLimit;
 
 #[derive(Debug, Clone)]
+/// The `slack:` section, validated.
 pub struct SlackConfig {
+    /// `xoxb-…`.
     pub bot_token: Secret,
+    /// How events reach the bridge.
     pub intake: SlackIntake,
+    /// The Web API's base URL.
     pub api_base: String,
     /// Pacing of `chat.postMessage` per channel; `None` = unpaced.
     pub post_rate: Option<RateLimit>,
+    /// Longest wait for one answer.
     pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
+/// How Slack events reach the bridge.
 pub enum SlackIntake {
+    /// Socket Mode with the app-level token (`xapp-…`): no public URL.
     SocketMode { app_token: Secret },
+    /// The Events API on `http.listen`, verified with the signing secret.
     EventsApi { signing_secret: Secret },
 }
 
@@ -59,9 +67,31 @@ pub(crate) fn validate(v: &Validator, raw: &RawSlack) -> Result<SlackConfig, Con
             Some("use the Bot User OAuth Token from the app's OAuth & Permissions page".into()),
         ));
     }
+    Ok(SlackConfig {
+        bot_token: Secret::new(bot_token),
+        intake: intake(v, raw)?,
+        api_base: api_base(v, raw.api_base.as_ref())?,
+        post_rate: v.rate(
+            "slack.post_rate",
+            raw.post_rate.as_ref(),
+            RateLimit {
+                per_second: 1.0,
+                burst: 3,
+            },
+        ),
+        request_timeout: v.duration(
+            "slack.request_timeout",
+            raw.request_timeout.as_ref(),
+            Duration::from_secs(30),
+        )?,
+    })
+}
+
+/// Socket Mode when an app token is set, else the Events API when a signing secret is.
+fn intake(v: &Validator, raw: &RawSlack) -> Result<SlackIntake, ConfigError> {
     let app = v.expand_optional("slack.app_token", raw.app_token.as_ref())?;
     let signing = v.expand_optional("slack.signing_secret", raw.signing_secret.as_ref())?;
-    let intake = match (app, signing) {
+    match (app, signing) {
         (Optional::Set(token), _) => {
             if !token.starts_with("xapp-") {
                 let at = raw.app_token.as_ref().expect("set implies present");
@@ -71,13 +101,13 @@ pub(crate) fn validate(v: &Validator, raw: &RawSlack) -> Result<SlackConfig, Con
                     Some("create an App-Level Token with the connections:write scope under Basic Information".into()),
                 ));
             }
-            SlackIntake::SocketMode {
+            Ok(SlackIntake::SocketMode {
                 app_token: Secret::new(token),
-            }
+            })
         }
-        (Optional::Unset { .. }, Optional::Set(secret)) => SlackIntake::EventsApi {
+        (Optional::Unset { .. }, Optional::Set(secret)) => Ok(SlackIntake::EventsApi {
             signing_secret: Secret::new(secret),
-        },
+        }),
         (Optional::Unset { unset_var: a }, Optional::Unset { unset_var: s }) => {
             let named: Vec<String> = [a, s].into_iter().flatten().collect();
             let detail = if named.is_empty() {
@@ -85,14 +115,18 @@ pub(crate) fn validate(v: &Validator, raw: &RawSlack) -> Result<SlackConfig, Con
             } else {
                 format!(" (unset: {})", named.join(", "))
             };
-            return Err(v.err(
+            Err(v.err(
                 &raw.bot_token,
                 format!("slack: neither app_token nor signing_secret is set{detail}"),
                 Some("set app_token: ${SLACK_APP_TOKEN} for Socket Mode (recommended, no public URL), or signing_secret: ${SLACK_SIGNING_SECRET} for the Events API on http.listen".into()),
-            ));
+            ))
         }
-    };
-    let api_base = match &raw.api_base {
+    }
+}
+
+/// `slack.api_base` (tests point it at the sandbox), ending in `/`.
+fn api_base(v: &Validator, raw: Option<&Str>) -> Result<String, ConfigError> {
+    Ok(match raw {
         None => "https://slack.com/api/".to_string(),
         Some(s) => {
             let text = v.expand("slack.api_base", s)?;
@@ -116,24 +150,6 @@ pub(crate) fn validate(v: &Validator, raw: &RawSlack) -> Result<SlackConfig, Con
             }
             base
         }
-    };
-    Ok(SlackConfig {
-        bot_token: Secret::new(bot_token),
-        intake,
-        api_base,
-        post_rate: v.rate(
-            "slack.post_rate",
-            raw.post_rate.as_ref(),
-            RateLimit {
-                per_second: 1.0,
-                burst: 3,
-            },
-        ),
-        request_timeout: v.duration(
-            "slack.request_timeout",
-            raw.request_timeout.as_ref(),
-            Duration::from_secs(30),
-        )?,
     })
 }
 

@@ -1,4 +1,4 @@
-//! Slack mrkdwn ⇄ [`Doc`] (rules: `contracts/slack.md` §6).
+//! Slack mrkdwn ⇄ [`Doc`] (rules: `docs/platforms/slack.md` §6).
 //!
 //! Slack only recognises a style marker at a word boundary: `*bold*` renders, `a*bold*b` does
 //! not. When a marker would touch a letter, digit or another marker, the renderer puts a
@@ -567,6 +567,9 @@ impl Parser<'_> {
     }
 
     /// One line of inline markup. Styles never span lines in Slack.
+    ///
+    /// Long: one pass over the line's markers keeps the open-style stack local, which is what
+    /// keeps the scan linear.
     ///
     /// A marker opens when it follows a non-alphanumeric character (or the line start) and
     /// precedes a non-space; it closes when it follows a non-space and precedes a

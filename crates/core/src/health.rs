@@ -22,7 +22,8 @@ pub struct SideHealth {
 }
 
 #[derive(Debug, Default)]
-/// Every side's health, keyed by the side's platform name. Shared by intakes, clients and the engine.
+/// Every side's health, keyed by the side's platform name. Shared by intakes, clients and the
+/// engine.
 pub struct Health {
     sides: Mutex<BTreeMap<String, SideHealth>>,
 }

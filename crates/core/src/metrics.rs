@@ -36,7 +36,8 @@ pub struct ApiLabels {
     pub platform: String,
     /// The API method or endpoint name.
     pub method: String,
-    /// `ok` or the class of the failure (`rate_limited`, `server_error`, `network_error`, `auth_error`, `error`).
+    /// `ok` or the class of the failure (`rate_limited`, `server_error`, `network_error`,
+    /// `auth_error`, `error`).
     pub outcome: String,
 }
 

@@ -1,4 +1,4 @@
-//! The one rich-text document in the middle (DESIGN.md §1).
+//! The one rich-text document in the middle (ARCHITECTURE.md, "One text model in the middle").
 //!
 //! Every platform format converts to and from [`Doc`]: BBCode (Bitrix24), mrkdwn (Slack),
 //! HTML + plain body (Matrix). The converters live in the adapters and are pure functions; this

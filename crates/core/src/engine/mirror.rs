@@ -16,23 +16,9 @@ impl Inner {
             return Ok(());
         };
         let chat = self.chat(&room.platform)?;
-        let platform = room.platform.as_str();
         let mirror = self.store.mirror(post, room).map_err(store_failure)?;
         if record.deleted {
-            match mirror {
-                Some(mut m) if !m.deleted => {
-                    chat.delete_message(&room.id, &m.message_id).await?;
-                    m.deleted = true;
-                    self.store
-                        .put_mirror(post, room, &m)
-                        .map_err(store_failure)?;
-                    self.metrics.effect(platform, "delete", "ok");
-                    info!(%post, %room, "mirror deleted");
-                }
-                Some(_) => {}
-                None => self.delete_unrecorded(post, room, chat.as_ref()).await?,
-            }
-            return Ok(());
+            return self.delete_mirror(post, room, chat.as_ref(), mirror).await;
         }
         let comments = record
             .post
@@ -50,52 +36,88 @@ impl Inner {
         };
         let hash = content_hash(&(&msg.author, &msg.doc));
         match mirror {
-            None => {
-                let key = post_intent_key(post, room);
-                let (message_id, reconciled) = match self.begin(&key).await? {
-                    Begin::Send => (chat.send_root(&room.id, &msg).await?, false),
-                    Begin::Reconcile { since_ms } => {
-                        let id = match chat.find_root(&room.id, post, since_ms).await? {
-                            Some(found) => {
-                                info!(%post, %room, "found the root message sent before");
-                                found
-                            }
-                            // A platform that deduplicates sends may return the earlier one.
-                            None => chat.send_root(&room.id, &msg).await?,
-                        };
-                        (id, true)
-                    }
-                };
-                crate::crashpoint::hit("engine.sent");
-                // A message sent before a stop shows the post as it was then, which an edit
-                // since may have changed: recorded as unknown content, it is edited below (and
-                // by the retry, if that edit fails).
-                let mirror = Mirror {
-                    message_id,
-                    content_hash: if reconciled { UNKNOWN_CONTENT } else { hash },
-                    deleted: false,
-                };
-                self.store
-                    .record_mirror(post, room, &mirror, &key)
-                    .map_err(store_failure)?;
-                self.set_intent_state(&key, None);
-                crate::crashpoint::hit("engine.recorded");
-                self.metrics.effect(platform, "post", "ok");
-                info!(%post, %room, message = %mirror.message_id, "post mirrored");
-                if reconciled {
-                    self.edit_mirror(post, room, chat.as_ref(), mirror, &msg, hash)
-                        .await?;
-                }
-            }
-            Some(m) if m.deleted || m.content_hash == hash => {}
+            None => self.create_mirror(room, chat.as_ref(), &msg, hash).await,
+            Some(m) if m.deleted || m.content_hash == hash => Ok(()),
             Some(m) => {
                 self.edit_mirror(post, room, chat.as_ref(), m, &msg, hash)
-                    .await?
+                    .await
             }
+        }
+    }
+
+    /// Send the root message, guarded by an intent: a send that may have happened before a
+    /// stop is looked for first.
+    async fn create_mirror(
+        &self,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+        msg: &RootMessage,
+        hash: u64,
+    ) -> Result<(), Failure> {
+        let post = msg.post;
+        let key = post_intent_key(post, room);
+        let (message_id, reconciled) = match self.begin(&key).await? {
+            Begin::Send => (chat.send_root(&room.id, msg).await?, false),
+            Begin::Reconcile { since_ms } => {
+                let id = match chat.find_root(&room.id, post, since_ms).await? {
+                    Some(found) => {
+                        info!(%post, %room, "found the root message sent before");
+                        found
+                    }
+                    // A platform that deduplicates sends may return the earlier one.
+                    None => chat.send_root(&room.id, msg).await?,
+                };
+                (id, true)
+            }
+        };
+        crate::crashpoint::hit("engine.sent");
+        // A message sent before a stop shows the post as it was then, which an edit since may
+        // have changed: recorded as unknown content, it is edited below (and by the retry, if
+        // that edit fails).
+        let mirror = Mirror {
+            message_id,
+            content_hash: if reconciled { UNKNOWN_CONTENT } else { hash },
+            deleted: false,
+        };
+        self.store
+            .record_mirror(post, room, &mirror, &key)
+            .map_err(store_failure)?;
+        self.set_intent_state(&key, None);
+        crate::crashpoint::hit("engine.recorded");
+        self.metrics.effect(room.platform.as_str(), "post", "ok");
+        info!(%post, %room, message = %mirror.message_id, "post mirrored");
+        if reconciled {
+            self.edit_mirror(post, room, chat, mirror, msg, hash)
+                .await?;
         }
         Ok(())
     }
 
+    /// The post is gone: delete its message in `room`, recorded or not.
+    async fn delete_mirror(
+        &self,
+        post: PostId,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+        mirror: Option<Mirror>,
+    ) -> Result<(), Failure> {
+        match mirror {
+            Some(mut m) if !m.deleted => {
+                chat.delete_message(&room.id, &m.message_id).await?;
+                m.deleted = true;
+                self.store
+                    .put_mirror(post, room, &m)
+                    .map_err(store_failure)?;
+                self.metrics.effect(room.platform.as_str(), "delete", "ok");
+                info!(%post, %room, "mirror deleted");
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => self.delete_unrecorded(post, room, chat).await,
+        }
+    }
+
+    /// Bring a recorded message up to the post's latest content.
     pub(super) async fn edit_mirror(
         &self,
         post: PostId,

@@ -7,7 +7,7 @@ use tracing::{debug, info};
 
 use super::{Begin, Inner, store_failure};
 use crate::layout::{attributed_comment, content_hash};
-use crate::model::{ChatEvent, Failure, Person, ReplyId, Room, ThreadId};
+use crate::model::{ChatEvent, Failure, Person, PostId, ReplyId, Room, ThreadId};
 use crate::richtext::Doc;
 use crate::store::{CommentRecord, comment_intent_key};
 
@@ -63,6 +63,7 @@ impl Inner {
         }
     }
 
+    /// Write a reply as a comment on its thread's post, once, guarded by an intent.
     pub(super) async fn add_comment(
         &self,
         room: &Room,
@@ -71,48 +72,9 @@ impl Inner {
         author: &Person,
         body: &Doc,
     ) -> Result<(), Failure> {
-        if !self.router.replies_enabled(room) {
-            debug!(%room, "replies are off for this room; reply ignored");
-            return Ok(());
-        }
-        if self
-            .store
-            .comment_for_reply(room, reply)
-            .map_err(store_failure)?
-            .is_some()
-        {
-            return Ok(());
-        }
-        if self
-            .store
-            .reply_tombstoned(room, reply)
-            .map_err(store_failure)?
-        {
-            debug!(%room, %reply, "reply deleted before it arrived; not bridged");
-            return Ok(());
-        }
-        let Some(post) = self
-            .store
-            .post_for_thread(room, thread)
-            .map_err(store_failure)?
-        else {
-            if self.store.has_post_intent_in(room).map_err(store_failure)? {
-                // The root may be one the bridge is sending right now; wait for its record.
-                return Err(Failure::retry_after(
-                    "thread root not recorded yet",
-                    Duration::from_millis(200),
-                ));
-            }
-            debug!(%room, %thread, "reply in a thread the bridge did not start; ignored");
+        let Some(post) = self.comment_target(room, thread, reply).await? else {
             return Ok(());
         };
-        match self.store.post(post).map_err(store_failure)? {
-            Some(rec) if !rec.deleted => {}
-            _ => {
-                debug!(%post, "reply to a deleted post; ignored");
-                return Ok(());
-            }
-        }
         let doc = attributed_comment(author, self.chat(&room.platform)?.display_name(), body);
         let key = comment_intent_key(room, reply);
         let comment = match self.begin(&key).await? {
@@ -146,6 +108,52 @@ impl Inner {
         Ok(())
     }
 
+    /// The live post a new reply should be a comment on; `None` when it should not become
+    /// one (replies off, already written, deleted before it arrived, not a bridged thread, the
+    /// post is gone).
+    async fn comment_target(
+        &self,
+        room: &Room,
+        thread: &ThreadId,
+        reply: &ReplyId,
+    ) -> Result<Option<PostId>, Failure> {
+        if !self.router.replies_enabled(room) {
+            debug!(%room, "replies are off for this room; reply ignored");
+            return Ok(None);
+        }
+        let store = &self.store;
+        if store
+            .comment_for_reply(room, reply)
+            .map_err(store_failure)?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        if store.reply_tombstoned(room, reply).map_err(store_failure)? {
+            debug!(%room, %reply, "reply deleted before it arrived; not bridged");
+            return Ok(None);
+        }
+        let Some(post) = store.post_for_thread(room, thread).map_err(store_failure)? else {
+            if store.has_post_intent_in(room).map_err(store_failure)? {
+                // The root may be one the bridge is sending right now; wait for its record.
+                return Err(Failure::retry_after(
+                    "thread root not recorded yet",
+                    Duration::from_millis(200),
+                ));
+            }
+            debug!(%room, %thread, "reply in a thread the bridge did not start; ignored");
+            return Ok(None);
+        };
+        match store.post(post).map_err(store_failure)? {
+            Some(rec) if !rec.deleted => Ok(Some(post)),
+            _ => {
+                debug!(%post, "reply to a deleted post; ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Delete a reply's comment and forget it.
     pub(super) async fn remove_comment(
         &self,
         room: &Room,
