@@ -330,6 +330,9 @@ impl Running {
         if let Err(e) = self.store.sync().await {
             warn!(error = %e, "final store flush failed");
         }
+        if let Err(e) = self.store.close_cleanly() {
+            warn!(error = %e, "cannot mark the store closed");
+        }
         info!("livefeed-bridge stopped");
     }
 

@@ -91,6 +91,7 @@ pub async fn run(config: &Config, target: Option<Target>) -> Result<Outcome, Dea
 fn local(store: &Store, target: Option<Target>) -> Result<Outcome, DeadLetterError> {
     let letters = store.dead_letters()?;
     let Some(target) = target else {
+        store.close_cleanly()?;
         return Ok(Outcome::Listed(
             letters
                 .into_iter()
@@ -116,6 +117,7 @@ fn local(store: &Store, target: Option<Target>) -> Result<Outcome, DeadLetterErr
         }
     }
     store.flush_blocking()?;
+    store.close_cleanly()?;
     Ok(Outcome::Retried { retried, missing })
 }
 

@@ -51,8 +51,17 @@ pub fn router(state: HttpState, extra: Vec<Router>, max_body: usize) -> Router {
 async fn ready(State(s): State<HttpState>) -> Response {
     let sides = s.health.snapshot();
     let ready = !sides.is_empty() && sides.values().all(|h| h.connected);
+    // Degraded still serves (200): it holds something back for an operator, which alerts
+    // should catch through `status`.
+    let degraded = sides.values().any(|h| h.degraded.is_some());
+    let status = match (ready, degraded) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
     let body = json!({
         "ready": ready,
+        "status": status,
         "sides": sides,
         "journal_depth": s.store.journal_depth(),
         "dead_letters": s.store.dead_letter_count(),

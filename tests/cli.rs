@@ -50,6 +50,27 @@ mappings:
     slack: { channel: C0123456789 }
 ";
 
+/// The shipped binary carries no fakes: the demo is the sandbox crate's own binary.
+#[tokio::test]
+async fn help_lists_the_operator_commands_only() {
+    let out = bin().arg("--help").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out);
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("a commands section")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .take_while(|w| !w.ends_with(':'))
+        .collect();
+    assert_eq!(
+        commands,
+        ["run", "check", "dead-letters", "version", "help"],
+        "{help}"
+    );
+}
+
 #[tokio::test]
 async fn a_valid_file_passes_offline_check() {
     let (out, _) = with_config(VALID, &["check", "--offline"]).await;

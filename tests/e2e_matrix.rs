@@ -486,3 +486,119 @@ async fn a_room_the_bot_was_removed_from_is_a_dead_letter_and_the_rest_flows() {
     root_of(&w, group_post, &dev_room, 1).await;
     assert_eq!(store.dead_letter_count(), 1);
 }
+
+/// The latest replacement body of `root` as Alice sees it.
+fn latest_edit(w: &World, room: &matrix_sdk::ruma::OwnedRoomId, root: &OwnedEventId) -> String {
+    let m = w.m();
+    let edits: Vec<_> = m
+        .alice
+        .messages(room, &m.bot)
+        .into_iter()
+        .filter(|e| replaces(e).as_ref() == Some(root))
+        .collect();
+    match edits.last().map(|e| &e.content.relates_to) {
+        Some(Some(Relation::Replacement(r))) => match &r.new_content.msgtype {
+            MessageType::Text(t) => t.body.clone(),
+            other => panic!("{other:?}"),
+        },
+        _ => String::new(),
+    }
+}
+
+/// An edit back to an earlier text reaches the room: each edit has its own transaction id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_back_to_an_earlier_text_reaches_the_room() {
+    let hs = homeserver!("an_edit_back_to_an_earlier_text_reaches_the_room");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.start().await;
+    let post = w.post_all("Versions", "v1");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await.event_id;
+    for (n, text) in ["v2", "v3", "v2"].into_iter().enumerate() {
+        w.portal.update_post(post, Some("Versions".into()), text);
+        let m = w.m();
+        let bot = m.bot.clone();
+        m.alice
+            .wait(&format!("edit {} ({text})", n + 1), |p| {
+                p.messages(&room, &bot)
+                    .iter()
+                    .filter(|e| replaces(e).as_ref() == Some(&root))
+                    .count()
+                    > n
+            })
+            .await;
+        w.settle().await;
+    }
+    let body = latest_edit(&w, &room, &root);
+    assert!(body.contains("v2") && !body.contains("v3"), "{body}");
+    let m = w.m();
+    let edits = m
+        .alice
+        .messages(&room, &m.bot)
+        .into_iter()
+        .filter(|e| replaces(e).as_ref() == Some(&root))
+        .count();
+    assert_eq!(edits, 3, "three edits, none swallowed");
+}
+
+/// A gap longer than one sync timeline (150 room events while the bridge was down) loses
+/// nothing: the limited sync pages back to the early reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_of_150_events_loses_no_reply() {
+    let hs = homeserver!("a_gap_of_150_events_loses_no_reply");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.start().await;
+    let post = w.post_all("Busy room", "reply below");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await.event_id;
+    w.settle().await;
+    w.stop().await;
+    let m = w.m();
+    m.alice
+        .thread_reply(&room, &root, "early in the gap", "early in the gap")
+        .await;
+    for i in 0..150 {
+        m.alice.top_level(&room, &format!("chatter {i}")).await;
+    }
+    m.alice
+        .thread_reply(&room, &root, "late in the gap", "late in the gap")
+        .await;
+    w.start().await;
+    let comments = w.wait_comments(post, 2).await;
+    assert_eq!(
+        comments,
+        vec![
+            "[B]Alice Liddell[/B] (Matrix): early in the gap",
+            "[B]Alice Liddell[/B] (Matrix): late in the gap",
+        ]
+    );
+    w.settle().await;
+    assert_eq!(w.comments(post).len(), 2, "each reply once");
+}
+
+/// A person (the room's admin) redacts the bot's root: the post is detached from the room,
+/// later edits send nothing there, and no dead letter piles up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_redacted_by_a_person_detaches_the_post() {
+    let hs = homeserver!("a_root_redacted_by_a_person_detaches_the_post");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.start().await;
+    let post = w.post_all("Detach me", "v1");
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await.event_id;
+    w.m().alice.redact(&room, &root).await;
+    w.settle().await;
+    w.portal.update_post(post, Some("Detach me".into()), "v2");
+    w.settle().await;
+    w.settle().await;
+    let m = w.m();
+    let edits = m
+        .alice
+        .messages(&room, &m.bot)
+        .into_iter()
+        .filter(|e| replaces(e).as_ref() == Some(&root))
+        .count();
+    assert_eq!(edits, 0, "no edit of a message a person removed");
+    let (_, body) = w.readyz().await;
+    assert_eq!(body["dead_letters"], 0, "{body}");
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use livefeed_sandbox::bitrix::NewPost;
 use livefeed_sandbox::slack::{Fault as SlackFault, FaultKind as SlackFaultKind, SignMode};
 use serde_json::Value;
-use support::{Setup, WAIT, World};
+use support::{Setup, World};
 
 fn base(w: &World) -> String {
     format!("http://{}", w.running.as_ref().expect("running").http_addr)
@@ -25,27 +25,11 @@ async fn get(url: &str) -> (u16, String) {
 }
 
 async fn readyz(w: &World) -> (u16, Value) {
-    let (status, body) = get(&format!("{}/readyz", base(w))).await;
-    (
-        status,
-        serde_json::from_str(&body).expect("/readyz is JSON"),
-    )
+    w.readyz().await
 }
 
-/// Poll `/readyz` until `pred` holds (or fail after [`WAIT`]).
 async fn wait_readyz(w: &World, what: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, body) = readyz(w).await;
-        if pred(status, &body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: /readyz stayed {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.wait_readyz(what, pred).await
 }
 
 /// Run `livefeed-bridge dead-letters …` against the running bridge's store. The bridge holds the

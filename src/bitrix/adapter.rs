@@ -13,6 +13,7 @@ use crate::upstream::Repeat;
 use livefeed_core::adapters::{BoxFuture, FeedAdapter};
 use livefeed_core::model::{CommentId, Failure, Platform, PostId};
 use livefeed_core::richtext::Doc;
+use livefeed_core::store::{Store, now_ms};
 
 /// How far back reconciliation looks before an intent's start (clock skew, slow requests).
 const RECONCILE_SLACK: Duration = Duration::from_secs(300);
@@ -20,12 +21,42 @@ const RECONCILE_SLACK: Duration = Duration::from_secs(300);
 /// Comments on feed posts, written and deleted as the webhook's user.
 pub struct BitrixFeed {
     client: BitrixClient,
+    /// The bridge's own records: which comment is on which post, and which feed entry
+    /// (`log_id`) is which post, learned from them.
+    store: Store,
+}
+
+/// A "Duplicate comment" answer refers to a comment the bridge wrote moments ago (a retry of a
+/// call whose answer was lost); an identical comment older than this is not adopted.
+const DUPLICATE_WINDOW_MS: i64 = 3600 * 1000;
+
+/// What the bridge knows when it looks for its comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evidence {
+    /// Only that a write may have happened (an intent was open).
+    MayHaveIt,
+    /// The portal answered "Duplicate comment": the post has this text as the bridge user's
+    /// latest comment.
+    PostHasIt,
+}
+
+/// One of the bridge user's own comments, as `log.blogcomment.user.get` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OwnComment {
+    comment: CommentId,
+    /// The feed entry the comment is on (not the post id).
+    log_id: Option<u64>,
+    /// The post, where the portal says (older servers).
+    post: Option<PostId>,
+    text: String,
+    /// Unix seconds.
+    date: Option<i64>,
 }
 
 impl BitrixFeed {
-    /// Comments through `client`.
-    pub fn new(client: BitrixClient) -> Self {
-        BitrixFeed { client }
+    /// Comments through `client`; `store` holds the bridge's records.
+    pub fn new(client: BitrixClient, store: Store) -> Self {
+        BitrixFeed { client, store }
     }
 
     async fn add(&self, post: PostId, doc: &Doc) -> Result<CommentId, Failure> {
@@ -40,22 +71,34 @@ impl BitrixFeed {
                 .map(CommentId)
                 .ok_or_else(|| Failure::transient("log.blogcomment.add returned no comment id")),
             // Our latest comment on this post already says exactly this: it was added before.
-            Err(e) if e.says("Duplicate comment") => match self.find(post, doc, 0).await? {
-                Some(id) => Ok(id),
-                None => Err(Failure::permanent(
-                    "Bitrix24 reports a duplicate comment the bridge cannot find among its own",
-                )),
-            },
+            Err(e) if e.says("Duplicate comment") => {
+                let since = now_ms() - DUPLICATE_WINDOW_MS;
+                match self.find(post, doc, since, Evidence::PostHasIt).await? {
+                    Some(id) => Ok(id),
+                    None => Err(Failure::permanent(
+                        "Bitrix24 reports a duplicate comment the bridge cannot find among its own",
+                    )),
+                }
+            }
             Err(e) => Err(comment_failure(&e)),
         }
     }
 
-    /// The bridge user's own comments, newest first, matched on exact text.
+    /// The bridge user's comment with this text on `post`, written since `since_ms` and not
+    /// yet recorded for another reply (docs/platforms/bitrix24.md §4.9).
+    ///
+    /// The list names each comment's feed entry (`log_id`), not its post. Comments the
+    /// bridge recorded tell which entry is which post; those learned pairs are kept. A comment
+    /// is adopted when its entry is known to be `post` (or the portal names the post). While
+    /// the post's entry is unknown, nothing is adopted on text alone: the same text on another
+    /// post must never be taken. Only when the portal itself said the post has this comment
+    /// ("Duplicate comment") is the one unrecorded candidate on an unknown entry taken.
     async fn find(
         &self,
         post: PostId,
         doc: &Doc,
         since_ms: i64,
+        evidence: Evidence,
     ) -> Result<Option<CommentId>, Failure> {
         let text = bbcode::render(doc);
         let resp = self
@@ -67,40 +110,88 @@ impl BitrixFeed {
             )
             .await
             .map_err(|e| e.to_failure())?;
-        // Older servers used upper-case keys.
-        let comments = resp
-            .result
-            .get("comments")
-            .or_else(|| resp.result.get("COMMENTS"))
-            .map(as_list)
-            .unwrap_or_default();
+        let comments = own_comments(&resp.result);
+        self.learn_entries(&comments);
         let since = (since_ms - RECONCILE_SLACK.as_millis() as i64) / 1000;
-        let found = comments
-            .into_iter()
-            .filter(|c| {
-                let field = |k: &str| c.get(k).or_else(|| c.get(k.to_uppercase().as_str()));
-                let same_text =
-                    field("text").map(value_text).as_deref().map(str::trim) == Some(text.trim());
-                // `post_id` only on older servers; `log_id` is a feed entry id, not the post's.
-                let same_post = field("post_id")
-                    .and_then(as_u64)
-                    .is_none_or(|p| p == post.0);
-                let recent = since <= 0
-                    || field("date")
-                        .map(value_text)
-                        .and_then(|d| parse_date(&d))
-                        .is_none_or(|t| t >= since);
-                same_text && same_post && recent
-            })
-            .filter_map(|c| {
-                c.get("comment_id")
-                    .or_else(|| c.get("COMMENT_ID"))
-                    .and_then(as_u64)
-            })
+        let candidates: Vec<&OwnComment> = comments
+            .iter()
+            .filter(|c| c.text.trim() == text.trim())
+            .filter(|c| c.date.is_none_or(|d| d >= since))
+            .filter(|c| matches!(self.store.post_of_comment(c.comment), Ok(None)))
+            .collect();
+        let post_of = |c: &OwnComment| -> Option<PostId> {
+            c.post.or_else(|| c.log_id.and_then(|l| self.entry_post(l)))
+        };
+        let on_post: Option<CommentId> = candidates
+            .iter()
+            .filter(|c| post_of(c) == Some(post))
+            .map(|c| c.comment)
             .max();
-        debug!(%post, found = ?found, "looked for the bridge's own comment");
-        Ok(found.map(CommentId))
+        let found = on_post.or_else(|| {
+            let unknown: Vec<&&OwnComment> =
+                candidates.iter().filter(|c| post_of(c).is_none()).collect();
+            match (evidence, self.post_entry_known(post), unknown.as_slice()) {
+                (Evidence::PostHasIt, false, [only]) => Some(only.comment),
+                _ => None,
+            }
+        });
+        debug!(%post, found = ?found, candidates = candidates.len(), "looked for the bridge's own comment");
+        Ok(found)
     }
+
+    /// Remember which feed entry is which post, from the comments the bridge has recorded.
+    fn learn_entries(&self, comments: &[OwnComment]) {
+        for c in comments {
+            let (Some(log_id), Ok(Some(post))) = (c.log_id, self.store.post_of_comment(c.comment))
+            else {
+                continue;
+            };
+            let _ = self.store.put_cursor(&entry_key(log_id), &post.0);
+            let _ = self.store.put_cursor(&post_entry_key(post), &log_id);
+        }
+    }
+
+    fn entry_post(&self, log_id: u64) -> Option<PostId> {
+        self.store
+            .cursor::<u64>(&entry_key(log_id))
+            .ok()
+            .flatten()
+            .map(PostId)
+    }
+
+    fn post_entry_known(&self, post: PostId) -> bool {
+        matches!(self.store.cursor::<u64>(&post_entry_key(post)), Ok(Some(_)))
+    }
+}
+
+fn entry_key(log_id: u64) -> String {
+    format!("{}/entry/{log_id}", PLATFORM.as_str())
+}
+
+fn post_entry_key(post: PostId) -> String {
+    format!("{}/post-entry/{}", PLATFORM.as_str(), post.0)
+}
+
+/// The comments of a `log.blogcomment.user.get` answer (lower- or upper-case keys).
+fn own_comments(result: &serde_json::Value) -> Vec<OwnComment> {
+    let comments = result
+        .get("comments")
+        .or_else(|| result.get("COMMENTS"))
+        .map(as_list)
+        .unwrap_or_default();
+    comments
+        .into_iter()
+        .filter_map(|c| {
+            let field = |k: &str| c.get(k).or_else(|| c.get(k.to_uppercase().as_str()));
+            Some(OwnComment {
+                comment: CommentId(field("comment_id").and_then(as_u64)?),
+                log_id: field("log_id").and_then(as_u64),
+                post: field("post_id").and_then(as_u64).map(PostId),
+                text: field("text").map(value_text).unwrap_or_default(),
+                date: field("date").map(value_text).and_then(|d| parse_date(&d)),
+            })
+        })
+        .collect()
 }
 
 fn comment_failure(e: &ApiError) -> Failure {
@@ -134,7 +225,7 @@ impl FeedAdapter for BitrixFeed {
         doc: &'a Doc,
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>> {
-        Box::pin(self.find(post, doc, since_ms))
+        Box::pin(self.find(post, doc, since_ms, Evidence::MayHaveIt))
     }
 
     fn delete_comment<'a>(&'a self, comment: CommentId) -> BoxFuture<'a, Result<(), Failure>> {

@@ -21,6 +21,7 @@ use tracing::{debug, trace};
 
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::Failure;
+use livefeed_core::store::Store;
 
 use super::PLATFORM;
 use crate::secret::{Secret, scrub};
@@ -96,7 +97,7 @@ pub struct BitrixClient {
     /// OPERATION_TIME_LIMIT answers in a row per method; each doubles the next pause.
     operating_strikes: Arc<Mutex<HashMap<String, u32>>>,
     /// Methods paused after OPERATION_TIME_LIMIT: every caller waits, nobody hammers.
-    paused: Arc<Blocks<String>>,
+    paused: Arc<Blocks>,
 }
 
 /// First and longest pause of a method after OPERATION_TIME_LIMIT. The budget is spread over
@@ -136,6 +137,12 @@ impl BitrixClient {
             operating_strikes: Arc::new(Mutex::new(HashMap::new())),
             paused: Arc::new(Blocks::new()),
         })
+    }
+
+    /// Keep `OPERATION_TIME_LIMIT` pauses in `store`, so they survive a restart.
+    pub fn keeping_limits_in(mut self, store: Store) -> Self {
+        self.paused = Arc::new(Blocks::persistent(store, PLATFORM.as_str()));
+        self
     }
 
     /// Other retries (shorter ones for tests and `check`).
@@ -234,7 +241,7 @@ impl BitrixClient {
     }
 
     async fn call_once(&self, method: &str, params: &Value) -> Result<Response, ApiError> {
-        if self.paused.wait(&method.to_string()).await {
+        if self.paused.wait(method).await {
             self.metrics.rate_limit_wait(PLATFORM.as_str());
         }
         if let Some(limiter) = &self.limiter
@@ -269,6 +276,13 @@ impl BitrixClient {
             }
         };
         let result = self.answer(method, status, &body);
+        if let Err(e) = &result
+            && e.code == "OPERATION_TIME_LIMIT"
+            && let Some(wait) = e.retry_after
+        {
+            // The method is paused for every caller, also after a restart.
+            self.paused.block(method, wait).await;
+        }
         let outcome = crate::upstream::outcome(&result.as_ref().map_err(|e| e.class));
         self.metrics.api_call(PLATFORM.as_str(), method, outcome);
         if let Err(e) = &result
@@ -279,8 +293,9 @@ impl BitrixClient {
         result
     }
 
-    /// Read an answer: the REST envelope, or an error with its class. Remembers when an
-    /// OPERATION_TIME_LIMIT lifts and pauses the method for every caller until then.
+    /// Read an answer: the REST envelope, or an error with its class. An
+    /// OPERATION_TIME_LIMIT error carries how long to pause the method; a success says when
+    /// the method's operating-time window resets.
     fn answer(&self, method: &str, status: u16, body: &[u8]) -> Result<Response, ApiError> {
         let parsed: Option<Value> = serde_json::from_slice(body).ok();
         match parsed {
@@ -291,13 +306,8 @@ impl BitrixClient {
                     .map(value_text)
                     .unwrap_or_default();
                 let class = classify(Some(status), &code);
-                let retry_after = if code == "OPERATION_TIME_LIMIT" {
-                    let wait = self.operating_wait(method);
-                    self.paused.block(method.to_string(), wait);
-                    Some(wait)
-                } else {
-                    None
-                };
+                let retry_after =
+                    (code == "OPERATION_TIME_LIMIT").then(|| self.operating_wait(method));
                 Err(ApiError {
                     method: method.to_string(),
                     status: Some(status),

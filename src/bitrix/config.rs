@@ -41,6 +41,9 @@ pub struct PollConfig {
     pub reconcile_interval: Duration,
     /// Upper bound of pages read per audience and cycle when catching up.
     pub max_pages: u32,
+    /// More verified deletions than this in one reconcile round are held for an operator:
+    /// many posts vanishing at once more likely means lost access than mass deletion.
+    pub max_deletions_per_round: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,8 @@ pub(crate) struct RawPoll {
     pub(crate) reconcile_interval: Option<Str>,
     #[serde(default)]
     pub(crate) max_pages: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_deletions_per_round: Option<usize>,
 }
 
 /// Validate the section.
@@ -184,5 +189,6 @@ fn poll(v: &Validator, poll: Option<&RawPoll>) -> Result<PollConfig, ConfigError
             Duration::from_secs(300),
         )?,
         max_pages: poll.and_then(|p| p.max_pages).unwrap_or(20).max(1),
+        max_deletions_per_round: poll.and_then(|p| p.max_deletions_per_round).unwrap_or(5),
     })
 }

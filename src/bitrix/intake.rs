@@ -33,6 +33,8 @@ use crate::upstream::{ErrorClass, Repeat};
 
 const STATE_KEY: &str = "bitrix24/poll";
 const SEEN_PREFIX: &str = "bitrix24/seen/";
+/// Deletions held for an operator: post → its dead letter.
+const HELD_PREFIX: &str = "bitrix24/held/";
 /// `log.blogpost.get` pages are fixed at 50.
 const PAGE: usize = 50;
 
@@ -62,17 +64,31 @@ fn seen_key(id: u64) -> String {
     format!("{SEEN_PREFIX}{id:020}")
 }
 
+fn held_key(id: u64) -> String {
+    format!("{HELD_PREFIX}{id}")
+}
+
 /// A post as `log.blogpost.get` returns it, reduced to what the bridge uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawPost {
+    /// `ID`.
     pub id: u64,
+    /// `AUTHOR_ID`.
     pub author_id: u64,
+    /// `TITLE` (derived from the text when `micro`).
     pub title: String,
+    /// `MICRO`: a post without a title of its own.
     pub micro: bool,
+    /// `DETAIL_TEXT`, BBCode.
     pub text: String,
+    /// `UF_BLOG_POST_IMPRTNT`.
     pub important: bool,
+    /// `NUM_COMMENTS`.
     pub num_comments: u32,
+    /// `DATE_PUBLISH`, unix seconds.
     pub published_at: i64,
+    /// `HAS_SOCNET_ALL`: addressed to everyone (`None` when the portal did not say).
+    pub for_everyone: Option<bool>,
 }
 
 impl RawPost {
@@ -101,6 +117,7 @@ impl RawPost {
                 .map(value_text)
                 .and_then(|d| parse_date(&d))
                 .unwrap_or(0),
+            for_everyone: v.get("HAS_SOCNET_ALL").filter(|f| !f.is_null()).map(truthy),
         })
     }
 
@@ -118,12 +135,27 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-pub fn audience_code(a: Audience) -> String {
+/// The `LOG_RIGHTS` codes that find posts for an audience (docs/platforms/bitrix24.md §12):
+/// the REST docs say `UA` for everyone, the blog module stores `G2` and `AU`, so all three are
+/// asked and [`addressed_to`] keeps only what is really for everyone.
+pub fn audience_codes(a: Audience) -> Vec<String> {
     match a {
-        Audience::All => "UA".into(),
-        Audience::Group(id) => format!("SG{id}"),
-        Audience::Department(id) => format!("DR{id}"),
-        Audience::User(id) => format!("U{id}"),
+        Audience::All => vec!["UA".into(), "G2".into(), "AU".into()],
+        Audience::Group(id) => vec![format!("SG{id}")],
+        Audience::Department(id) => vec![format!("DR{id}")],
+        Audience::User(id) => vec![format!("U{id}")],
+    }
+}
+
+/// Whether a post found under `audience`'s codes is really addressed to it. The blog module
+/// adds the author's own `U<author>` to every post's rights, so `user:N` finds everything N
+/// wrote: that alone does not address it to N. A post for everyone says so in
+/// `HAS_SOCNET_ALL`.
+pub fn addressed_to(post: &RawPost, audience: Audience) -> bool {
+    match audience {
+        Audience::All => post.for_everyone != Some(false),
+        Audience::User(id) => post.author_id != id,
+        Audience::Group(_) | Audience::Department(_) => true,
     }
 }
 
@@ -133,6 +165,8 @@ pub struct PollIntake {
     store: Store,
     people: People,
     audiences: Vec<Audience>,
+    /// The webhook's user: what the bridge sees is what this user sees.
+    user_id: u64,
     poll: PollConfig,
     backfill: u32,
     portal_url: String,
@@ -164,6 +198,7 @@ impl PollIntake {
             journal,
             people,
             audiences,
+            user_id: cfg.user_id,
             poll: cfg.poll,
             backfill: cfg.backfill,
             portal_url: cfg.portal_url.clone(),
@@ -173,6 +208,9 @@ impl PollIntake {
 
     /// Poll until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
+        if let Err(e) = self.report_held() {
+            warn!(error = %e, "cannot read held deletions");
+        }
         loop {
             let outcome = async {
                 self.poll_once().await?;
@@ -240,6 +278,9 @@ impl PollIntake {
                 let mut last_is_new = false;
                 for post in posts {
                     last_is_new = self.is_new_or_changed(&post, audience, state.baseline_max_id)?;
+                    if !addressed_to(&post, audience) {
+                        continue;
+                    }
                     found
                         .entry(post.id)
                         .or_insert_with(|| (post, BTreeSet::new()))
@@ -345,28 +386,46 @@ impl PollIntake {
     }
 
     /// Re-read tracked posts younger than the window: find deletions and edits that did not
-    /// bubble up to the first page.
+    /// bubble up to the first page. A post that comes back empty is verified before its
+    /// mirrors go (see [`PollIntake::settle_vanished`]).
     pub async fn reconcile_once(&self) -> Result<(), PollError> {
         let cutoff = (now_ms() - self.poll.reconcile_window.as_millis() as i64) / 1000;
+        let held = self.held()?;
         let tracked: Vec<(u64, SeenPost)> = self
             .store
             .cursors_with_prefix::<SeenPost>(SEEN_PREFIX)?
             .into_iter()
-            .filter(|(_, s)| !s.deleted && s.published_at >= cutoff)
             .filter_map(|(k, s)| k[SEEN_PREFIX.len()..].parse().ok().map(|id| (id, s)))
+            .filter(|(id, s)| !s.deleted && (s.published_at >= cutoff || held.contains_key(id)))
             .collect();
         let mut batch = Batch::default();
+        let mut vanished = Vec::new();
+        // Everyone's feed is readable while the webhook works at all.
+        let mut readable: BTreeSet<Audience> = [Audience::All].into();
         for chunk in tracked.chunks(50) {
-            let updates = self.reread(chunk).await?;
-            let authors: Vec<u64> = updates
-                .iter()
-                .filter_map(|(_, _, raw)| raw.as_ref().map(|r| r.author_id))
-                .collect();
+            let mut changed = Vec::new();
+            for (id, seen, raw) in self.reread(chunk).await? {
+                match raw {
+                    None => vanished.push((id, seen)),
+                    Some(raw) => {
+                        readable.extend(seen.audiences.iter().copied());
+                        if let Some(letter) = held.get(&id) {
+                            self.withdraw_hold(id, *letter)?;
+                        }
+                        if raw.hash() != seen.hash || raw.num_comments != seen.num_comments {
+                            changed.push((id, seen, raw));
+                        }
+                    }
+                }
+            }
+            let authors: Vec<u64> = changed.iter().map(|(_, _, r)| r.author_id).collect();
             self.people.prefetch(&authors).await;
-            for (id, seen, raw) in updates {
+            for (id, seen, raw) in changed {
                 self.journal_update(id, seen, raw, &mut batch).await;
             }
         }
+        self.settle_vanished(vanished, readable, &held, &mut batch)
+            .await?;
         let mut state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
         state.last_reconcile_ms = now_ms();
         batch.cursors.push((
@@ -374,11 +433,12 @@ impl PollIntake {
             serde_json::to_vec(&state).expect("serializable"),
         ));
         self.journal.accept(batch).await?;
+        self.report_held()?;
         Ok(())
     }
 
-    /// Re-read up to 50 tracked posts in one `batch`: the ones that changed, and the ones that
-    /// came back empty (`None`).
+    /// Re-read up to 50 tracked posts in one `batch`: each post that answered, with what came
+    /// back (`None`: the post is not visible any more).
     async fn reread(
         &self,
         chunk: &[(u64, SeenPost)],
@@ -394,7 +454,7 @@ impl PollIntake {
             })
             .collect();
         let resp = self.client.batch(&cmds).await?;
-        let mut updates = Vec::new();
+        let mut out = Vec::new();
         for (id, seen) in chunk {
             let key = format!("p{id}");
             if let Some(err) = resp.errors.get(&key) {
@@ -404,51 +464,300 @@ impl PollIntake {
             let Some(result) = resp.results.get(&key) else {
                 continue;
             };
-            match as_list(result).into_iter().find_map(RawPost::parse) {
-                None => updates.push((*id, seen.clone(), None)),
-                Some(raw) if raw.hash() != seen.hash || raw.num_comments != seen.num_comments => {
-                    updates.push((*id, seen.clone(), Some(raw)));
-                }
-                Some(_) => {}
-            }
+            let raw = as_list(result).into_iter().find_map(RawPost::parse);
+            out.push((*id, seen.clone(), raw));
         }
-        Ok(updates)
+        Ok(out)
     }
 
-    /// The event and bookkeeping for one re-read post: deleted when it came back empty.
-    async fn journal_update(
-        &self,
-        id: u64,
-        seen: SeenPost,
-        raw: Option<RawPost>,
-        batch: &mut Batch,
-    ) {
+    /// The event and bookkeeping for a post that changed since last seen.
+    async fn journal_update(&self, id: u64, seen: SeenPost, raw: RawPost, batch: &mut Batch) {
         let mut next = seen.clone();
-        match raw {
-            None => {
-                info!(post = id, "post vanished from the feed");
-                next.deleted = true;
-                batch.events.push((
-                    Inbound::Feed(FeedEvent::PostDeleted(PostId(id))),
-                    Some(now_ms()),
-                ));
-            }
-            Some(raw) => {
-                let post = self.to_feed_post(&raw, seen.audiences.clone()).await;
-                let event = if raw.hash() != seen.hash {
-                    FeedEvent::PostEdited(post)
-                } else {
-                    FeedEvent::CommentsChanged(post)
-                };
-                next.hash = raw.hash();
-                next.num_comments = raw.num_comments;
-                batch.events.push((Inbound::Feed(event), None));
-            }
-        }
+        let post = self.to_feed_post(&raw, seen.audiences.clone()).await;
+        let event = if raw.hash() != seen.hash {
+            FeedEvent::PostEdited(post)
+        } else {
+            FeedEvent::CommentsChanged(post)
+        };
+        next.hash = raw.hash();
+        next.num_comments = raw.num_comments;
+        batch.events.push((Inbound::Feed(event), None));
         batch.cursors.push((
             seen_key(id),
             serde_json::to_vec(&next).expect("serializable"),
         ));
+    }
+
+    /// Posts that came back empty. The feed answers the same for a deleted post and for one
+    /// the webhook user can no longer see (it left the group, the post went to moderation),
+    /// so a post counts as deleted only when it is still missing on a second read and one of
+    /// its audiences is still readable. The others, and every deletion of a round with more
+    /// than `max_deletions_per_round`, are held: each becomes a dead letter an operator can
+    /// release (`dead-letters retry`), and `/readyz` shows the side degraded until then.
+    async fn settle_vanished(
+        &self,
+        vanished: Vec<(u64, SeenPost)>,
+        mut readable: BTreeSet<Audience>,
+        held: &BTreeMap<u64, u64>,
+        batch: &mut Batch,
+    ) -> Result<(), PollError> {
+        if vanished.is_empty() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        for chunk in vanished.chunks(50) {
+            for (id, seen, raw) in self.reread(chunk).await? {
+                if raw.is_none() {
+                    missing.push((id, seen));
+                }
+            }
+        }
+        let unknown: Vec<Audience> = missing
+            .iter()
+            .flat_map(|(_, s)| s.audiences.iter().copied())
+            .filter(|a| !readable.contains(a))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Membership says it best; where the portal will not tell (scope missing), an
+        // audience whose feed still shows a post is readable.
+        let membership = self.membership(&unknown).await;
+        let undecided: Vec<Audience> = unknown
+            .iter()
+            .copied()
+            .filter(|a| membership.get(a).copied().flatten().is_none())
+            .collect();
+        readable.extend(
+            membership
+                .iter()
+                .filter(|(_, m)| **m == Some(true))
+                .map(|(a, _)| *a),
+        );
+        readable.extend(self.readable(&undecided).await?);
+        let (mut gone, mut unverifiable) = (Vec::new(), Vec::new());
+        for (id, seen) in missing {
+            if let Some(letter) = held.get(&id) {
+                self.settle_held(id, *letter, &seen, batch)?;
+            } else if seen.audiences.iter().any(|a| readable.contains(a)) {
+                gone.push((id, seen));
+            } else {
+                unverifiable.push((id, seen));
+            }
+        }
+        let max = self.poll.max_deletions_per_round;
+        if gone.len() > max {
+            let reason = format!(
+                "{} posts vanished from the feed in one reconcile round, more than bitrix24.poll.max_deletions_per_round ({max}); check the webhook user's access, then release the deletions",
+                gone.len()
+            );
+            for (id, _) in &gone {
+                self.hold(*id, &reason)?;
+            }
+        } else {
+            for (id, seen) in gone {
+                info!(post = id, "post deleted from the feed");
+                let next = SeenPost {
+                    deleted: true,
+                    ..seen
+                };
+                batch.events.push((
+                    Inbound::Feed(FeedEvent::PostDeleted(PostId(id))),
+                    Some(now_ms()),
+                ));
+                batch.cursors.push((
+                    seen_key(id),
+                    serde_json::to_vec(&next).expect("serializable"),
+                ));
+            }
+        }
+        for (id, seen) in &unverifiable {
+            let audiences: Vec<String> = seen.audiences.iter().map(|a| a.to_string()).collect();
+            let reason = format!(
+                "the post vanished and the webhook user can no longer read its audience ({}); it may be deleted, or the user may have lost access",
+                audiences.join(", ")
+            );
+            self.hold(*id, &reason)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the webhook user still belongs to each audience: its workgroups
+    /// (`sonet_group.user.groups`), its departments and their parents (`user.current`,
+    /// `department.get`), itself. `None` where the portal does not say (a scope missing).
+    async fn membership(&self, audiences: &[Audience]) -> BTreeMap<Audience, Option<bool>> {
+        let mut out = BTreeMap::new();
+        let wants = |f: fn(&Audience) -> bool| audiences.iter().any(f);
+        let groups = if wants(|a| matches!(a, Audience::Group(_))) {
+            self.client
+                .call("sonet_group.user.groups", json!({}), Repeat::Safe)
+                .await
+                .ok()
+                .map(|r| {
+                    as_list(&r.result)
+                        .into_iter()
+                        .filter_map(|g| g.get("GROUP_ID").and_then(as_u64))
+                        .collect::<BTreeSet<u64>>()
+                })
+        } else {
+            None
+        };
+        let departments = if wants(|a| matches!(a, Audience::Department(_))) {
+            self.departments_of_self().await
+        } else {
+            None
+        };
+        for a in audiences {
+            let member = match a {
+                Audience::All => Some(true),
+                Audience::Group(g) => groups.as_ref().map(|set| set.contains(g)),
+                Audience::Department(d) => departments.as_ref().map(|set| set.contains(d)),
+                Audience::User(u) => (*u == self.user_id).then_some(true),
+            };
+            out.insert(*a, member);
+        }
+        out
+    }
+
+    /// The webhook user's departments and every department above them.
+    async fn departments_of_self(&self) -> Option<BTreeSet<u64>> {
+        let me = self
+            .client
+            .call("user.current", json!({}), Repeat::Safe)
+            .await
+            .ok()?;
+        let own: Vec<u64> = me
+            .result
+            .get("UF_DEPARTMENT")
+            .map(as_list)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(as_u64)
+            .collect();
+        let mut parent: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut start = 0;
+        for _ in 0..self.poll.max_pages {
+            let page = self
+                .client
+                .call("department.get", json!({ "START": start }), Repeat::Safe)
+                .await
+                .ok()?;
+            for d in as_list(&page.result) {
+                if let (Some(id), Some(p)) = (
+                    d.get("ID").and_then(as_u64),
+                    d.get("PARENT").and_then(as_u64),
+                ) {
+                    parent.insert(id, p);
+                }
+            }
+            match page.next {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+        let mut all = BTreeSet::new();
+        for mut d in own {
+            // Parents, bounded: a broken tree must not loop.
+            for _ in 0..64 {
+                if !all.insert(d) {
+                    break;
+                }
+                match parent.get(&d) {
+                    Some(p) => d = *p,
+                    None => break,
+                }
+            }
+        }
+        Some(all)
+    }
+
+    /// The audiences of `audiences` the webhook user can still read: their feed shows a post.
+    async fn readable(&self, audiences: &[Audience]) -> Result<Vec<Audience>, PollError> {
+        if audiences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pending: Vec<(Audience, u64)> = audiences.iter().map(|a| (*a, 0)).collect();
+        Ok(self
+            .read_pages(&pending)
+            .await?
+            .into_iter()
+            .filter(|(_, posts, _)| !posts.is_empty())
+            .map(|(a, _, _)| a)
+            .collect())
+    }
+
+    /// Hold a deletion for an operator: a dead letter that, retried, deletes the mirrors.
+    fn hold(&self, id: u64, reason: &str) -> Result<(), StoreError> {
+        let letter = self.store.add_dead_letter(
+            format!("delete the mirrors of post {id} (vanished from the feed)"),
+            reason.to_string(),
+            Inbound::Feed(FeedEvent::PostDeleted(PostId(id))),
+        )?;
+        self.store.put_cursor(&held_key(id), &letter.id)?;
+        warn!(
+            post = id,
+            dead_letter = letter.id,
+            reason,
+            "deletion held for an operator"
+        );
+        Ok(())
+    }
+
+    /// A held post that is visible again: the hold was a false alarm.
+    fn withdraw_hold(&self, id: u64, letter: u64) -> Result<(), StoreError> {
+        self.store.remove_dead_letter(letter)?;
+        self.store.remove_cursor(&held_key(id))?;
+        info!(
+            post = id,
+            "a held post is visible again; its held deletion is withdrawn"
+        );
+        Ok(())
+    }
+
+    /// A held post still missing: once the operator released it (the dead letter was
+    /// retried), it is deleted for good and no longer held.
+    fn settle_held(
+        &self,
+        id: u64,
+        letter: u64,
+        seen: &SeenPost,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        if self.store.dead_letter(letter)?.is_some() {
+            return Ok(());
+        }
+        self.store.remove_cursor(&held_key(id))?;
+        let next = SeenPost {
+            deleted: true,
+            ..seen.clone()
+        };
+        batch.cursors.push((
+            seen_key(id),
+            serde_json::to_vec(&next).expect("serializable"),
+        ));
+        Ok(())
+    }
+
+    /// Held deletions: post → dead letter.
+    fn held(&self) -> Result<BTreeMap<u64, u64>, StoreError> {
+        Ok(self
+            .store
+            .cursors_with_prefix::<u64>(HELD_PREFIX)?
+            .into_iter()
+            .filter_map(|(k, letter)| k[HELD_PREFIX.len()..].parse().ok().map(|id| (id, letter)))
+            .collect())
+    }
+
+    /// Show held deletions in `/readyz` and `/metrics`.
+    fn report_held(&self) -> Result<(), StoreError> {
+        let held = self.held()?.len();
+        let reason = (held > 0).then(|| {
+            format!(
+                "{held} feed deletion(s) held for an operator: posts vanished and could not be verified as deleted (livefeed-bridge dead-letters list)"
+            )
+        });
+        self.health.degraded(PLATFORM.as_str(), reason);
+        self.journal.metrics().held_deletions.set(held as i64);
+        Ok(())
     }
 
     /// Read one page per `(audience, start)`: a plain call for one, a `batch` for several.
@@ -457,7 +766,7 @@ impl PollIntake {
         pending: &[(Audience, u64)],
     ) -> Result<Vec<(Audience, Vec<RawPost>, Option<u64>)>, ApiError> {
         let params =
-            |a: Audience, start: u64| json!({ "LOG_RIGHTS": [audience_code(a)], "start": start });
+            |a: Audience, start: u64| json!({ "LOG_RIGHTS": audience_codes(a), "start": start });
         let parse = |v: &Value| {
             as_list(v)
                 .into_iter()
@@ -701,9 +1010,31 @@ mod tests {
 
     #[test]
     fn codes() {
-        assert_eq!(audience_code(Audience::All), "UA");
-        assert_eq!(audience_code(Audience::Group(5)), "SG5");
-        assert_eq!(audience_code(Audience::Department(2)), "DR2");
-        assert_eq!(audience_code(Audience::User(7)), "U7");
+        assert_eq!(audience_codes(Audience::All), ["UA", "G2", "AU"]);
+        assert_eq!(audience_codes(Audience::Group(5)), ["SG5"]);
+        assert_eq!(audience_codes(Audience::Department(2)), ["DR2"]);
+        assert_eq!(audience_codes(Audience::User(7)), ["U7"]);
+    }
+
+    #[test]
+    fn authors_are_not_their_own_audience_and_everyone_means_everyone() {
+        let item = |author: &str, all: Option<&str>| {
+            let mut v = json!({"ID": "10", "AUTHOR_ID": author, "TITLE": "t", "DETAIL_TEXT": "x"});
+            if let Some(all) = all {
+                v["HAS_SOCNET_ALL"] = json!(all);
+            }
+            RawPost::parse(&v).unwrap()
+        };
+        // Found under U5 because user 5 wrote it (the author's code is in every post's rights).
+        assert!(!addressed_to(&item("5", Some("N")), Audience::User(5)));
+        // Found under U5 and written by someone else: addressed to user 5.
+        assert!(addressed_to(&item("7", Some("N")), Audience::User(5)));
+        assert!(addressed_to(&item("7", Some("Y")), Audience::All));
+        assert!(!addressed_to(&item("7", Some("N")), Audience::All));
+        assert!(
+            addressed_to(&item("7", None), Audience::All),
+            "older portals do not say"
+        );
+        assert!(addressed_to(&item("5", Some("N")), Audience::Group(3)));
     }
 }

@@ -68,7 +68,7 @@ pub fn connect(
     backoff: Option<Backoff>,
     shared: &Shared,
 ) -> Result<FeedSide, ConnectError> {
-    let mut client = client(cfg, &shared.metrics, true)?;
+    let mut client = client(cfg, &shared.metrics, true)?.keeping_limits_in(shared.store.clone());
     if let Some(backoff) = backoff {
         client = client.with_backoff(backoff);
     }
@@ -82,7 +82,7 @@ pub fn connect(
         shared.health.clone(),
     );
     Ok(FeedSide {
-        adapter: Arc::new(BitrixFeed::new(client)),
+        adapter: Arc::new(BitrixFeed::new(client, shared.store.clone())),
         tasks: vec![Box::pin(poll.run(shared.cancel.clone()))],
         routes: None,
     })
@@ -136,6 +136,16 @@ pub async fn probe(cfg: &BitrixConfig, metrics: &Arc<Metrics>, report: &mut Repo
     }
     if missing.is_empty() {
         report.ok(format!("Bitrix24 scopes: {}", scopes.join(", ")));
+        let verify: Vec<&str> = ["sonet_group", "department"]
+            .into_iter()
+            .filter(|s| !has(s))
+            .collect();
+        if !verify.is_empty() {
+            report.warn(format!(
+                "Bitrix24 webhook lacks scope(s) {}: a vanished group or department post is then verified by its audience's feed alone, so deleting a group's last post is held for an operator — tick them to verify by membership",
+                verify.join(", ")
+            ));
+        }
     } else {
         report.fail(format!(
             "Bitrix24 webhook lacks scope(s): {} (has: {}) — edit the incoming webhook and tick them",

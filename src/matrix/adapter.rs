@@ -2,9 +2,10 @@
 //! `formatted_body`, edits as `m.replace`, deletions as redactions.
 //!
 //! Every send carries a transaction id derived from what it is (the post for a root message,
-//! the content for an edit, the target for a redaction). The homeserver answers a repeated
-//! transaction id with the event it already created, so reconciliation after a crash is simply
-//! sending again: [`ChatAdapter::find_post`] has nothing to look up.
+//! the edit's sequence number and content for an edit, the target for a redaction). The
+//! homeserver answers a repeated transaction id with the event it already created, so
+//! reconciliation after a crash is simply sending again: [`ChatAdapter::find_root`] has nothing
+//! to look up.
 
 use std::sync::Arc;
 
@@ -19,7 +20,9 @@ use livefeed_core::model::{Failure, MessageId, Platform, PostId};
 
 use super::session::{http_failure, sdk_failure};
 use super::{DISPLAY_NAME, PLATFORM, html};
+use crate::upstream::ratelimit::Blocks;
 use crate::upstream::{self, ErrorClass};
+use livefeed_core::store::Store;
 
 /// Matrix events may be up to 64 KiB; leave room for the HTML and the envelope.
 const MAX_BODY_CHARS: usize = 16_000;
@@ -28,18 +31,41 @@ const MAX_BODY_CHARS: usize = 16_000;
 pub struct MatrixChat {
     client: Client,
     metrics: Arc<Metrics>,
+    /// `M_LIMIT_EXCEEDED` holds (the homeserver limits the bot, not a room), kept across
+    /// restarts.
+    blocks: Blocks,
 }
 
+/// The one key of [`MatrixChat::blocks`]: Synapse rate-limits a user's sends as a whole.
+const SENDS: &str = "send";
+
 impl MatrixChat {
-    /// Root messages through the signed-in `client`.
-    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
-        MatrixChat { client, metrics }
+    /// Root messages through the signed-in `client`; rate-limit holds kept in `store`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, store: Store) -> Self {
+        MatrixChat {
+            client,
+            metrics,
+            blocks: Blocks::persistent(store, PLATFORM.as_str()),
+        }
     }
 
-    /// Count a homeserver call in `api_calls` (the SDK makes them; we name them by endpoint).
-    fn counted<T>(&self, method: &str, result: Result<T, Failure>) -> Result<T, Failure> {
+    /// Wait out a hold the homeserver asked for (also one from before a restart).
+    async fn unblocked(&self) {
+        if self.blocks.wait(SENDS).await {
+            self.metrics.rate_limit_wait(PLATFORM.as_str());
+        }
+    }
+
+    /// Count a homeserver call in `api_calls` (the SDK makes them; we name them by endpoint),
+    /// and hold later sends when the homeserver said to wait.
+    async fn counted<T>(&self, method: &str, result: Result<T, Failure>) -> Result<T, Failure> {
         let outcome = upstream::outcome(&result.as_ref().map_err(ErrorClass::of));
         self.metrics.api_call(PLATFORM.as_str(), method, outcome);
+        if let Err(f) = &result
+            && let Some(after) = f.retry_hint()
+        {
+            self.blocks.block(SENDS, after).await;
+        }
         result
     }
 
@@ -59,7 +85,7 @@ impl MatrixChat {
                         ))
                     }
                 });
-                self.counted("join", joined)
+                self.counted("join", joined).await
             }
         }
     }
@@ -77,8 +103,11 @@ pub fn root_txn(post: PostId) -> OwnedTransactionId {
     format!("lfb-root-{post}").into()
 }
 
-fn edit_txn(event: &MessageId, msg: &RootMessage) -> OwnedTransactionId {
-    format!("lfb-edit-{:016x}", content_hash(&(event, &msg.doc))).into()
+/// Unique per edit of an event (`edit` counts the earlier ones), the same for a retry of it:
+/// content alone would make an edit back to an earlier text (v1 → v2 → v3 → v2) repeat an old
+/// transaction id, which the homeserver answers with the old event, sending nothing.
+fn edit_txn(event: &MessageId, edit: u64, msg: &RootMessage) -> OwnedTransactionId {
+    format!("lfb-edit-{edit}-{:016x}", content_hash(&(event, &msg.doc))).into()
 }
 
 fn redact_txn(event: &MessageId) -> OwnedTransactionId {
@@ -109,12 +138,13 @@ impl ChatAdapter for MatrixChat {
     ) -> BoxFuture<'a, Result<MessageId, Failure>> {
         Box::pin(async move {
             let room = self.room(room).await?;
+            self.unblocked().await;
             let sent = room
                 .send(Self::content(msg))
                 .with_transaction_id(root_txn(msg.post))
                 .await
                 .map_err(|e| sdk_failure(&e));
-            let sent = self.counted("send", sent)?;
+            let sent = self.counted("send", sent).await?;
             Ok(MessageId(sent.response.event_id.to_string()))
         })
     }
@@ -133,6 +163,7 @@ impl ChatAdapter for MatrixChat {
         &'a self,
         room: &'a str,
         message: &'a MessageId,
+        edit: u64,
         msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
@@ -141,12 +172,13 @@ impl ChatAdapter for MatrixChat {
                 .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
             let content =
                 Self::content(msg).make_replacement(ReplacementMetadata::new(target, None));
+            self.unblocked().await;
             let sent = room
                 .send(content)
-                .with_transaction_id(edit_txn(message, msg))
+                .with_transaction_id(edit_txn(message, edit, msg))
                 .await
                 .map_err(|e| sdk_failure(&e));
-            self.counted("send", sent).map(drop)
+            self.counted("send", sent).await.map(drop)
         })
     }
 
@@ -159,6 +191,7 @@ impl ChatAdapter for MatrixChat {
             let room = self.room(room).await?;
             let target = EventId::parse(message.as_str())
                 .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
+            self.unblocked().await;
             let redacted = match room
                 .redact(
                     &target,
@@ -178,7 +211,7 @@ impl ChatAdapter for MatrixChat {
                 }
                 Err(e) => Err(http_failure(&e)),
             };
-            self.counted("redact", redacted)
+            self.counted("redact", redacted).await
         })
     }
 }

@@ -266,14 +266,21 @@ impl MatrixIntake {
                 if !self.rooms.contains(room_id) {
                     continue;
                 }
-                let mut events = Vec::new();
                 if update.timeline.limited
                     && let Some(prev) = &update.timeline.prev_batch
                 {
-                    events.extend(self.fill_gap(room_id, prev).await);
+                    // What the cut-short timeline left out: caught up, and counted so.
+                    let before = batch.events.len();
+                    for event in self.fill_gap(room_id, prev).await {
+                        self.collect(room_id, event, &mut batch, &mut seen_now)
+                            .await;
+                    }
+                    let found = (batch.events.len() - before) as u64;
+                    if found > 0 {
+                        self.journal.metrics().caught_up(PLATFORM.as_str(), found);
+                    }
                 }
-                events.extend(update.timeline.events.iter().cloned());
-                for event in events {
+                for event in update.timeline.events.iter().cloned() {
                     self.collect(room_id, event, &mut batch, &mut seen_now)
                         .await;
                 }

@@ -62,7 +62,11 @@ pub async fn connect(
         cfg.sync_timeout,
     );
     Ok(ChatSide {
-        adapter: Arc::new(MatrixChat::new(client, shared.metrics.clone())),
+        adapter: Arc::new(MatrixChat::new(
+            client,
+            shared.metrics.clone(),
+            shared.store.clone(),
+        )),
         rooms: resolved,
         tasks: vec![Box::pin(intake.run(shared.cancel.clone()))],
         routes: None,

@@ -7,10 +7,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tracing::debug;
 
-use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage};
-use livefeed_core::model::{Failure, MessageId, Platform, PostId};
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage, mentions_mut};
+use livefeed_core::model::{Failure, MessageId, Person, Platform, PostId};
+use livefeed_core::richtext::{Doc, MentionKind};
+use livefeed_core::store::{Store, now_ms};
 
 use super::api::{Body, SlackApi};
+use super::intake::thread_key;
+use super::people::People;
 use super::{DISPLAY_NAME, PLATFORM, mrkdwn};
 use crate::upstream::Repeat;
 
@@ -26,12 +30,21 @@ pub struct SlackChat {
     api: SlackApi,
     /// The bot's `bot_id`: reconciliation only adopts the bot's own messages.
     bot_id: String,
+    /// Names for replies' authors and mentions.
+    people: People,
+    /// Where a new thread's activity is recorded, for catch-up.
+    store: Store,
 }
 
 impl SlackChat {
     /// Root messages through `api`, as the bot `bot_id`.
-    pub fn new(api: SlackApi, bot_id: String) -> Self {
-        SlackChat { api, bot_id }
+    pub fn new(api: SlackApi, bot_id: String, people: People, store: Store) -> Self {
+        SlackChat {
+            api,
+            bot_id,
+            people,
+            store,
+        }
     }
 
     fn message_body(&self, channel: &str, msg: &RootMessage) -> Value {
@@ -147,10 +160,15 @@ impl ChatAdapter for SlackChat {
                 )
                 .await
                 .map_err(|e| e.to_failure())?;
-            resp.get("ts")
+            let ts = resp
+                .get("ts")
                 .and_then(Value::as_str)
-                .map(MessageId::from)
-                .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
+                .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))?;
+            // A new thread: catch-up after an outage reads it. The record is written before the
+            // engine records the message, so it is durable whenever the message's record is;
+            // a crash before that reconciles the message through `find_root`, which writes it.
+            let _ = self.store.put_cursor(&thread_key(room, ts), &now_ms());
+            Ok(MessageId::from(ts))
         })
     }
 
@@ -160,23 +178,39 @@ impl ChatAdapter for SlackChat {
         post: PostId,
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<MessageId>, Failure>> {
-        Box::pin(self.find(room, post, since_ms))
+        Box::pin(async move {
+            let found = self.find(room, post, since_ms).await?;
+            if let Some(ts) = &found {
+                // Sent before a crash that may have lost its activity record: catch-up must
+                // still read this thread.
+                let _ = self
+                    .store
+                    .put_cursor(&thread_key(room, ts.as_str()), &now_ms());
+            }
+            Ok(found)
+        })
     }
 
     fn edit_root<'a>(
         &'a self,
         room: &'a str,
         message: &'a MessageId,
+        _edit: u64,
         msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             // Metadata and the author customisation stay as posted; only the text changes.
             let body = json!({ "channel": room, "ts": message.as_str(), "text": mrkdwn::render(&msg.doc) });
-            self.api
+            match self
+                .api
                 .call("chat.update", Some(room), Body::Json(body), Repeat::Safe)
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_failure())
+            {
+                Ok(_) => Ok(()),
+                // Someone deleted the message: the engine detaches the post from the channel.
+                Err(e) if e.is("message_not_found") => Err(Failure::gone(e.to_string())),
+                Err(e) => Err(e.to_failure()),
+            }
         })
     }
 
@@ -196,6 +230,26 @@ impl ChatAdapter for SlackChat {
                 Err(e) if e.is("message_not_found") => Ok(()),
                 Err(e) => Err(e.to_failure()),
             }
+        })
+    }
+
+    fn resolve_people<'a>(
+        &'a self,
+        author: &'a mut Person,
+        body: &'a mut Doc,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            if let Some(p) = self.people.lookup(&author.id).await {
+                *author = p;
+            }
+            for mention in mentions_mut(body) {
+                if mention.kind == MentionKind::User
+                    && let Some(p) = self.people.lookup(&mention.id).await
+                {
+                    mention.name = p.name;
+                }
+            }
+            Ok(())
         })
     }
 }

@@ -19,6 +19,7 @@ use tracing::{debug, trace};
 
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::Failure;
+use livefeed_core::store::Store;
 
 use super::PLATFORM;
 use crate::secret::{Secret, scrub};
@@ -107,7 +108,9 @@ pub struct SlackApi {
     bot_token: Secret,
     metrics: Arc<Metrics>,
     post_pacing: Option<Arc<KeyedBuckets<String>>>,
-    blocks: Arc<Blocks<(String, String)>>,
+    /// `Retry-After` holds per method and channel, kept across restarts once
+    /// [`SlackApi::keeping_limits_in`] gave a store.
+    blocks: Arc<Blocks>,
 }
 
 impl SlackApi {
@@ -136,6 +139,12 @@ impl SlackApi {
     }
 
     /// Call with the bot token.
+    /// Keep `Retry-After` holds in `store`, so they survive a restart.
+    pub fn keeping_limits_in(mut self, store: Store) -> Self {
+        self.blocks = Arc::new(Blocks::persistent(store, PLATFORM.as_str()));
+        self
+    }
+
     /// Call `method` with the bot token, retrying per `repeat`. `channel` keys pacing and
     /// rate-limit blocks (a 429 holds that method in that channel for every caller).
     pub async fn call(
@@ -158,7 +167,7 @@ impl SlackApi {
         repeat: Repeat,
         token: &Secret,
     ) -> Result<Value, SlackError> {
-        let key = (method.to_string(), channel.unwrap_or_default().to_string());
+        let key = format!("{method}/{}", channel.unwrap_or_default());
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -177,7 +186,7 @@ impl SlackApi {
                 Err(e) => e,
             };
             if let Some(after) = err.retry_after {
-                self.blocks.block(key.clone(), after);
+                self.blocks.block(&key, after).await;
             }
             if !err.class.repeatable(repeat) || attempt >= MAX_ATTEMPTS {
                 return Err(err);

@@ -22,6 +22,10 @@ pub struct SlackConfig {
     pub api_base: String,
     /// Pacing of `chat.postMessage` per channel; `None` = unpaced.
     pub post_rate: Option<RateLimit>,
+    /// Threads active within this are read again after an outage (catch-up).
+    pub catch_up_window: Duration,
+    /// Pacing of catch-up's `conversations.replies` calls; `None` = unpaced.
+    pub catch_up_rate: Option<RateLimit>,
     /// Longest wait for one answer.
     pub request_timeout: Duration,
 }
@@ -47,6 +51,10 @@ pub(crate) struct RawSlack {
     pub(crate) api_base: Option<Str>,
     #[serde(default)]
     pub(crate) post_rate: Option<RawRate>,
+    #[serde(default)]
+    pub(crate) catch_up_window: Option<Str>,
+    #[serde(default)]
+    pub(crate) catch_up_rate: Option<RawRate>,
     #[serde(default)]
     pub(crate) request_timeout: Option<Str>,
 }
@@ -77,6 +85,20 @@ pub(crate) fn validate(v: &Validator, raw: &RawSlack) -> Result<SlackConfig, Con
             RateLimit {
                 per_second: 1.0,
                 burst: 3,
+            },
+        ),
+        catch_up_window: v.duration(
+            "slack.catch_up_window",
+            raw.catch_up_window.as_ref(),
+            Duration::from_secs(7 * 86_400),
+        )?,
+        // Tier 3 (`conversations.replies`): 50+ calls a minute.
+        catch_up_rate: v.rate(
+            "slack.catch_up_rate",
+            raw.catch_up_rate.as_ref(),
+            RateLimit {
+                per_second: 0.8,
+                burst: 5,
             },
         ),
         request_timeout: v.duration(

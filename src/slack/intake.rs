@@ -16,12 +16,12 @@ use tracing::debug;
 
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::model::{ChatEvent, Inbound, Person, ReplyId, Room, ThreadId};
-use livefeed_core::people::PersonCache;
 use livefeed_core::richtext::Doc;
-use livefeed_core::store::StoreError;
+use livefeed_core::store::{StoreError, now_ms};
 
-use super::api::{AuthTest, SlackApi};
-use super::{PLATFORM, mrkdwn};
+use super::PLATFORM;
+use super::api::AuthTest;
+use super::people::People;
 
 /// The bot's own ids, from `auth.test`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -138,6 +138,18 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
             let Some(msg) = event.get("message") else {
                 return Incoming::Ignored("change without message");
             };
+            if s(msg, "subtype") == Some("tombstone") {
+                // A thread root deleted while it had replies stays as a placeholder: for the
+                // bridge it is a deletion of that root.
+                return match s(msg, "ts") {
+                    Some(ts) => Incoming::Deleted {
+                        channel,
+                        thread: None,
+                        ts: ts.into(),
+                    },
+                    None => Incoming::Ignored("tombstone without ts"),
+                };
+            }
             if own.is_own(msg) {
                 return Incoming::Ignored("echo of the bridge's own edit");
             }
@@ -169,8 +181,13 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
                 return Incoming::Ignored("deletion without deleted_ts");
             };
             let prev = event.get("previous_message");
-            if prev.is_some_and(|p| own.is_own(p)) {
-                return Incoming::Ignored("echo of the bridge's own deletion");
+            if let Some(p) = prev.filter(|p| own.is_own(p)) {
+                // The bridge's root message: deleted by the bridge (an echo) or by a person;
+                // Slack does not say which. The engine tells them apart by its records.
+                let root = s(p, "thread_ts").is_none_or(|t| t == ts);
+                if !root {
+                    return Incoming::Ignored("echo of the bridge's own deletion");
+                }
             }
             let thread = prev
                 .and_then(|p| s(p, "thread_ts"))
@@ -190,19 +207,21 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
 /// Events API).
 #[derive(Clone)]
 pub struct SlackIntake {
-    api: SlackApi,
     journal: Journal,
     own: Identity,
     channels: Arc<BTreeSet<String>>,
-    people: PersonCache,
+    people: People,
 }
 
 impl SlackIntake {
     /// An intake for the mapped `channels`, ignoring the bot `own`.
-    pub fn new(api: SlackApi, journal: Journal, own: Identity, channels: BTreeSet<String>) -> Self {
-        let people = PersonCache::new(journal.store().clone(), PLATFORM, 3600 * 1000);
+    pub fn new(
+        journal: Journal,
+        own: Identity,
+        channels: BTreeSet<String>,
+        people: People,
+    ) -> Self {
         SlackIntake {
-            api,
             journal,
             own,
             channels: Arc::new(channels),
@@ -252,8 +271,8 @@ impl SlackIntake {
                 room: Room::new(PLATFORM, channel),
                 thread: ThreadId(thread),
                 reply: ReplyId(ts),
-                author: self.person(&user).await,
-                body: self.parse_text(&text).await,
+                author: self.person(&user),
+                body: self.parse_text(&text),
             },
             Incoming::Edited {
                 channel,
@@ -265,8 +284,8 @@ impl SlackIntake {
                 room: Room::new(PLATFORM, channel),
                 thread: ThreadId(thread),
                 reply: ReplyId(ts),
-                author: self.person(&user).await,
-                body: self.parse_text(&text).await,
+                author: self.person(&user),
+                body: self.parse_text(&text),
             },
             Incoming::Deleted {
                 channel,
@@ -283,62 +302,47 @@ impl SlackIntake {
             .get("event_time")
             .and_then(Value::as_i64)
             .map(|t| t * 1000);
+        // The thread was active now: catch-up after an outage looks at it first.
+        let cursors = thread_of(&chat_event)
+            .map(|(channel, thread)| {
+                let activity = serde_json::to_vec(&now_ms()).expect("a number serializes");
+                (thread_key(channel, thread), activity)
+            })
+            .into_iter()
+            .collect();
         self.journal
             .accept(Batch {
                 events: vec![(Inbound::Chat(chat_event), source_ms)],
-                cursors: Vec::new(),
+                cursors,
                 dedupe: dedupe_key.into_iter().collect(),
             })
             .await
     }
 
-    async fn parse_text(&self, text: &str) -> Doc {
-        let mut names = std::collections::HashMap::new();
-        for id in mrkdwn::mentioned_users(text) {
-            let p = self.person(&id).await;
-            names.insert(id, p.name);
-        }
-        mrkdwn::parse(text, &|id| names.get(id).cloned())
+    fn parse_text(&self, text: &str) -> Doc {
+        self.people.parse(text)
     }
 
-    /// A Slack user as a person: display name, else real name, else handle; falls back to the
-    /// id when Slack cannot be asked (the reply must not wait for a directory).
-    async fn person(&self, user: &str) -> Person {
-        if let Some(p) = self.people.get(user) {
-            return p;
-        }
-        match self.api.users_info(user).await {
-            Ok(v) => {
-                let u = &v["user"];
-                let profile = &u["profile"];
-                let name = [
-                    s(profile, "display_name"),
-                    s(profile, "real_name"),
-                    s(u, "real_name"),
-                    s(u, "name"),
-                ]
-                .into_iter()
-                .flatten()
-                .map(str::trim)
-                .find(|n| !n.is_empty())
-                .unwrap_or(user)
-                .to_string();
-                let person = Person {
-                    id: user.to_string(),
-                    name,
-                    avatar_url: s(profile, "image_72").map(str::to_string),
-                };
-                self.people.put(person.clone());
-                person
-            }
-            Err(e) => {
-                debug!(user, error = %e, "users.info failed; using the id");
-                Person {
-                    id: user.to_string(),
-                    name: user.to_string(),
-                    avatar_url: None,
-                }
-            }
+    fn person(&self, user: &str) -> Person {
+        self.people.known(user)
+    }
+}
+
+/// Where a thread's last activity is kept (unix ms), for catch-up.
+pub const THREAD_PREFIX: &str = "slack/thread/";
+
+/// The activity key of `thread` in `channel`.
+pub fn thread_key(channel: &str, thread: &str) -> String {
+    format!("{THREAD_PREFIX}{channel}/{thread}")
+}
+
+/// The channel and thread an event happened in, when it says.
+fn thread_of(event: &ChatEvent) -> Option<(&str, &str)> {
+    match event {
+        ChatEvent::ReplyPosted { room, thread, .. }
+        | ChatEvent::ReplyEdited { room, thread, .. } => Some((room.id.as_str(), thread.as_str())),
+        ChatEvent::ReplyDeleted { room, thread, .. } => {
+            thread.as_ref().map(|t| (room.id.as_str(), t.as_str()))
         }
     }
 }
@@ -396,11 +400,33 @@ mod tests {
             classify(&echo_edit, &own()),
             Incoming::Ignored("echo of the bridge's own edit")
         );
-        let echo_delete = json!({"type": "message", "subtype": "message_deleted", "channel": "C1",
+        // The bridge's root deleted: an echo or a person's doing; the engine decides.
+        let root_delete = json!({"type": "message", "subtype": "message_deleted", "channel": "C1",
             "deleted_ts": "1.0", "previous_message": {"app_id": "A0B24APP1", "text": "old", "ts": "1.0"}});
+        assert_eq!(
+            classify(&root_delete, &own()),
+            Incoming::Deleted {
+                channel: "C1".into(),
+                thread: None,
+                ts: "1.0".into()
+            }
+        );
+        let echo_delete = json!({"type": "message", "subtype": "message_deleted", "channel": "C1",
+            "deleted_ts": "2.0", "previous_message": {"app_id": "A0B24APP1", "text": "old", "ts": "2.0", "thread_ts": "1.0"}});
         assert_eq!(
             classify(&echo_delete, &own()),
             Incoming::Ignored("echo of the bridge's own deletion")
+        );
+        let tombstone = json!({"type": "message", "subtype": "message_changed", "channel": "C1",
+            "message": {"subtype": "tombstone", "ts": "1.0", "thread_ts": "1.0", "text": "This message was deleted."},
+            "previous_message": {"bot_id": "B0B24BOT1", "text": "old", "ts": "1.0"}});
+        assert_eq!(
+            classify(&tombstone, &own()),
+            Incoming::Deleted {
+                channel: "C1".into(),
+                thread: None,
+                ts: "1.0".into()
+            }
         );
         let other_bot = json!({"type": "message", "channel": "C1", "bot_id": "B0OTHER", "user": "U9",
             "text": "x", "ts": "2.0", "thread_ts": "1.0"});

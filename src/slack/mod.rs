@@ -12,10 +12,12 @@
 
 pub mod adapter;
 pub mod api;
+pub mod catch_up;
 pub mod config;
 pub mod events;
 pub mod intake;
 pub mod mrkdwn;
+pub mod people;
 pub mod socket;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,10 +32,13 @@ use crate::check::Report;
 use crate::upstream::Repeat;
 use adapter::SlackChat;
 use api::{Body, SlackApi, SlackError};
+use catch_up::CatchUp;
 use config::{SlackConfig, SlackIntake as IntakeMode};
 use events::EventsApi;
 use intake::{Identity, SlackIntake};
+use people::People;
 use socket::SocketMode;
+use tokio::sync::mpsc;
 
 /// Slack's name in keys, labels and `/readyz`.
 pub const PLATFORM: Platform = Platform::new("slack");
@@ -73,33 +78,59 @@ pub async fn connect(
     channels: &[String],
     shared: &Shared,
 ) -> Result<ChatSide, ConnectError> {
-    let api = client(cfg, &shared.metrics, true)?;
+    let api = client(cfg, &shared.metrics, true)?.keeping_limits_in(shared.store.clone());
     let auth = api.auth_test().await?;
     info!(team = %auth.team, bot_user = %auth.user_id, "Slack bot identified");
     let served: BTreeSet<String> = channels.iter().cloned().collect();
+    let people = People::new(api.clone(), shared.store.clone());
+    let own = Identity::from(&auth);
     let intake = SlackIntake::new(
+        shared.journal.clone(),
+        own.clone(),
+        served.clone(),
+        people.clone(),
+    );
+    let adapter = SlackChat::new(
+        api.clone(),
+        auth.bot_id.clone(),
+        people.clone(),
+        shared.store.clone(),
+    );
+    let catch_up = CatchUp::new(
         api.clone(),
         shared.journal.clone(),
-        Identity::from(&auth),
+        own,
         served,
+        people,
+        (cfg.catch_up_window, cfg.catch_up_rate),
     );
+    let (trigger, triggers) = mpsc::channel(1);
     let mut side = ChatSide {
-        adapter: Arc::new(SlackChat::new(api.clone(), auth.bot_id.clone())),
+        adapter: Arc::new(adapter),
         rooms: channels
             .iter()
             .map(|c| (c.clone(), c.clone()))
             .collect::<BTreeMap<_, _>>(),
-        tasks: Vec::new(),
+        tasks: vec![Box::pin(catch_up.run(triggers, shared.cancel.clone()))],
         routes: None,
     };
     match &cfg.intake {
         IntakeMode::SocketMode { app_token } => {
-            let socket = SocketMode::new(api, app_token.clone(), intake, shared.health.clone());
+            // Every `hello` asks for a catch-up: Slack may have given up events meanwhile.
+            let socket = SocketMode::new(
+                api,
+                app_token.clone(),
+                intake,
+                shared.health.clone(),
+                trigger,
+            );
             side.tasks.push(Box::pin(socket.run(shared.cancel.clone())));
         }
         IntakeMode::EventsApi { signing_secret } => {
-            // Nothing to connect: Slack calls us. The side is up as soon as we listen.
+            // Nothing to connect: Slack calls us. The side is up as soon as we listen, and
+            // what Slack gave up while the bridge was down is read once now.
             shared.health.ok(PLATFORM.as_str());
+            let _ = trigger.try_send(());
             let events = EventsApi {
                 signing_secret: signing_secret.clone(),
                 intake,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -56,17 +57,27 @@ pub struct SocketMode {
     app_token: Secret,
     intake: SlackIntake,
     health: Arc<Health>,
+    /// Asked for a catch-up on every `hello`: events sent while no connection listened may
+    /// have been given up by Slack.
+    catch_up: mpsc::Sender<()>,
 }
 
 impl SocketMode {
     /// A connection that will use `app_token` (`xapp-…`).
-    pub fn new(api: SlackApi, app_token: Secret, intake: SlackIntake, health: Arc<Health>) -> Self {
+    pub fn new(
+        api: SlackApi,
+        app_token: Secret,
+        intake: SlackIntake,
+        health: Arc<Health>,
+        catch_up: mpsc::Sender<()>,
+    ) -> Self {
         health.register(PLATFORM.as_str());
         SocketMode {
             api,
             app_token,
             intake,
             health,
+            catch_up,
         }
     }
 
@@ -198,6 +209,8 @@ impl SocketMode {
                 *greeted = true;
                 info!("Socket Mode connected");
                 self.health.ok(PLATFORM.as_str());
+                // A full queue already has a catch-up coming.
+                let _ = self.catch_up.try_send(());
             }
             Some("disconnect") => {
                 let reason = envelope.get("reason").and_then(Value::as_str).unwrap_or("");

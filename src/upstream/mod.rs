@@ -66,7 +66,7 @@ impl ErrorClass {
             } => ErrorClass::Rejected,
             FailureKind::Transient { retry_after: None } => ErrorClass::Transient,
             FailureKind::Auth => ErrorClass::Auth,
-            FailureKind::Permanent => ErrorClass::Permanent,
+            FailureKind::Permanent | FailureKind::Gone => ErrorClass::Permanent,
         }
     }
 }

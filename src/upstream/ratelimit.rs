@@ -6,6 +6,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use livefeed_core::store::{Store, now_ms};
 use tokio::time::Instant;
 
 /// A configured rate: `per_second` sustained, up to `burst` at once.
@@ -85,35 +86,82 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
     }
 }
 
-/// "Do not call before" deadlines per key, set from a server's `Retry-After`.
-#[derive(Debug, Default)]
-pub struct Blocks<K> {
-    until: Mutex<HashMap<K, Instant>>,
+/// How long every call waits after a crash: the shortest `Retry-After` platforms give (Slack
+/// answers at least one second), which the crashed process may have been told and not kept.
+pub const CRASH_GRACE: Duration = Duration::from_secs(1);
+
+/// "Do not call before" deadlines per key, set from a server's `Retry-After`. With a store,
+/// the deadlines survive a restart: a wait a platform asked for before a crash is still
+/// honoured after it (Slack counts calls made inside the window against the app).
+#[derive(Default)]
+pub struct Blocks {
+    until: Mutex<HashMap<String, Instant>>,
+    /// Every key is held until then (a grace after a crash).
+    all_until: Option<Instant>,
+    /// Where deadlines are kept, and the key prefix of this set of blocks.
+    store: Option<(Store, String)>,
 }
 
-impl<K: Hash + Eq + Clone> Blocks<K> {
+impl Blocks {
+    /// Deadlines in memory only.
     pub fn new() -> Self {
+        Blocks::default()
+    }
+
+    /// Deadlines kept in `store` under `ratelimit/<namespace>/`; the ones still running are
+    /// loaded now. After a crash every key is also held for [`CRASH_GRACE`]: a limit the
+    /// platform announced in the crash's last moments never reached the store.
+    pub fn persistent(store: Store, namespace: &str) -> Self {
+        let prefix = format!("ratelimit/{namespace}/");
+        let mut until = HashMap::new();
+        let now_unix = now_ms();
+        let now = Instant::now();
+        for (key, until_ms) in store
+            .cursors_with_prefix::<i64>(&prefix)
+            .unwrap_or_default()
+        {
+            if until_ms > now_unix {
+                let left = Duration::from_millis((until_ms - now_unix) as u64);
+                until.insert(key[prefix.len()..].to_string(), now + left);
+            } else {
+                let _ = store.remove_cursor(&key);
+            }
+        }
+        let all_until = store.after_crash().then(|| now + CRASH_GRACE);
         Blocks {
-            until: Mutex::new(HashMap::new()),
+            until: Mutex::new(until),
+            all_until,
+            store: Some((store, prefix)),
         }
     }
 
-    pub fn block(&self, key: K, for_: Duration) {
+    /// Hold `key` for `for_` (a longer hold already running stays).
+    pub async fn block(&self, key: &str, for_: Duration) {
         let until = Instant::now() + for_;
-        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(key).or_insert(until);
-        if *entry < until {
-            *entry = until;
+        {
+            let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = map.entry(key.to_string()).or_insert(until);
+            if *entry < until {
+                *entry = until;
+            }
+        }
+        if let Some((store, prefix)) = &self.store {
+            let until_ms = now_ms() + for_.as_millis() as i64;
+            let written = store.put_cursor(&format!("{prefix}{key}"), &until_ms);
+            if written.is_ok() {
+                // Durable before the next call: a crash right after must not forget it.
+                let _ = store.sync().await;
+            }
         }
     }
 
     /// Wait until `key` is no longer blocked. Returns whether it had to wait.
-    pub async fn wait(&self, key: &K) -> bool {
+    pub async fn wait(&self, key: &str) -> bool {
         let mut waited = false;
         loop {
             let until = {
                 let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-                map.get(key).copied()
+                map.get(key).copied().max(self.all_until)
             };
             match until {
                 Some(t) if t > Instant::now() => {
@@ -151,10 +199,59 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn blocks_hold_until_deadline() {
         let blocks = Blocks::new();
-        blocks.block("chat.postMessage", Duration::from_secs(3));
+        blocks
+            .block("chat.postMessage", Duration::from_secs(3))
+            .await;
         let start = Instant::now();
-        assert!(blocks.wait(&"chat.postMessage").await);
+        assert!(blocks.wait("chat.postMessage").await);
         assert!(start.elapsed() >= Duration::from_secs(3));
-        assert!(!blocks.wait(&"other").await);
+        assert!(!blocks.wait("other").await);
+    }
+
+    #[tokio::test]
+    async fn persistent_blocks_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let blocks = Blocks::persistent(store.clone(), "slack");
+            blocks
+                .block("chat.postMessage/C1", Duration::from_millis(400))
+                .await;
+            blocks.block("expired", Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let store = Store::open_waiting(dir.path(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let blocks = Blocks::persistent(store.clone(), "slack");
+        let start = Instant::now();
+        assert!(
+            blocks.wait("chat.postMessage/C1").await,
+            "still held after the restart"
+        );
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(!blocks.wait("expired").await);
+        assert_eq!(
+            store
+                .cursors_with_prefix::<i64>("ratelimit/slack/expired")
+                .unwrap()
+                .len(),
+            0,
+            "expired deadlines are forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_crash_every_call_waits_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap()); // not closed: a crash
+        let store = Store::open_waiting(dir.path(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(store.after_crash());
+        let blocks = Blocks::persistent(store, "slack");
+        let start = Instant::now();
+        assert!(blocks.wait("anything").await);
+        assert!(start.elapsed() >= CRASH_GRACE);
     }
 }

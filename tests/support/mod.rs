@@ -37,6 +37,8 @@ pub struct World {
     /// The Matrix half, when the test has a homeserver.
     pub matrix: Option<MatrixPart>,
     pub slack_mapped: bool,
+    /// More `mappings:` entries (YAML, indented as list items) for the next start.
+    pub extra_mappings: String,
 }
 
 pub struct MatrixPart {
@@ -58,6 +60,8 @@ pub struct Setup {
     pub slack: bool,
     /// With Matrix: whether the mapped rooms are encrypted.
     pub encrypted: bool,
+    /// How long the fake Slack keeps an event nobody acknowledges before it gives it up.
+    pub slack_retention: Duration,
 }
 
 impl Default for Setup {
@@ -67,6 +71,7 @@ impl Default for Setup {
             real_limits: false,
             slack: true,
             encrypted: false,
+            slack_retention: Duration::from_secs(60),
         }
     }
 }
@@ -133,6 +138,7 @@ impl World {
                 None
             },
             ack_timeout: Duration::from_millis(600),
+            undelivered_retention: setup.slack_retention,
             http_retry_delays: vec![Duration::from_millis(200), Duration::from_millis(500)],
             ..WorkspaceConfig::default()
         })
@@ -158,6 +164,7 @@ impl World {
             events_api: setup.events_api,
             matrix: None,
             slack_mapped: setup.slack,
+            extra_mappings: String::new(),
         }
     }
 
@@ -179,6 +186,7 @@ slack:
   {intake}
   api_base: {api}
   post_rate: {{ per_second: 0 }}
+  catch_up_rate: {{ per_second: 0 }}
 store: {{ path: {store} }}
 http: {{ listen: {listen} }}
 "#,
@@ -216,6 +224,7 @@ http: {{ listen: {listen} }}
             &self.dev,
             self.matrix.as_ref().map(|m| &m.dev_room),
         ));
+        text.push_str(&self.extra_mappings);
         text
     }
 
@@ -349,6 +358,45 @@ http: {{ listen: {listen} }}
                 important: false,
             },
         )
+    }
+
+    /// `GET path` on the running bridge's HTTP server: status and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = self.running.as_ref().expect("running").http_addr;
+        let resp = reqwest::get(format!("http://{addr}{path}"))
+            .await
+            .expect("the bridge answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("a body"))
+    }
+
+    /// `/readyz`: status and JSON.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let (status, body) = self.http_get("/readyz").await;
+        (
+            status,
+            serde_json::from_str(&body).expect("/readyz is JSON"),
+        )
+    }
+
+    /// Poll `/readyz` until `pred` holds (or fail after [`WAIT`]).
+    pub async fn wait_readyz(
+        &self,
+        what: &str,
+        pred: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.readyz().await;
+            if pred(status, &body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: /readyz stayed {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn comments(&self, post: u64) -> Vec<String> {

@@ -46,6 +46,13 @@ pub struct Options {
     pub faults: f64,
     /// Drop the Socket Mode connections every this many steps (0 = never).
     pub socket_drops_every: usize,
+    /// Kills after which the bridge stays down longer than Slack keeps retrying an event
+    /// (`slack_retention`), while the workload goes on: Slack gives those events up.
+    pub outages: usize,
+    /// How long the fake Slack keeps an event nobody acknowledges.
+    pub slack_retention: Duration,
+    /// Share of Slack requests answered 429 with a Retry-After (0.0 = none).
+    pub slack_429s: f64,
     /// Keep the platforms' rate limits (and the bridge's pacing) on.
     pub real_limits: bool,
     pub converge: Duration,
@@ -57,6 +64,8 @@ pub struct Options {
 pub struct Stats {
     pub starts: usize,
     pub kills: usize,
+    /// Kills followed by an outage longer than Slack's retries.
+    pub outages: usize,
     pub aborts: usize,
     pub final_exit: Option<i32>,
     pub stop_took: Duration,
@@ -92,6 +101,8 @@ impl Drop for Outcome {
 
 enum Cmd {
     Kill,
+    /// Kill, and stay down this long before the restart.
+    Outage(Duration),
     Stop,
 }
 
@@ -147,6 +158,13 @@ fn supervise(
                         child.start_kill().unwrap(); // SIGKILL
                         child.wait().await.unwrap();
                         stats.kills += 1;
+                    }
+                    Some(Cmd::Outage(down)) => {
+                        child.start_kill().unwrap(); // SIGKILL, then a long outage
+                        child.wait().await.unwrap();
+                        stats.kills += 1;
+                        stats.outages += 1;
+                        tokio::time::sleep(down).await; // the outage itself
                     }
                     Some(Cmd::Stop) | None => {
                         let pid = child.id().unwrap();
@@ -273,8 +291,8 @@ fn config_text(
         ("{ per_second: 0 }", "{ per_second: 0 }")
     };
     let mut yaml = format!(
-        "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: 50ms, reconcile_window: 7d, reconcile_interval: 300ms }}\n  rate_limit: {b24_rate}\n\
-slack:\n  bot_token: {}\n  app_token: {}\n  api_base: {}\n  post_rate: {slack_rate}\n\
+        "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: 50ms, reconcile_window: 7d, reconcile_interval: 300ms, max_deletions_per_round: 1000 }}\n  rate_limit: {b24_rate}\n\
+slack:\n  bot_token: {}\n  app_token: {}\n  api_base: {}\n  post_rate: {slack_rate}\n  catch_up_rate: {{ per_second: 0 }}\n\
 store: {{ path: {} }}\nhttp: {{ listen: 127.0.0.1:0 }}\nmappings:\n",
         portal.webhook_url(),
         cfg.bot_token,
@@ -300,6 +318,7 @@ pub async fn run(o: Options) -> Outcome {
         .unwrap();
     let limits = o.real_limits;
     let seed = o.seed;
+    let o_retention = o.slack_retention;
     let (portal, slack) = fakes_rt
         .spawn(async move {
             let portal = FakePortal::start(PortalConfig {
@@ -318,6 +337,7 @@ pub async fn run(o: Options) -> Outcome {
                     burst: 5,
                 }),
                 ack_timeout: Duration::from_millis(500),
+                undelivered_retention: o_retention,
                 seed,
                 ..WorkspaceConfig::default()
             })
@@ -410,6 +430,14 @@ pub async fn run(o: Options) -> Outcome {
                 SlackFault::ConnectionReset,
                 SlackFault::Delay(Duration::from_millis(300)),
             ],
+        );
+    }
+
+    if o.slack_429s > 0.0 {
+        slack.set_fault_ratio(
+            None,
+            o.slack_429s,
+            vec![SlackFault::RateLimited { retry_after: 1 }],
         );
     }
 
@@ -517,7 +545,15 @@ pub async fn run(o: Options) -> Outcome {
         }
         step += 1;
         if o.kills > 0 && step % kill_every == 0 && kills_sent < o.kills {
-            ctl.send(Cmd::Kill).unwrap();
+            // Every few kills the bridge stays down past Slack's retries.
+            let outage_every = (o.kills / o.outages.max(1)).max(1);
+            let long = o.outages > 0 && kills_sent % outage_every == outage_every / 2;
+            if long {
+                let down = o.slack_retention * 2 + Duration::from_millis(rng.u64(0..500));
+                ctl.send(Cmd::Outage(down)).unwrap();
+            } else {
+                ctl.send(Cmd::Kill).unwrap();
+            }
             kills_sent += 1;
         }
         if o.socket_drops_every > 0 && step % o.socket_drops_every == 0 {
@@ -577,7 +613,7 @@ pub async fn run(o: Options) -> Outcome {
 impl Outcome {
     pub fn summary(&self, name: &str, seed: u64) -> String {
         format!(
-            "{name}: seed {seed} — {} posts ({} live, {} edits, {} deleted), {} replies ({} live, {} deleted), {} SIGKILLs, {} crash-point aborts, {} starts — {}",
+            "{name}: seed {seed} — {} posts ({} live, {} edits, {} deleted), {} replies ({} live, {} deleted), {} SIGKILLs ({} with an outage longer than Slack's retries; Slack gave up {} events), {} crash-point aborts, {} starts — {}",
             self.posts,
             self.live_posts,
             self.edits,
@@ -586,6 +622,8 @@ impl Outcome {
             self.live_replies,
             self.reply_deletes,
             self.stats.kills,
+            self.stats.outages,
+            self.slack.failed_deliveries().len(),
             self.stats.aborts,
             self.stats.starts,
             if self.differences.is_empty() {

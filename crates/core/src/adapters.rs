@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::model::{CommentId, Failure, MessageId, Person, Platform, PostId};
-use super::richtext::Doc;
+use super::richtext::{Block, Doc, Inline, Mention};
 
 /// A boxed future that can cross threads: what the adapter traits' methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -57,11 +57,14 @@ pub trait ChatAdapter: Send + Sync {
         post: PostId,
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<MessageId>, Failure>>;
-    /// Replace a root message's content.
+    /// Replace a root message's content. `edit` counts the edits this message had before this
+    /// one: a platform that deduplicates sends by an id makes it part of the id, so every edit
+    /// is new (v2 after v3 is not v2 again) while a retried edit is the same.
     fn edit_root<'a>(
         &'a self,
         room: &'a str,
         message: &'a MessageId,
+        edit: u64,
         msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>>;
     /// Delete a message; a message that is already gone counts as deleted.
@@ -70,6 +73,48 @@ pub trait ChatAdapter: Send + Sync {
         room: &'a str,
         message: &'a MessageId,
     ) -> BoxFuture<'a, Result<(), Failure>>;
+    /// Fill in the names of a reply's author and of the people it mentions. Intakes journal
+    /// an event before they ask a directory (a slow or rate-limited directory must not delay
+    /// the acknowledgement), so they may leave ids where names belong; the engine asks here
+    /// before it writes the comment. Platforms whose intake knows names keep the default.
+    fn resolve_people<'a>(
+        &'a self,
+        author: &'a mut Person,
+        body: &'a mut Doc,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = (author, body);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Every mention in `doc`, for [`ChatAdapter::resolve_people`] to name.
+pub fn mentions_mut(doc: &mut Doc) -> Vec<&mut Mention> {
+    fn inlines<'a>(list: &'a mut [Inline], out: &mut Vec<&'a mut Mention>) {
+        for inline in list {
+            match inline {
+                Inline::Mention(m) => out.push(m),
+                Inline::Bold(c)
+                | Inline::Italic(c)
+                | Inline::Underline(c)
+                | Inline::Strike(c)
+                | Inline::Link { text: c, .. } => inlines(c, out),
+                _ => {}
+            }
+        }
+    }
+    fn blocks<'a>(list: &'a mut [Block], out: &mut Vec<&'a mut Mention>) {
+        for block in list {
+            match block {
+                Block::Paragraph(i) => inlines(i, out),
+                Block::Quote(b) => blocks(b, out),
+                Block::List { items, .. } => items.iter_mut().for_each(|b| blocks(b, out)),
+                Block::Code(_) => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    blocks(&mut doc.blocks, &mut out);
+    out
 }
 
 /// The feed's side of the engine: the comments the bridge writes for chat replies.

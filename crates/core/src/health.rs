@@ -19,6 +19,9 @@ pub struct SideHealth {
     pub last_error: Option<String>,
     /// Credentials refused: the side is down until an operator acts.
     pub auth_failed: bool,
+    /// The side works but holds something back for an operator, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +65,12 @@ impl Health {
                 s.last_error = None;
             }
         });
+    }
+
+    /// The side works but holds something back for an operator (`None` when it no longer
+    /// does).
+    pub fn degraded(&self, side: &str, reason: Option<String>) {
+        self.with(side, |s| s.degraded = reason);
     }
 
     /// The side's connection dropped (it will reconnect).

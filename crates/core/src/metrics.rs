@@ -69,6 +69,11 @@ pub struct Metrics {
     pub journal_depth: Gauge,
     /// Actions waiting for an operator.
     pub dead_letters: Gauge,
+    /// Feed deletions held for an operator (posts that vanished and could not be verified).
+    pub held_deletions: Gauge,
+    /// Events found by catching up after an outage (Slack `conversations.replies`, Matrix
+    /// gap filling), by side.
+    pub catch_up_events: Family<PlatformLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -92,6 +97,8 @@ impl Metrics {
         });
         let journal_depth = Gauge::default();
         let dead_letters = Gauge::default();
+        let held_deletions = Gauge::default();
+        let catch_up_events = Family::<PlatformLabels, Counter>::default();
         registry.register(
             "events_accepted",
             "Inbound events durably accepted into the journal",
@@ -133,6 +140,16 @@ impl Metrics {
             "Actions that failed permanently and wait for an operator",
             dead_letters.clone(),
         );
+        registry.register(
+            "held_deletions",
+            "Feed deletions held for an operator (posts that vanished and could not be verified)",
+            held_deletions.clone(),
+        );
+        registry.register(
+            "catch_up_events",
+            "Events found by catching up after an outage, by side",
+            catch_up_events.clone(),
+        );
         Metrics {
             registry,
             events_accepted,
@@ -144,6 +161,8 @@ impl Metrics {
             lag_seconds,
             journal_depth,
             dead_letters,
+            held_deletions,
+            catch_up_events,
         }
     }
 
@@ -213,6 +232,15 @@ impl Metrics {
                 kind: kind.into(),
             })
             .inc();
+    }
+
+    /// Count `n` events found by catching up on `side`.
+    pub fn caught_up(&self, side: &str, n: u64) {
+        self.catch_up_events
+            .get_or_create(&PlatformLabels {
+                platform: side.into(),
+            })
+            .inc_by(n);
     }
 
     /// Record the lag of one mirrored change.

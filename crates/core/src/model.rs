@@ -372,6 +372,8 @@ pub enum FailureKind {
     Auth,
     /// This one action can never succeed (channel gone, post deleted, not allowed).
     Permanent,
+    /// The message the action was about no longer exists (a person deleted it).
+    Gone,
 }
 
 /// A failed platform call, with a reason that is safe to log (adapters scrub secrets).
@@ -407,6 +409,14 @@ impl Failure {
     pub fn permanent(reason: impl Into<String>) -> Self {
         Failure {
             kind: FailureKind::Permanent,
+            reason: reason.into(),
+        }
+    }
+
+    /// The message acted on is gone.
+    pub fn gone(reason: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::Gone,
             reason: reason.into(),
         }
     }

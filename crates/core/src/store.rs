@@ -105,8 +105,15 @@ pub struct Mirror {
     pub message_id: MessageId,
     /// Hash of what was last sent, to skip edits that change nothing.
     pub content_hash: u64,
+    /// Edits applied so far (see [`crate::adapters::ChatAdapter::edit_root`]).
+    #[serde(default)]
+    pub edits: u64,
     /// The message was deleted.
     pub deleted: bool,
+    /// Someone else deleted it in the room: the post no longer has a message there, and later
+    /// edits and the deletion of the post leave the room alone (`deleted` is set too).
+    #[serde(default)]
+    pub detached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +207,8 @@ struct Inner {
     journal_lock: std::sync::Mutex<()>,
     /// Entries in `journal`, kept here because sled's `len()` walks the whole tree.
     journal_len: AtomicU64,
+    /// The last process that had the store open did not close it (a crash, a kill).
+    after_crash: bool,
     /// The exclusive lock on [`LOCK_FILE`], held while the store is open. The last field, so
     /// it is released after sled's handles.
     _lock: std::fs::File,
@@ -209,6 +218,9 @@ struct Inner {
 /// sled locks its own files too, but reports a conflict only as an I/O error with a message;
 /// our lock tells "another process" apart from everything else.
 pub const LOCK_FILE: &str = "livefeed-bridge.lock";
+
+/// Present in `meta` while a process has the store open: found at open, the last one crashed.
+const OPEN_KEY: &str = "open_since";
 
 /// How long [`Store::open`] keeps trying when sled's own lock is still held by this process:
 /// a store just closed may still be finishing a flush on sled's threads.
@@ -351,11 +363,15 @@ impl Store {
             flush_lock: tokio::sync::Mutex::new(()),
             journal_lock: std::sync::Mutex::new(()),
             journal_len: AtomicU64::new(0),
+            after_crash: false,
             _lock: lock,
         };
         inner
             .journal_len
             .store(inner.journal.len() as u64, Ordering::SeqCst);
+        let mut inner = inner;
+        inner.after_crash = inner.meta.contains_key(OPEN_KEY)?;
+        inner.meta.insert(OPEN_KEY, enc(&now_ms()))?;
         let store = Store {
             inner: Arc::new(inner),
         };
@@ -375,6 +391,20 @@ impl Store {
                 other => return other,
             }
         }
+    }
+
+    /// Whether the last process that opened this store stopped without closing it: a crash,
+    /// a kill, a power cut. Whatever it was told just before (a rate limit it had no time to
+    /// write down) is unknown.
+    pub fn after_crash(&self) -> bool {
+        self.inner.after_crash
+    }
+
+    /// Mark the store closed on purpose (a clean stop), durably.
+    pub fn close_cleanly(&self) -> Result<()> {
+        self.inner.meta.remove(OPEN_KEY)?;
+        self.inner.db.flush()?;
+        Ok(())
     }
 
     fn migrate(&self) -> Result<()> {
@@ -536,6 +566,42 @@ impl Store {
             .get(reply_key(room, reply))?
             .map(|v| dec("comments", &v))
             .transpose()
+    }
+
+    /// Every comment written for a reply in `thread` of `room`.
+    pub fn comments_in_thread(
+        &self,
+        room: &Room,
+        thread: &ThreadId,
+    ) -> Result<Vec<(ReplyId, CommentRecord)>> {
+        let mut prefix = vec![b'r'];
+        prefix.extend(room_key(room));
+        let mut out = Vec::new();
+        for item in self.inner.comments.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let record: CommentRecord = dec("comments", &v)?;
+            if record.thread == *thread {
+                let reply = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                out.push((ReplyId(reply), record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The post a comment the bridge wrote is on, if the bridge wrote it.
+    pub fn post_of_comment(&self, comment: CommentId) -> Result<Option<PostId>> {
+        let Some(reply_key) = self.inner.comments.get(comment_key(comment))? else {
+            return Ok(None);
+        };
+        let mut key = vec![b'r'];
+        key.extend_from_slice(&reply_key);
+        Ok(self
+            .inner
+            .comments
+            .get(key)?
+            .map(|v| dec::<CommentRecord>("comments", &v))
+            .transpose()?
+            .map(|r| r.post))
     }
 
     /// Record a comment the bridge wrote for a chat reply: both directions, the post's count of
@@ -751,6 +817,12 @@ impl Store {
         Ok(())
     }
 
+    /// Forget an intake's bookkeeping value.
+    pub fn remove_cursor(&self, key: &str) -> Result<()> {
+        self.inner.cursors.remove(key.as_bytes())?;
+        Ok(())
+    }
+
     /// Whether a source event id was accepted before (deduplication).
     pub fn seen_event(&self, key: &str) -> Result<bool> {
         Ok(self.inner.dedupe.contains_key(key.as_bytes())?)
@@ -814,6 +886,20 @@ impl Store {
             .dead_letters
             .insert(id.to_be_bytes(), enc(&letter))?;
         Ok(letter)
+    }
+
+    /// One dead letter, if it is still there.
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
+        self.inner
+            .dead_letters
+            .get(id.to_be_bytes())?
+            .map(|v| dec("dead_letters", &v))
+            .transpose()
+    }
+
+    /// Withdraw a dead letter (the reason for it went away); false if there was none.
+    pub fn remove_dead_letter(&self, id: u64) -> Result<bool> {
+        Ok(self.inner.dead_letters.remove(id.to_be_bytes())?.is_some())
     }
 
     /// Every dead letter, oldest first.
@@ -914,7 +1000,9 @@ mod tests {
         let m = Mirror {
             message_id: MessageId::from("1.0001"),
             content_hash: 9,
+            edits: 0,
             deleted: false,
+            detached: false,
         };
         store.record_mirror(PostId(7), &room, &m, &key).unwrap();
         assert!(!store.has_post_intent_in(&room).unwrap());

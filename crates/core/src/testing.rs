@@ -107,6 +107,10 @@ pub struct ChatState {
     pub sent: usize,
     /// Edits made.
     pub edits: usize,
+    /// The `edit` number each edit was sent with, in order.
+    pub edit_numbers: Vec<u64>,
+    /// Deletions asked for.
+    pub deletes: usize,
     /// Calls that reached a [`Script::Gate`].
     pub gated: usize,
 }
@@ -241,6 +245,7 @@ impl ChatAdapter for MemoryChat {
         &'a self,
         room: &'a str,
         message: &'a MessageId,
+        edit: u64,
         msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
@@ -250,6 +255,7 @@ impl ChatAdapter for MemoryChat {
             let text = self.text(msg);
             self.inner.change(|s| {
                 s.edits += 1;
+                s.edit_numbers.push(edit);
                 let key = (room.to_string(), message.0.clone());
                 if let Some(m) = s.messages.get_mut(&key) {
                     m.text = text;
@@ -266,6 +272,7 @@ impl ChatAdapter for MemoryChat {
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             self.inner.change(|s| {
+                s.deletes += 1;
                 let key = (room.to_string(), message.0.clone());
                 if let Some(m) = s.messages.get_mut(&key) {
                     m.deleted = true;

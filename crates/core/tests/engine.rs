@@ -488,3 +488,132 @@ async fn replies_in_rooms_without_replies_are_not_written_back() {
     h.settle().await;
     assert_eq!(h.feed.state().adds, 0);
 }
+
+/// Each edit of a message carries its own number: v1 → v2 → v3 → v2 is three edits, and the
+/// last is not mistaken for the first (a platform that deduplicates by id would drop it).
+#[tokio::test]
+async fn edits_are_numbered_so_an_edit_back_is_a_new_edit() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        30,
+        &[Audience::All],
+        "v1",
+    ))))
+    .await;
+    h.chat.wait(|s| s.sent == 1).await;
+    for (n, text) in ["v2", "v3", "v2"].into_iter().enumerate() {
+        h.accept(Inbound::Feed(FeedEvent::PostEdited(post(
+            30,
+            &[Audience::All],
+            text,
+        ))))
+        .await;
+        h.chat.wait(|s| s.edits == n + 1).await;
+    }
+    h.settle().await;
+    assert_eq!(h.chat.state().edit_numbers, vec![0, 1, 2]);
+    assert!(h.chat.live(NEWS)[0].1.contains("v2"));
+}
+
+/// A person deleted the root in the room: the post is detached there. Its edits and its
+/// deletion leave the room alone, and nothing becomes a dead letter.
+#[tokio::test]
+async fn a_root_deleted_in_the_room_detaches_the_post() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        31,
+        &[Audience::All],
+        "announcement",
+    ))))
+    .await;
+    h.chat.wait(|s| s.sent == 1).await;
+    h.settle().await;
+    h.accept(Inbound::Chat(ChatEvent::ReplyDeleted {
+        room: Room::new(CHAT, NEWS),
+        thread: None,
+        reply: ReplyId::from("m1"),
+    }))
+    .await;
+    h.settle().await;
+    h.accept(Inbound::Feed(FeedEvent::PostEdited(post(
+        31,
+        &[Audience::All],
+        "announcement, edited",
+    ))))
+    .await;
+    h.accept(Inbound::Feed(FeedEvent::PostDeleted(PostId(31))))
+        .await;
+    h.settle().await;
+    let s = h.chat.state();
+    assert_eq!((s.edits, s.deletes), (0, 0), "the room is left alone");
+    assert_eq!(h.journal().store().dead_letter_count(), 0);
+}
+
+/// An edit the platform answers "that message is gone" detaches the post instead of
+/// becoming a dead letter, and no later edit is tried there.
+#[tokio::test]
+async fn an_edit_of_a_message_that_is_gone_detaches_instead_of_dead_lettering() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        32,
+        &[Audience::All],
+        "v1",
+    ))))
+    .await;
+    h.chat.wait(|s| s.sent == 1).await;
+    h.settle().await;
+    h.chat
+        .script([Script::Fail(Failure::gone("message_not_found"))]);
+    h.accept(Inbound::Feed(FeedEvent::PostEdited(post(
+        32,
+        &[Audience::All],
+        "v2",
+    ))))
+    .await;
+    h.settle().await;
+    h.accept(Inbound::Feed(FeedEvent::PostEdited(post(
+        32,
+        &[Audience::All],
+        "v3",
+    ))))
+    .await;
+    h.settle().await;
+    assert_eq!(
+        h.chat.state().edits,
+        0,
+        "no edit after the first was refused"
+    );
+    assert_eq!(h.journal().store().dead_letter_count(), 0);
+}
+
+/// A reply that shows up again after its deletion (a catch-up that read the thread just
+/// before the deletion, a redelivery) does not bring its comment back.
+#[tokio::test]
+async fn a_deleted_reply_that_shows_up_again_stays_deleted() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        33,
+        &[Audience::All],
+        "root",
+    ))))
+    .await;
+    h.chat.wait(|s| s.sent == 1).await;
+    h.settle().await;
+    h.accept(reply("m1", "r1", "here for a moment")).await;
+    h.feed.wait(|f| f.comments.len() == 1).await;
+    h.accept(Inbound::Chat(ChatEvent::ReplyDeleted {
+        room: Room::new(CHAT, NEWS),
+        thread: Some(ThreadId::from("m1")),
+        reply: ReplyId::from("r1"),
+    }))
+    .await;
+    h.feed.wait(|f| f.comments.is_empty()).await;
+    h.accept(reply("m1", "r1", "here for a moment")).await;
+    h.settle().await;
+    let f = h.feed.state();
+    assert_eq!((f.adds, f.comments.len()), (1, 0), "not written again");
+}

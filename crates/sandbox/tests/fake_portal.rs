@@ -853,7 +853,11 @@ async fn visibility_and_log_rights() {
     assert_eq!(rights(json!(["UA"])).await, [ua]);
     assert!(rights(json!([format!("SG{theirs}")])).await.is_empty());
     assert_eq!(rights(json!([format!("U{u3}")])).await, [own]);
-    assert_eq!(rights(json!(["U1", "DR1"])).await, [dr_root, to_me]);
+    // The blog module adds the author's own code to every post's rights: U1 also finds what
+    // user 1 wrote (to Boris). Posts for everyone are stored under G2 and AU too.
+    assert_eq!(rights(json!(["U1", "DR1"])).await, [own, dr_root, to_me]);
+    assert_eq!(rights(json!(["G2"])).await, [ua]);
+    assert_eq!(rights(json!(["AU"])).await, [ua]);
     // A string LOG_RIGHTS is ignored; POST_ID wins over LOG_RIGHTS.
     let r = ok(&p, "log.blogpost.get", json!({"LOG_RIGHTS": "UA"})).await;
     assert_eq!(r["total"], 6);

@@ -119,7 +119,9 @@ impl Inner {
             }
             match result {
                 Ok(()) => return true,
-                Err(failure) if failure.kind == FailureKind::Permanent => {
+                Err(failure)
+                    if matches!(failure.kind, FailureKind::Permanent | FailureKind::Gone) =>
+                {
                     self.metrics.effect(platform, action, "dead_letter");
                     self.dead_letter(task, &failure);
                     return true;
@@ -164,6 +166,7 @@ impl Inner {
     pub(super) fn describe<'a>(&'a self, task: &'a Task) -> (&'a str, &'static str) {
         match task {
             Task::SyncMirror { room, .. } => (room.platform.as_str(), "sync_mirror"),
+            Task::Detach { room, .. } => (room.platform.as_str(), "detach"),
             Task::Reply(e) => (self.feed_platform.as_str(), e.kind()),
         }
     }
@@ -171,6 +174,7 @@ impl Inner {
     pub(super) fn task_label(&self, task: &Task) -> String {
         match task {
             Task::SyncMirror { post, room } => format!("post {post} → {room}"),
+            Task::Detach { post, room, .. } => format!("detach post {post} from {room}"),
             Task::Reply(e) => match e {
                 ChatEvent::ReplyPosted { room, reply, .. } => {
                     format!("reply {room}/{reply} → feed")
@@ -197,6 +201,10 @@ impl Inner {
                     room: room.clone(),
                 }
             }
+            Task::Detach { post, room, .. } => Inbound::SyncRoom {
+                post: *post,
+                room: room.clone(),
+            },
             Task::Reply(e) => {
                 if let ChatEvent::ReplyPosted { room, reply, .. }
                 | ChatEvent::ReplyEdited { room, reply, .. } = e
@@ -231,6 +239,11 @@ impl Inner {
     pub(super) async fn execute(&self, task: &Task) -> Result<(), Failure> {
         match task {
             Task::SyncMirror { post, room } => self.sync_mirror(*post, room).await,
+            Task::Detach {
+                post,
+                room,
+                message,
+            } => self.detach(*post, room, message).await,
             Task::Reply(event) => self.apply_reply(event).await,
         }
     }

@@ -6,7 +6,7 @@ use tracing::info;
 use super::{Begin, Inner, IntentState, UNKNOWN_CONTENT, store_failure};
 use crate::adapters::{ChatAdapter, RootMessage};
 use crate::layout::{content_hash, root_message};
-use crate::model::{Failure, PostId, Room};
+use crate::model::{Failure, FailureKind, MessageId, PostId, Room};
 use crate::store::{Mirror, post_intent_key};
 
 impl Inner {
@@ -77,7 +77,9 @@ impl Inner {
         let mirror = Mirror {
             message_id,
             content_hash: if reconciled { UNKNOWN_CONTENT } else { hash },
+            edits: 0,
             deleted: false,
+            detached: false,
         };
         self.store
             .record_mirror(post, room, &mirror, &key)
@@ -127,13 +129,49 @@ impl Inner {
         msg: &RootMessage,
         hash: u64,
     ) -> Result<(), Failure> {
-        chat.edit_root(&room.id, &m.message_id, msg).await?;
+        match chat.edit_root(&room.id, &m.message_id, m.edits, msg).await {
+            Ok(()) => {}
+            Err(f) if f.kind == FailureKind::Gone => {
+                return self.detach(post, room, &m.message_id).await;
+            }
+            Err(f) => return Err(f),
+        }
         m.content_hash = hash;
+        m.edits += 1;
         self.store
             .put_mirror(post, room, &m)
             .map_err(store_failure)?;
         self.metrics.effect(room.platform.as_str(), "edit", "ok");
         info!(%post, %room, "mirror updated");
+        Ok(())
+    }
+
+    /// Someone deleted the post's root message in `room`: the post stays without a message
+    /// there. Re-creating it would undo a person's (or a moderator's) decision, and editing a
+    /// message that is gone can never succeed, so the mirror is marked detached: later edits
+    /// and the post's deletion leave the room alone.
+    pub(super) async fn detach(
+        &self,
+        post: PostId,
+        room: &Room,
+        message: &MessageId,
+    ) -> Result<(), Failure> {
+        let Some(mut m) = self.store.mirror(post, room).map_err(store_failure)? else {
+            return Ok(());
+        };
+        if m.message_id != *message || m.detached {
+            return Ok(());
+        }
+        let already_deleted = m.deleted;
+        m.deleted = true;
+        m.detached = true;
+        self.store
+            .put_mirror(post, room, &m)
+            .map_err(store_failure)?;
+        if !already_deleted {
+            self.metrics.effect(room.platform.as_str(), "detach", "ok");
+            info!(%post, %room, "root message deleted in the room; the post is detached there");
+        }
         Ok(())
     }
 

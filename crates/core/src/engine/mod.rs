@@ -39,7 +39,9 @@ use crate::adapters::{ChatAdapter, FeedAdapter};
 use crate::health::Health;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
-use crate::model::{ChatEvent, Failure, FeedEvent, Inbound, Platform, PostId, Room};
+use crate::model::{
+    ChatEvent, Failure, FeedEvent, Inbound, MessageId, Platform, PostId, Room, ThreadId,
+};
 use crate::route::Router;
 use crate::store::{JournalEntry, PostRecord, Store, StoreError};
 
@@ -113,7 +115,16 @@ enum LaneKey {
 
 #[derive(Debug, Clone)]
 enum Task {
-    SyncMirror { post: PostId, room: Room },
+    SyncMirror {
+        post: PostId,
+        room: Room,
+    },
+    /// Someone deleted the post's root message in the room.
+    Detach {
+        post: PostId,
+        room: Room,
+        message: MessageId,
+    },
     Reply(ChatEvent),
 }
 
@@ -302,6 +313,26 @@ impl Inner {
         if !self.router.serves(room) {
             debug!(%room, "event for a room no mapping names; ignored");
             return Ok(Vec::new());
+        }
+        if let ChatEvent::ReplyDeleted {
+            thread: None,
+            reply,
+            ..
+        } = event
+        {
+            // A deleted message that is itself a thread root: the bridge's root message.
+            let root = MessageId(reply.0.clone());
+            if let Some(post) = self
+                .store
+                .post_for_thread(room, &ThreadId::rooted_at(&root))?
+            {
+                let task = Task::Detach {
+                    post,
+                    room: room.clone(),
+                    message: root,
+                };
+                return Ok(vec![(LaneKey::Room(room.clone()), task)]);
+            }
         }
         let thread = match event {
             ChatEvent::ReplyPosted { thread, .. } | ChatEvent::ReplyEdited { thread, .. } => {

@@ -20,7 +20,10 @@ impl Inner {
                 reply,
                 author,
                 body,
-            } => self.add_comment(room, thread, reply, author, body).await,
+            } => {
+                let (author, body) = self.resolved(room, author, body).await?;
+                self.add_comment(room, thread, reply, &author, &body).await
+            }
             ChatEvent::ReplyEdited {
                 room,
                 thread,
@@ -28,8 +31,9 @@ impl Inner {
                 author,
                 body,
             } => {
-                let doc =
-                    attributed_comment(author, self.chat(&room.platform)?.display_name(), body);
+                let (author, body) = self.resolved(room, author, body).await?;
+                let chat = self.chat(&room.platform)?;
+                let doc = attributed_comment(&author, chat.display_name(), &body);
                 if let Some(existing) = self
                     .store
                     .comment_for_reply(room, reply)
@@ -41,26 +45,41 @@ impl Inner {
                     // Feed comments cannot be edited through the API: replace the comment.
                     self.remove_comment(room, reply, &existing).await?;
                 }
-                self.add_comment(room, thread, reply, author, body).await
+                self.add_comment(room, thread, reply, &author, &body).await
             }
             ChatEvent::ReplyDeleted { room, reply, .. } => {
-                match self
+                let existing = self
                     .store
                     .comment_for_reply(room, reply)
-                    .map_err(store_failure)?
-                {
-                    Some(existing) => self.remove_comment(room, reply, &existing).await?,
+                    .map_err(store_failure)?;
+                match &existing {
+                    Some(existing) => self.remove_comment(room, reply, existing).await?,
                     None => {
-                        // Not bridged (yet): if the reply itself arrives late, it stays out.
-                        debug!(%room, %reply, "deleted reply was never a comment; remembered");
-                        self.store
-                            .put_reply_tombstone(room, reply)
-                            .map_err(store_failure)?;
+                        debug!(%room, %reply, "deleted reply was never a comment; remembered")
                     }
                 }
+                // Either way the reply stays out if it shows up again: late (redelivered out
+                // of order) or stale (a catch-up that read the thread before the deletion).
+                self.store
+                    .put_reply_tombstone(room, reply)
+                    .map_err(store_failure)?;
                 Ok(())
             }
         }
+    }
+
+    /// The reply's author and body with the names the intake left for later filled in.
+    async fn resolved(
+        &self,
+        room: &Room,
+        author: &Person,
+        body: &Doc,
+    ) -> Result<(Person, Doc), Failure> {
+        let (mut author, mut body) = (author.clone(), body.clone());
+        self.chat(&room.platform)?
+            .resolve_people(&mut author, &mut body)
+            .await?;
+        Ok((author, body))
     }
 
     /// Write a reply as a comment on its thread's post, once, guarded by an intent.

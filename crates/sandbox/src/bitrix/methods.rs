@@ -42,6 +42,7 @@ pub(crate) const METHODS: &[MethodSpec] = &[
     spec("user.current", USER),
     spec("department.get", &["department"]),
     spec("sonet_group.get", &["sonet_group"]),
+    spec("sonet_group.user.groups", &["sonet_group"]),
     spec("log.blogpost.get", LOG),
     spec("log.blogpost.add", LOG),
     spec("log.blogpost.update", LOG),
@@ -232,6 +233,22 @@ pub(crate) fn run(
         )),
         "department.get" => Ok(department_get(p, params, start)),
         "sonet_group.get" => Ok(sonet_group_get(p, params, start)),
+        // The caller's groups: `[{GROUP_ID, GROUP_NAME, ROLE}]`, ids as strings.
+        "sonet_group.user.groups" => Ok(Output::value(list(
+            p.groups
+                .values()
+                .filter(|g| g.members.contains(&ctx.user))
+                .map(|g| {
+                    map([
+                        ("GROUP_ID", Value::num_str(g.id)),
+                        ("GROUP_NAME", Value::from(g.name.as_str())),
+                        (
+                            "ROLE",
+                            Value::from(if g.owner == ctx.user { "A" } else { "K" }),
+                        ),
+                    ])
+                }),
+        ))),
         "log.blogpost.get" => Ok(blogpost_get(p, ctx, params, start)),
         "log.blogpost.add" => blogpost_add(p, ctx, params),
         "log.blogpost.update" => blogpost_update(p, ctx, params),
@@ -719,7 +736,7 @@ fn blogpost_get(p: &Portal, ctx: &Ctx, params: &Arr, start: i64) -> Output {
                 && (post_id <= 0 || post.id as i64 == post_id)
                 && rights
                     .as_ref()
-                    .is_none_or(|r| post.dest.iter().any(|d| r.contains(d)))
+                    .is_none_or(|r| post.rights().iter().any(|d| r.contains(d)))
                 && date_from.is_none_or(|f| published_at >= f)
                 && date_to.is_none_or(|t| published_at <= t)
         })

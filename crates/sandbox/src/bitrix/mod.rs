@@ -23,6 +23,9 @@
 //!   reset time is in `time.operating_reset_at` of the method's successful answers.
 //! - `time.start` and `time.processing` alternate between integers and floats.
 //! - In-string `batch` references interpolate any scalar; arrays become `"Array"`.
+//! - A post's rights (what `LOG_RIGHTS` filters on) are its destinations plus the author's
+//!   own `U<author>`, and `G2`/`AU` besides `UA` for posts to everyone, as the blog module
+//!   stores them; `HAS_SOCNET_ALL` says whether a post is for everyone.
 //! - Administrators (the webhook user by default) see only what their destinations
 //!   allow in `log.blogpost.get`, but may comment on, edit and delete any post.
 //! - Files are stored only as far as posts and comments need them (ids, names,

@@ -117,6 +117,18 @@ impl FakePortal {
         );
     }
 
+    /// A user leaves a workgroup: the group's posts are no longer visible to them.
+    ///
+    /// # Panics
+    /// If the group does not exist.
+    #[track_caller]
+    pub fn remove_group_member(&self, group: u64, user: u64) {
+        expect(
+            "remove_group_member",
+            self.write(|p| p.remove_group_member(group, user)),
+        );
+    }
+
     /// # Panics
     /// If the user does not exist.
     #[track_caller]

@@ -81,6 +81,20 @@ pub(crate) struct Post {
     pub num_comments: u64,
 }
 
+impl Post {
+    /// The rights the blog module stores for the post, which `LOG_RIGHTS` filters on: its
+    /// destinations, the author's own `U<author>` (`"U".$arPost["AUTHOR_ID"]` is always
+    /// appended), and for posts to everyone `G2` and `AU` besides the `UA` the REST docs name.
+    pub(crate) fn rights(&self) -> Vec<String> {
+        let mut rights = self.dest.clone();
+        if self.dest.iter().any(|d| d == "UA") {
+            rights.extend(["G2".to_string(), "AU".to_string()]);
+        }
+        rights.push(format!("U{}", self.author));
+        rights
+    }
+}
+
 pub(crate) struct Comment {
     pub id: u64,
     pub log_comment_id: u64,
@@ -363,6 +377,19 @@ impl Portal {
             },
         );
         id
+    }
+
+    pub(crate) fn remove_group_member(
+        &mut self,
+        group: u64,
+        user: u64,
+    ) -> Result<(), SandboxError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(SandboxError::UnknownGroup(group))?;
+        g.members.remove(&user);
+        Ok(())
     }
 
     pub(crate) fn add_group_member(&mut self, group: u64, user: u64) -> Result<(), SandboxError> {

@@ -173,6 +173,17 @@ pub(crate) struct Net {
     buckets: HashMap<(String, String), Bucket>,
     windows: Vec<Window>,
     pub violations: usize,
+    /// `method channel at <unix ms>` of each call that landed inside a window.
+    pub violated: Vec<String>,
+    /// `method channel for Ns at <unix ms>` of each window opened.
+    pub opened: Vec<String>,
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 impl Net {
@@ -185,10 +196,17 @@ impl Net {
             .any(|w| w.method == method && w.channel.as_deref().is_none_or(|c| c == channel))
         {
             self.violations += 1;
+            self.violated
+                .push(format!("{method} {channel} at {}", unix_ms()));
         }
     }
 
     fn open_window(&mut self, method: &str, channel: Option<&str>, secs: u64) {
+        self.opened.push(format!(
+            "{method} {} for {secs}s at {}",
+            channel.unwrap_or("*"),
+            unix_ms()
+        ));
         self.windows.push(Window {
             method: method.to_owned(),
             channel: channel.map(str::to_owned),

@@ -64,6 +64,9 @@ pub(crate) struct ConnHandle {
 #[derive(Clone)]
 pub(crate) struct Queued {
     payload: Arc<Value>,
+    /// When the event was first sent (or queued): it is given up after
+    /// `undelivered_retention`.
+    since: std::time::Instant,
     attempt: u32,
     reason: &'static str,
     /// The connection that failed to ack it last time.
@@ -245,6 +248,7 @@ impl Shared {
             w,
             Queued {
                 payload,
+                since: std::time::Instant::now(),
                 attempt: 0,
                 reason: "",
                 avoid: None,
@@ -257,7 +261,17 @@ impl Shared {
     fn route(self: &Arc<Self>, w: &mut World, q: Queued) {
         loop {
             let Some(conn) = w.dl.pick(q.avoid) else {
+                let me = self.clone();
+                let left = self
+                    .cfg
+                    .undelivered_retention
+                    .saturating_sub(q.since.elapsed());
+                let since = q.since;
                 w.dl.pending.push_back(q);
+                self.rt.spawn(async move {
+                    tokio::time::sleep(left).await;
+                    me.give_up_queued(since);
+                });
                 return;
             };
             let envelope_id = match (
@@ -300,18 +314,40 @@ impl Shared {
             let Some(inf) = w.dl.inflight.remove(envelope_id) else {
                 return;
             };
-            if inf.q.attempt >= self.cfg.socket_retries {
+            let expired = inf.q.since.elapsed() >= self.cfg.undelivered_retention;
+            if inf.q.attempt >= self.cfg.socket_retries || expired {
                 let id = inf.q.payload["event_id"].as_str().unwrap_or_default();
                 w.dl.failed.push(id.to_owned());
             } else {
                 let q = Queued {
                     payload: inf.q.payload,
+                    since: inf.q.since,
                     attempt: inf.q.attempt + 1,
                     reason: "timeout",
                     avoid: Some(inf.conn),
                     prev_envelope: Some(envelope_id.to_owned()),
                 };
                 self.route(w, q);
+            }
+        }
+        self.bump();
+    }
+
+    /// Drops events queued since `since` (or earlier) that are still waiting for a
+    /// connection: Slack stopped retrying them.
+    fn give_up_queued(self: &Arc<Self>, since: std::time::Instant) {
+        {
+            let mut guard = self.lock();
+            let w = &mut *guard;
+            let retention = self.cfg.undelivered_retention;
+            let (expired, kept): (VecDeque<Queued>, VecDeque<Queued>) =
+                std::mem::take(&mut w.dl.pending)
+                    .into_iter()
+                    .partition(|q| q.since <= since && q.since.elapsed() >= retention);
+            w.dl.pending = kept;
+            for q in expired {
+                let id = q.payload["event_id"].as_str().unwrap_or_default();
+                w.dl.failed.push(id.to_owned());
             }
         }
         self.bump();

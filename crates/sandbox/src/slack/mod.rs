@@ -164,6 +164,9 @@ pub struct WorkspaceConfig {
     pub ack_timeout: Duration,
     /// Socket Mode redeliveries before an event is given up.
     pub socket_retries: u32,
+    /// How long an event nobody acknowledges is kept for redelivery, with or without a
+    /// connection, before Slack gives it up (its retries span about six minutes).
+    pub undelivered_retention: Duration,
     pub max_socket_connections: usize,
     /// Server-initiated WebSocket pings; `None` disables them.
     pub ping_interval: Option<Duration>,
@@ -219,6 +222,7 @@ impl Default for WorkspaceConfig {
             method_rates: Vec::new(),
             ack_timeout: Duration::from_secs(3),
             socket_retries: 3,
+            undelivered_retention: Duration::from_secs(360),
             max_socket_connections: 10,
             ping_interval: Some(Duration::from_secs(10)),
             refresh_grace: Duration::from_millis(500),
@@ -546,6 +550,18 @@ impl FakeSlack {
         self.with(|w| w.ws.human_delete(user, channel, ts))
     }
 
+    /// A workspace admin deletes someone else's message (admins and owners may delete any
+    /// message, the bot's too). A thread root with replies stays as a tombstone.
+    ///
+    /// # Panics
+    /// If the channel or message does not exist.
+    #[track_caller]
+    pub fn admin_delete(&self, channel: &str, ts: &str) {
+        if let Err(e) = self.with(|w| w.ws.delete(channel, ts).map_err(str::to_owned)) {
+            panic!("admin_delete: {e}");
+        }
+    }
+
     pub fn try_react(&self, user: &str, channel: &str, ts: &str, name: &str) -> Result<(), String> {
         self.with(|w| {
             if !w.ws.users.contains_key(user) {
@@ -768,6 +784,13 @@ impl FakeSlack {
     /// was still open.
     pub fn rate_limit_violations(&self) -> usize {
         self.0.lock().net.violations
+    }
+
+    /// The calls that landed inside a `Retry-After` window (`method channel at <unix ms>`),
+    /// and the windows opened (`method channel for Ns at <unix ms>`).
+    pub fn rate_limit_violation_calls(&self) -> (Vec<String>, Vec<String>) {
+        let net = &self.0.lock().net;
+        (net.violated.clone(), net.opened.clone())
     }
 
     /// Waits until `pred` holds, re-checking on every state change; false on timeout.
