@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of livefeed-bridge: formatting, clippy, unit, golden and
-# end-to-end suites (against the in-process Bitrix24/Slack sandbox and a real Synapse).
-# Needs the Rust toolchain, python3 (venv) and curl. Usage: ./scripts/test-all.sh
+# end-to-end suites (against the in-process Bitrix24/Slack sandbox and a real Synapse), the
+# container files' lint, and the container smoke test where podman can be installed.
+# Needs the Rust toolchain, python3 (venv), curl and PyPI. Usage: ./scripts/test-all.sh
+# LIVEFEED_SKIP_MATRIX=1 skips the Synapse suites, LIVEFEED_SKIP_CONTAINERS=1 the smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,9 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
 cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
+step "container files: hadolint, compose-spec schema"
+./scripts/container/lint.sh .ci/venv
+
 # The Matrix suites run against a real Synapse on 127.0.0.1 (installed from PyPI on first
 # use). LIVEFEED_SKIP_MATRIX=1 skips them; plain `cargo test` without a homeserver skips them too.
 if [ "${LIVEFEED_SKIP_MATRIX:-0}" != 1 ]; then
@@ -30,5 +35,18 @@ fi
 
 step "cargo test"
 cargo test --locked --workspace --all-targets --all-features -- --test-threads="${TEST_THREADS:-2}"
+
+# The image as operators run it: built with podman, healthy, a post mirrored, SIGTERM, a
+# restart on the same volume, and the compose demo. It packages the debug binaries the tests
+# just built (the Dockerfile's prebuilt path), so it costs seconds, not a release build.
+if [ "${LIVEFEED_SKIP_CONTAINERS:-0}" != 1 ]; then
+  step "container smoke test"
+  if reason=$(./scripts/container/setup.sh .ci/venv 2>&1); then
+    echo "$reason"
+    SMOKE_PROFILE=dev ./scripts/container/smoke.sh .ci/venv
+  else
+    echo "container smoke test NOT RUN: $reason"
+  fi
+fi
 
 step "all tests passed"

@@ -121,16 +121,8 @@ fn local(store: &Store, target: Option<Target>) -> Result<Outcome, DeadLetterErr
     Ok(Outcome::Retried { retried, missing })
 }
 
-/// `http.listen` as seen from this machine: a wildcard address is reached on loopback.
 fn admin_url(config: &Config) -> String {
-    let mut addr = config.http.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    format!("http://{addr}/admin/dead-letters")
+    config.http.local_url("/admin/dead-letters")
 }
 
 enum Remote {

@@ -1,4 +1,4 @@
-//! The `livefeed-bridge` command line: `run`, `check`, `dead-letters`, `version`.
+//! The `livefeed-bridge` command line: `run`, `check`, `health`, `dead-letters`, `version`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,8 +21,9 @@ const EXIT_CONFIG: u8 = 2;
     about = "Bridges the Bitrix24 Live Feed with Slack and Matrix"
 )]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "LIVEFEED_BRIDGE_LOG_FORMAT")]
+    /// Log format on stderr: `auto` is human on a terminal and JSON otherwise (containers,
+    /// journald, files).
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true, env = "LIVEFEED_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -30,6 +31,7 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
+    Auto,
     Human,
     Json,
 }
@@ -48,6 +50,18 @@ enum Command {
         /// Only validate the file; do not contact Bitrix24 or Slack.
         #[arg(long)]
         offline: bool,
+    },
+    /// Ask the running bridge whether it is ready (`/readyz` on `http.listen`): exit 0 when
+    /// ready or degraded, 1 otherwise. Made for container health checks, which have no curl.
+    Health {
+        #[arg(long, env = "LIVEFEED_BRIDGE_CONFIG", default_value = "./bridge.yaml")]
+        config: PathBuf,
+        /// Probe this URL instead of the one derived from the config.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
     },
     /// List or retry actions that failed permanently. Works on a stopped bridge's store, and
     /// through the running bridge's loopback admin API while it holds the store.
@@ -80,15 +94,15 @@ enum DeadLetterAction {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a terminal: container logs and files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
+        .with_ansi(terminal)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Auto if terminal => builder.init(),
+        LogFormat::Auto | LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -137,6 +151,20 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Health {
+            config,
+            url,
+            timeout,
+        } => {
+            let url = match url {
+                Some(url) => url,
+                None => match load(&config) {
+                    Ok(c) => c.http.local_url("/readyz"),
+                    Err(code) => return code,
+                },
+            };
+            health(&url, Duration::from_secs(timeout)).await
+        }
         Command::DeadLetters { config, action } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -182,6 +210,31 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One GET of `/readyz`. Degraded counts as healthy: the bridge is working, and restarting
+/// it would not release held deletions.
+async fn health(url: &str, timeout: Duration) -> ExitCode {
+    let answer = async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        let response = client.get(url).send().await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await.unwrap_or_default()))
+    };
+    match answer.await {
+        Ok((status, body)) => {
+            println!("{} {}", status.as_u16(), body.trim());
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            println!("unreachable: {}", e.without_url());
+            ExitCode::FAILURE
+        }
     }
 }
 

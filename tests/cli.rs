@@ -66,7 +66,7 @@ async fn help_lists_the_operator_commands_only() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "check", "dead-letters", "version", "help"],
+        ["run", "check", "health", "dead-letters", "version", "help"],
         "{help}"
     );
 }
@@ -104,7 +104,7 @@ async fn config_errors_exit_2_with_file_line_column() {
         ),
         (
             VALID.replace("https://acme", "http://acme"),
-            ":2:16: bitrix24.webhook_url: plain http is only allowed for loopback hosts",
+            ":2:16: bitrix24.webhook_url: plain http is only allowed for loopback hosts and single-label container names",
         ),
     ];
     for (yaml, want) in cases {

@@ -150,6 +150,48 @@ async fn an_archived_channel_is_a_dead_letter_too() {
     assert_eq!(w.roots(&w.news).len(), 1, "only the post from before");
 }
 
+/// `livefeed-bridge health`, the container's health check: ready → 0, not ready → 1 with the
+/// answer, stopped → 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_command_reports_readyz() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let addr = w.running.as_ref().expect("running").http_addr;
+    let path = w.dir.path().join("health.yaml");
+    std::fs::write(&path, w.config_text(&addr.to_string())).expect("config written");
+    let health = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"))
+            .args(["health", "--config"])
+            .arg(&path)
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = health();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("200 {"), "{out}");
+    assert!(out.contains(r#""status":"ready""#), "{out}");
+
+    w.slack.revoke_bot_token();
+    w.post_all(
+        "Revoked",
+        "the bridge finds out when it tries to mirror this",
+    );
+    wait_readyz(&w, "Slack down", |status, _| status == 503).await;
+    let (code, out) = health();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("503 {"), "{out}");
+    assert!(out.contains(r#""status":"not_ready""#), "{out}");
+
+    w.stop().await;
+    let (code, out) = health();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("unreachable: "), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_shows_in_readyz_and_is_not_retried_in_a_hot_loop() {
     let mut w = World::new(Setup::default()).await;

@@ -128,10 +128,7 @@ fn webhook(v: &Validator, raw: &Str) -> Result<Webhook, ConfigError> {
         v.err(
             raw,
             format!("bitrix24.webhook_url: {m}"),
-            Some(
-                "use https:// (plain http is accepted only for 127.0.0.1/localhost test portals)"
-                    .into(),
-            ),
+            Some("use https:// (plain http is accepted only for loopback test portals)".into()),
         )
     })?;
     let segments: Vec<&str> = url

@@ -92,6 +92,21 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
 }
 
+impl HttpConfig {
+    /// `http://ADDR{path}` as reached from this machine (or container): a wildcard listen
+    /// address is reached on loopback. Used by the `health` and `dead-letters` commands.
+    pub fn local_url(&self, path: &str) -> String {
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}{path}")
+    }
+}
+
 #[derive(Debug, Clone)]
 /// One mapping: audiences to rooms.
 pub struct Mapping {
@@ -674,6 +689,19 @@ mappings:
             &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
         );
         assert!(e.message.contains("plain http"), "{e}");
+        // A compose service name is on the same container network, never the internet.
+        let c = Config::parse(
+            &MATRIX.replace("https://matrix.example.org", "http://synapse:8008"),
+            "f",
+            &env(&[("MATRIX_ACCESS_TOKEN", "t")]),
+        )
+        .unwrap();
+        assert!(
+            c.matrix
+                .unwrap()
+                .homeserver
+                .starts_with("http://synapse:8008")
+        );
         let no_section = "bitrix24:\n  webhook_url: https://a.bitrix24.com/rest/1/abcdefgh/\nmappings:\n  - name: x\n    audience: [all]\n    matrix: { room: \"!r\" }\n";
         let e = parse_err(no_section, &env(&[]));
         assert!(e.message.contains("no `matrix:` section"), "{e}");

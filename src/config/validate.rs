@@ -135,18 +135,23 @@ impl Validator<'_> {
     }
 }
 
+/// Credentials travel in these URLs, so they need TLS unless the server is on this machine
+/// or is a container on the same compose network (a single-label name such as `synapse`,
+/// which no public DNS resolves).
 pub(crate) fn check_scheme(url: &Url) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
-        "http" if is_loopback_host(url) => Ok(()),
-        "http" => Err("plain http is only allowed for loopback hosts".into()),
+        "http" if is_local_host(url) => Ok(()),
+        "http" => Err(
+            "plain http is only allowed for loopback hosts and single-label container names".into(),
+        ),
         other => Err(format!("unsupported scheme `{other}`")),
     }
 }
 
-fn is_loopback_host(url: &Url) -> bool {
+fn is_local_host(url: &Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Domain(d)) => d == "localhost" || !d.contains('.'),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,

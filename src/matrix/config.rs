@@ -13,7 +13,7 @@ use crate::secret::Secret;
 #[derive(Debug, Clone)]
 /// The `matrix:` section, validated.
 pub struct MatrixConfig {
-    /// `https://matrix.example.org` (plain http only for loopback).
+    /// `https://matrix.example.org` (plain http only for loopback or a compose service name).
     pub homeserver: String,
     /// `@feedbot:example.org`
     pub user_id: String,
@@ -85,7 +85,7 @@ pub(crate) fn validate(v: &Validator, raw: &RawMatrix) -> Result<MatrixConfig, C
         v.err(
             &raw.homeserver,
             format!("matrix.homeserver: {m}"),
-            Some("use https:// (plain http only for loopback test servers)".into()),
+            Some("use https:// (plain http only for loopback hosts or a container name such as `synapse`)".into()),
         )
     })?;
     let user_id = v.expand("matrix.user_id", &raw.user_id)?.trim().to_string();

@@ -163,7 +163,7 @@ fn api_base(v: &Validator, raw: Option<&Str>) -> Result<String, ConfigError> {
                 v.err(
                     s,
                     format!("slack.api_base: {m}"),
-                    Some("use https:// (plain http only for loopback test servers)".into()),
+                    Some("use https:// (plain http only for loopback hosts or a container name such as `synapse`)".into()),
                 )
             })?;
             let mut base = url.to_string();

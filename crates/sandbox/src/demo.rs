@@ -1,27 +1,44 @@
 //! `livefeed-sandbox`: a fake portal and a fake workspace on 127.0.0.1, seeded with a few
 //! people and channels, plus a generated bridge config — everything needed to watch the bridge
-//! work without any account. Stops on Ctrl-C.
+//! work without any account. Stops on Ctrl-C or SIGTERM (it may run as a container's PID 1).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::bitrix::{self as b24, FakePortal, PortalConfig};
 use super::slack::{self as sl, FakeSlack, WorkspaceConfig};
 
-pub async fn run(config_path: &Path, port: u16) -> ExitCode {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let portal = match FakePortal::start_on(PortalConfig::default(), addr).await {
+/// Where the demo listens and what its generated bridge config says.
+pub struct Options {
+    /// Where the bridge config is written.
+    pub config_path: PathBuf,
+    /// The fake portal's address.
+    pub portal: SocketAddr,
+    /// The fake Slack Web API's address; Socket Mode takes a free port beside it.
+    pub slack: SocketAddr,
+    /// `store.path` of the generated config.
+    pub store_path: String,
+    /// `http.listen` of the generated config.
+    pub bridge_listen: SocketAddr,
+}
+
+pub async fn run(o: &Options) -> ExitCode {
+    let portal = match FakePortal::start_on(PortalConfig::default(), o.portal).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: cannot start the fake portal on {addr}: {e}");
+            eprintln!("error: cannot start the fake portal on {}: {e}", o.portal);
             return ExitCode::FAILURE;
         }
     };
-    let slack = match FakeSlack::start(WorkspaceConfig::default()).await {
+    let ws = SocketAddr::new(o.slack.ip(), 0);
+    let slack = match FakeSlack::start_on(WorkspaceConfig::default(), o.slack, ws).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot start the fake Slack workspace: {e}");
+            eprintln!(
+                "error: cannot start the fake Slack workspace on {}: {e}",
+                o.slack
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -49,8 +66,8 @@ slack:
   bot_token: {bot}
   app_token: {app}
   api_base: {api}
-store: {{ path: ./sandbox-data }}
-http: {{ listen: 127.0.0.1:18080 }}
+store: {{ path: {store} }}
+http: {{ listen: {listen} }}
 mappings:
   - name: company-news
     audience: [all]
@@ -63,8 +80,11 @@ mappings:
         bot = cfg.bot_token,
         app = cfg.app_token,
         api = slack.api_base(),
+        store = o.store_path,
+        listen = o.bridge_listen,
     );
-    if let Err(e) = std::fs::write(config_path, yaml) {
+    let config_path = o.config_path.as_path();
+    if let Err(e) = write_atomically(config_path, &yaml) {
         eprintln!("error: cannot write {}: {e}", config_path.display());
         return ExitCode::FAILURE;
     }
@@ -93,8 +113,34 @@ A post for the Developers group (dest "SG{group}") goes to #dev ({dev}) only.
 Ctrl-C stops the sandbox."#,
         cfg_path = config_path.display(),
     );
-    let _ = tokio::signal::ctrl_c().await;
+    stopped().await;
     portal.shutdown();
     slack.shutdown();
     ExitCode::SUCCESS
+}
+
+/// A bridge started beside the sandbox (the compose demo) may read the config at any moment:
+/// it must see the whole file or none.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Ctrl-C or SIGTERM: as a container's PID 1 the process gets SIGTERM, and the kernel ignores
+/// it unless a handler is installed.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -21,3 +21,17 @@
 pub mod bitrix;
 pub mod demo;
 pub mod slack;
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The address to put in URLs for a listener: one bound to every interface (a container's
+/// `0.0.0.0`) is reached on loopback by anything sharing its network namespace.
+pub(crate) fn reachable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}

@@ -47,9 +47,11 @@ impl FakePortal {
         Self::start_on(cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
     }
 
+    /// Starts the portal on `addr`; URLs name loopback when `addr` is a wildcard.
     pub async fn start_on(cfg: PortalConfig, addr: SocketAddr) -> std::io::Result<FakePortal> {
         let shared = Arc::new(Shared::new(Portal::new(cfg)));
         let (addr, stop) = server::spawn(shared.clone(), addr).await?;
+        let addr = crate::reachable(addr);
         Ok(FakePortal {
             inner: Arc::new(Handle { shared, addr, stop }),
         })

@@ -402,10 +402,21 @@ pub struct FakeSlack(Arc<Shared>);
 impl FakeSlack {
     /// Starts the Web API and the Socket Mode WebSocket server on loopback ports.
     pub async fn start(cfg: WorkspaceConfig) -> std::io::Result<FakeSlack> {
-        let api_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let ws_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let api_addr = api_listener.local_addr()?;
-        let ws_addr = ws_listener.local_addr()?;
+        let any = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        Self::start_on(cfg, any, any).await
+    }
+
+    /// Starts the Web API on `api` and Socket Mode on `ws`; URLs name loopback when an
+    /// address is a wildcard.
+    pub async fn start_on(
+        cfg: WorkspaceConfig,
+        api: SocketAddr,
+        ws: SocketAddr,
+    ) -> std::io::Result<FakeSlack> {
+        let api_listener = TcpListener::bind(api).await?;
+        let ws_listener = TcpListener::bind(ws).await?;
+        let api_addr = crate::reachable(api_listener.local_addr()?);
+        let ws_addr = crate::reachable(ws_listener.local_addr()?);
         let (http_tx, http_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let http = reqwest::Client::builder()
