@@ -10,7 +10,9 @@
 //! # Layout
 //!
 //! - [`bitrix`]: the fake portal: REST under `/rest/{user}/{secret}/`, `batch`, the leaky
-//!   bucket, Live Feed visibility, fault injection, and a `/_sandbox/` control API.
+//!   bucket, Live Feed visibility, fault injection, a local OAuth app (token endpoint, REST
+//!   with access tokens, `event.*`, the offline queue, online pushes), and a `/_sandbox/`
+//!   control API.
 //! - [`slack`]: the fake workspace: Web API, Socket Mode, signed Events API delivery, rate
 //!   limits, and its own `/_sandbox/` control API.
 //! - [`demo`]: both fakes seeded with people and channels, plus a bridge config that points at

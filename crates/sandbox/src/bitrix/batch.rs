@@ -81,13 +81,15 @@ pub(crate) fn run(
                     }
                     s.time.insert(key, t);
                 }
-                Err(e) => s.error.insert(
-                    key,
-                    map([
-                        ("error", Value::Str(e.code)),
-                        ("error_description", Value::Str(e.description)),
-                    ]),
-                ),
+                Err(e) => {
+                    let mut entry = Arr::new();
+                    entry.insert("error", Value::Str(e.code));
+                    entry.insert("error_description", Value::Str(e.description));
+                    if let Some(argument) = e.argument {
+                        entry.insert("argument", Value::Str(argument));
+                    }
+                    s.error.insert(key, Value::Arr(entry));
+                }
             }
             if failed && halt {
                 break;

@@ -50,8 +50,13 @@ pub struct PortalConfig {
     pub legacy_date_format: bool,
     /// `log.blogcomment.user.get` with upper-case top-level keys (`COMMENTS`, `FILES`).
     pub comment_user_get_upper_keys: bool,
-    /// Answers of `feature.get`; unknown codes are `"N"`.
+    /// Answers of `feature.get`; unknown codes are `"N"`. `rest_offline_extended` (on by
+    /// default) also decides whether `event.offline.get` may reserve rows (`clear=0`).
     pub features: Vec<(String, bool)>,
+    /// The local OAuth app installed on the portal (events need one).
+    pub oauth: OAuthApp,
+    /// How long an online event push waits for the handler's answer.
+    pub push_timeout: Duration,
 }
 
 impl Default for PortalConfig {
@@ -82,8 +87,105 @@ impl Default for PortalConfig {
                 ("rest_offline_extended".to_owned(), true),
                 ("rest_auth_connector".to_owned(), false),
             ],
+            oauth: OAuthApp::default(),
+            push_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// A local ("server-side, uses only API") OAuth application installed by an
+/// administrator (contract §1.5, §5). It gets tokens from `/oauth/token/` on the portal's
+/// own listener, calls `/rest/{method}` with them, and is the only kind of caller the
+/// `event.*` methods accept.
+#[derive(Clone, Debug)]
+pub struct OAuthApp {
+    /// `client_id` of the app (`local.…`).
+    pub client_id: String,
+    /// `client_secret` (a secret: never logged or recorded).
+    pub client_secret: String,
+    /// Sent in every event push as `auth[application_token]`; handlers compare it.
+    pub application_token: String,
+    /// The admin who installed the app; its tokens act as this user. `0` (the default)
+    /// means the webhook user.
+    pub user: u64,
+    /// Scopes granted to the app.
+    pub scopes: Vec<String>,
+    /// Where `/oauth/authorize/` redirects with `code`.
+    pub redirect_uri: String,
+    /// Access token lifetime (`expires_in`).
+    pub access_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_ttl: Duration,
+}
+
+impl Default for OAuthApp {
+    fn default() -> Self {
+        Self {
+            client_id: "local.6a1b2c3d4e5f60.12345678".to_owned(),
+            client_secret: "Zq4tUe7Hs9Kd2Lm5Np8Rv1Wx3Yb6Cf0Gj4Ik7Ol2Pn5Qs8Tu1V".to_owned(),
+            application_token: "0f1e2d3c4b5a69788796a5b4c3d2e1f0".to_owned(),
+            user: 0,
+            scopes: ["log", "user", "department", "sonet_group"]
+                .map(str::to_owned)
+                .to_vec(),
+            redirect_uri: "https://bridge.example.invalid/bitrix24/oauth".to_owned(),
+            access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(180 * 86_400),
+        }
+    }
+}
+
+/// An `event.bind` registration of the app.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventBinding {
+    /// `event_handler_id` of pushes.
+    pub id: u64,
+    /// Upper-case event name.
+    pub event: String,
+    /// Handler URL; `None` for an offline binding.
+    pub handler: Option<String>,
+    /// `auth_type`: the user whose token pushes carry; `0` means the acting user.
+    pub auth_type: u64,
+    /// `auth_connector` the binding was made with (`""` normally).
+    pub connector: String,
+    pub offline: bool,
+}
+
+/// A row of the offline event queue (`b_rest_event_offline`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OfflineRow {
+    pub id: u64,
+    /// Upper-case event name.
+    pub name: String,
+    pub post_id: u64,
+    /// `md5(EVENT_NAME + "|" + json(EVENT_DATA))`.
+    pub message_id: String,
+    /// The `clear=0` reservation holding the row, if any.
+    pub process_id: Option<String>,
+    /// Marked by `event.offline.error`.
+    pub error: bool,
+    /// The `auth_connector` of the binding that queued it.
+    pub connector: String,
+    /// `EVENT_ADDITIONAL.user_id`: who made the change.
+    pub user_id: u64,
+    /// `TIMESTAMP_X`: when the row was queued or last merged.
+    #[serde(skip)]
+    pub timestamp: SystemTime,
+}
+
+/// One attempt to deliver an online event to a handler URL (never retried).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PushRecord {
+    /// Upper-case event name.
+    pub event: String,
+    pub post_id: u64,
+    pub url: String,
+    /// The binding's id (`event_handler_id`).
+    pub handler_id: u64,
+    /// HTTP status of the handler's answer; `None` when there was none.
+    pub status: Option<u16>,
+    /// Transport error or timeout.
+    pub error: Option<String>,
 }
 
 /// A directory user to create.

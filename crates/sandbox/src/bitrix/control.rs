@@ -42,6 +42,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             axum::routing::delete(delete_comment),
         )
         .route("/_sandbox/requests", get(list_requests))
+        .route("/_sandbox/oauth/code", post(oauth_code))
+        .route("/_sandbox/oauth/expire", post(oauth_expire))
+        .route("/_sandbox/oauth/revoke", post(oauth_revoke))
+        .route("/_sandbox/events", get(list_events))
 }
 
 fn failure(e: SandboxError) -> Response {
@@ -301,4 +305,41 @@ async fn delete_comment(State(s): AppState, Path(id): Path<u64>) -> Response {
 
 async fn list_requests(State(s): AppState) -> Json<JsonValue> {
     Json(s.read(|p| json!(p.requests)))
+}
+
+async fn oauth_code(State(s): AppState) -> Json<JsonValue> {
+    let code = s.write(|p| {
+        let user = p.oauth_user();
+        p.mint_code(user)
+    });
+    Json(json!({ "code": code }))
+}
+
+async fn oauth_expire(State(s): AppState) -> Json<JsonValue> {
+    s.write(|p| p.expire_access_tokens());
+    Json(json!({}))
+}
+
+async fn oauth_revoke(State(s): AppState) -> Json<JsonValue> {
+    s.write(|p| p.revoke_grants());
+    Json(json!({}))
+}
+
+async fn list_events(State(s): AppState) -> Json<JsonValue> {
+    Json(s.read(|p| {
+        let offline: Vec<JsonValue> = p
+            .offline_views()
+            .iter()
+            .map(|r| {
+                let mut v = json!(r);
+                v["timestamp"] = json!(iso(r.timestamp));
+                v
+            })
+            .collect();
+        json!({
+            "bindings": p.binding_views(),
+            "offline": offline,
+            "pushes": p.events.pushes,
+        })
+    }))
 }

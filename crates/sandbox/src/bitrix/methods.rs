@@ -4,6 +4,7 @@
 
 use super::batch;
 use super::config::{FaultKind, SubCallRecord};
+use super::events::{self, Origin, PostEvent};
 use super::state::{FaultLevel, Portal, Post, User, code_id, derive_title, micro_title};
 use super::time;
 use super::value::{Arr, Value, list, map};
@@ -105,9 +106,21 @@ pub(crate) fn lookup(name: &str) -> Option<&'static MethodSpec> {
 pub(crate) struct Ctx {
     pub user: u64,
     pub scopes: Vec<String>,
+    /// Called with the local app's access token (`auth_type` `oauth`), not a webhook.
+    pub oauth: bool,
+    /// `auth_connector` sent with an OAuth call (`""` when absent).
+    pub auth_connector: String,
 }
 
 impl Ctx {
+    /// Who a change made by this call is attributed to, for event dispatch.
+    pub(crate) fn origin(&self) -> Origin {
+        Origin {
+            user: self.user,
+            app_connector: self.oauth.then(|| self.auth_connector.clone()),
+        }
+    }
+
     fn granted(&self, spec: &MethodSpec) -> bool {
         spec.scopes.is_empty()
             || spec
@@ -123,6 +136,8 @@ pub(crate) struct ApiError {
     pub status: u16,
     pub code: String,
     pub description: String,
+    /// The `argument` key `ERROR_ARGUMENT` answers carry.
+    pub argument: Option<String>,
 }
 
 impl ApiError {
@@ -131,7 +146,14 @@ impl ApiError {
             status,
             code: code.to_owned(),
             description: description.to_owned(),
+            argument: None,
         }
+    }
+
+    /// Adds the `argument` key (empty names add nothing).
+    pub(crate) fn with_argument(mut self, name: &str) -> Self {
+        self.argument = (!name.is_empty()).then(|| name.to_owned());
+        self
     }
 
     /// Business errors of log.* methods are HTTP 400.
@@ -152,7 +174,7 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    fn value(result: Value) -> Self {
+    pub(crate) fn value(result: Value) -> Self {
         Self {
             result,
             total: None,
@@ -173,6 +195,8 @@ pub(crate) fn check_scope(
     }
     let description = if in_batch {
         ""
+    } else if ctx.oauth {
+        "The request requires higher privileges than provided by the access token"
     } else {
         "The request requires higher privileges than provided by the webhook token"
     };
@@ -219,6 +243,7 @@ pub(crate) fn run(
             p.tz(),
         )))),
         "profile" => Ok(Output::value(profile(p, ctx))),
+        "app.info" if ctx.oauth => Ok(Output::value(app_info(p))),
         "app.info" => Err(ApiError::bad(
             "ACCESS_DENIED",
             "Access denied! Application context required",
@@ -258,11 +283,7 @@ pub(crate) fn run(
         "log.blogcomment.add" => comment_add(p, ctx, params),
         "log.blogcomment.delete" => comment_delete(p, ctx, params),
         "log.blogcomment.user.get" => Ok(comment_user_get(p, ctx, params)),
-        n if n.starts_with("event") => Err(ApiError::new(
-            403,
-            "WRONG_AUTH_TYPE",
-            "Current authorization type is denied for this method",
-        )),
+        n if n.starts_with("event") => events::call(p, ctx, n, params, start),
         _ => Err(ApiError::method_not_found()),
     }
 }
@@ -403,6 +424,23 @@ fn profile(p: &Portal, ctx: &Ctx) -> Value {
     a.insert("TIME_ZONE", Value::from(""));
     a.insert("TIME_ZONE_OFFSET", Value::Int(i64::from(p.tz())));
     Value::Arr(a)
+}
+
+/// `app.info` in app context, shaped like the docs' example (unverified on a portal).
+fn app_info(p: &Portal) -> Value {
+    map([
+        ("ID", Value::from("7")),
+        ("CODE", Value::from(p.cfg.oauth.client_id.as_str())),
+        ("VERSION", Value::Int(1)),
+        ("STATUS", Value::from("L")),
+        ("INSTALLED", Value::Bool(true)),
+        ("PAYMENT_EXPIRED", Value::from("N")),
+        ("DAYS", Value::Null),
+        ("LANGUAGE_ID", Value::from("en")),
+        ("LICENSE", Value::from("en_project")),
+        ("LICENSE_TYPE", Value::from("project")),
+        ("LICENSE_FAMILY", Value::from("project")),
+    ])
 }
 
 fn feature_get(p: &Portal, params: &Arr) -> Result<Output, ApiError> {
@@ -1134,6 +1172,7 @@ fn blogpost_add(p: &mut Portal, ctx: &Ctx, params: &Arr) -> Result<Output, ApiEr
         tags,
         files,
     );
+    p.post_event(PostEvent::Add, id, &ctx.origin());
     Ok(Output::value(Value::from(id)))
 }
 
@@ -1215,6 +1254,7 @@ fn blogpost_update(p: &mut Portal, ctx: &Ctx, params: &Arr) -> Result<Output, Ap
         }
     }
     update_files(p, post_id, author, params);
+    p.post_event(PostEvent::Update, post_id, &ctx.origin());
     Ok(Output::value(Value::from(post_id)))
 }
 
@@ -1269,6 +1309,7 @@ fn blogpost_delete(p: &mut Portal, ctx: &Ctx, params: &Arr) -> Result<Output, Ap
     if !p.remove_post(post_id) {
         return Err(ApiError::bad("0", "Ошибка удаления сообщения"));
     }
+    p.post_event(PostEvent::Delete, post_id, &ctx.origin());
     Ok(Output::value(Value::Bool(true)))
 }
 

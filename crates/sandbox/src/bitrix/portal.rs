@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::config::{
-    CommentView, Fault, FaultKind, LeakyBucket, NewPost, NewUser, PortalConfig, PostView,
-    RequestRecord,
+    CommentView, EventBinding, Fault, FaultKind, LeakyBucket, NewPost, NewUser, OfflineRow,
+    PortalConfig, PostView, PushRecord, RequestRecord,
 };
+use super::events;
 use super::server::{self, Shared};
 use super::state::{Portal, SandboxError};
 
@@ -52,6 +53,7 @@ impl FakePortal {
         let shared = Arc::new(Shared::new(Portal::new(cfg)));
         let (addr, stop) = server::spawn(shared.clone(), addr).await?;
         let addr = crate::reachable(addr);
+        shared.write(|p| p.base_url = format!("http://{addr}"));
         Ok(FakePortal {
             inner: Arc::new(Handle { shared, addr, stop }),
         })
@@ -70,6 +72,12 @@ impl FakePortal {
     pub fn webhook_url(&self) -> String {
         let (user, secret) = self.read(|p| (p.cfg.webhook_user, p.cfg.webhook_secret.clone()));
         format!("http://{}/rest/{user}/{secret}/", self.inner.addr)
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash): the portal and its OAuth server, what
+    /// the bridge's `oauth.server` and `oauth.portal` point at.
+    pub fn portal_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
     }
 
     /// Stops accepting connections; in-flight requests may finish.
@@ -156,6 +164,84 @@ impl FakePortal {
     /// Replaces the scopes of the webhook.
     pub fn set_scopes(&self, scopes: &[&str]) {
         self.write(|p| p.cfg.scopes = scopes.iter().map(|s| (*s).to_owned()).collect());
+    }
+
+    /// Replaces the scopes of the OAuth app (tokens already issued follow at once).
+    pub fn set_oauth_scopes(&self, scopes: &[&str]) {
+        self.write(|p| p.cfg.oauth.scopes = scopes.iter().map(|s| (*s).to_owned()).collect());
+    }
+
+    // ---- the OAuth app -----------------------------------------------------------
+
+    /// A fresh refresh token for the installing admin: what the `ONAPPINSTALL` callback
+    /// hands over.
+    pub fn issue_refresh_token(&self) -> String {
+        self.write(|p| {
+            let user = p.oauth_user();
+            p.mint_refresh(user)
+        })
+    }
+
+    /// A fresh single-use authorization code (valid 30 s), as `/oauth/authorize/` would
+    /// put in its redirect.
+    pub fn authorization_code(&self) -> String {
+        self.write(|p| {
+            let user = p.oauth_user();
+            p.mint_code(user)
+        })
+    }
+
+    /// Every access token issued so far expires now (refresh tokens stay valid).
+    pub fn expire_access_tokens(&self) {
+        self.write(|p| p.expire_access_tokens());
+    }
+
+    /// The admin revoked the app: no access token, refresh token or code issued so far
+    /// works. Event bindings and the offline queue stay.
+    pub fn revoke_grants(&self) {
+        self.write(|p| p.revoke_grants());
+    }
+
+    /// Successful `grant_type=refresh_token` exchanges.
+    pub fn oauth_refreshes(&self) -> u64 {
+        self.read(|p| p.oauth.refreshes)
+    }
+
+    // ---- events ------------------------------------------------------------------
+
+    /// The app's `event.bind` registrations, by id.
+    pub fn event_bindings(&self) -> Vec<EventBinding> {
+        self.read(|p| p.binding_views())
+    }
+
+    /// The offline queue, by id (reserved and error rows included).
+    pub fn offline_rows(&self) -> Vec<OfflineRow> {
+        self.read(|p| p.offline_views())
+    }
+
+    /// Online pushes sent so far, in the order they finished.
+    pub fn pushes(&self) -> Vec<PushRecord> {
+        self.read(|p| p.events.pushes.clone())
+    }
+
+    /// Sends one push for `event` and `post_id` to `url` now, with `application_token` in
+    /// place of the app's and an access token the portal never issued (a forgery). Not
+    /// recorded in [`FakePortal::pushes`]. Returns the handler's status, if it answered.
+    pub async fn push_with_token(
+        &self,
+        event: &str,
+        post_id: u64,
+        url: &str,
+        application_token: &str,
+    ) -> Option<u16> {
+        let (form, ts, timeout) = self.write(|p| {
+            let form = p.forged_push(event, post_id, url, application_token);
+            (form, p.now_secs(), p.cfg.push_timeout)
+        });
+        let client = events::push_client(timeout);
+        events::deliver(&client, url, &events::with_ts(form, ts))
+            .await
+            .0
     }
 
     // ---- what people do in the UI ------------------------------------------------

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,23 +20,27 @@ use axum::routing::any;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::config::{FaultKind, RequestRecord, SubCallRecord};
 use super::control;
+use super::events::{self, PendingPush};
 use super::methods::{self, ApiError, Ctx};
+use super::oauth;
 use super::params;
 use super::state::{FaultLevel, Portal};
 use super::time::{self, MICROS};
-use super::value::{Arr, JsonStyle, Value, map, to_php_json};
+use super::value::{Arr, JsonStyle, Value, to_php_json};
 
 /// Large enough for base64 file uploads in tests and demos.
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
 
-/// The portal behind a mutex plus a change counter that `wait_until` watches.
+/// The portal behind a mutex plus a change counter that `wait_until` watches, and the
+/// queue of the background event sender.
 pub(crate) struct Shared {
     portal: Mutex<Portal>,
     changes: watch::Sender<u64>,
+    pushes: OnceLock<mpsc::UnboundedSender<PendingPush>>,
 }
 
 impl Shared {
@@ -44,6 +48,7 @@ impl Shared {
         Self {
             portal: Mutex::new(portal),
             changes: watch::Sender::new(0),
+            pushes: OnceLock::new(),
         }
     }
 
@@ -56,9 +61,16 @@ impl Shared {
         f(&self.lock())
     }
 
-    /// Mutates the portal and wakes every `wait_until`.
+    /// Mutates the portal and wakes every `wait_until`. One write is one "hit" of the
+    /// real server (a REST request, a UI action); the pushes it caused leave afterwards.
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut Portal) -> R) -> R {
-        let r = f(&mut self.lock());
+        let (r, pushes) = {
+            let mut p = self.lock();
+            p.events.begin_hit();
+            let r = f(&mut p);
+            (r, std::mem::take(&mut p.events.outbox))
+        };
+        events::flush(pushes, self.pushes.get());
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
         r
     }
@@ -169,7 +181,7 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
-    fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.reset.store(true, Ordering::Release);
     }
 }
@@ -189,6 +201,10 @@ pub(crate) async fn spawn(
 ) -> io::Result<(SocketAddr, watch::Sender<bool>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let timeout = shared.read(|p| p.cfg.push_timeout);
+    let _ = shared
+        .pushes
+        .set(events::start_sender(Arc::downgrade(&shared), timeout));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let app = router(shared).into_make_service_with_connect_info::<ConnHandle>();
     tokio::spawn(async move {
@@ -207,6 +223,7 @@ pub(crate) async fn spawn(
 
 fn router(shared: Arc<Shared>) -> Router {
     control::routes()
+        .merge(oauth::routes())
         .route("/rest/{*path}", any(rest))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -286,8 +303,18 @@ async fn rest(
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer "));
-    shared.write(|p| process(p, &route, &verb, params, bearer, started))
+        .and_then(bearer_token);
+    shared.write(|p| process(p, &route, &verb, params, bearer.as_deref(), started))
+}
+
+/// `preg_replace('/^Bearer\s+/i', '', $header)` when the header matches.
+fn bearer_token(header: &str) -> Option<String> {
+    let scheme = header.get(..6)?;
+    let rest = header.get(6..)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    Some(rest.trim_start().to_owned())
 }
 
 fn process(
@@ -295,7 +322,7 @@ fn process(
     route: &RestPath,
     verb: &str,
     mut params: Arr,
-    bearer: bool,
+    bearer: Option<&str>,
     started_wall: i64,
 ) -> Response {
     let Some(spec) = methods::lookup(&route.method) else {
@@ -307,13 +334,9 @@ fn process(
             Vec::new(),
         );
     };
-    let user = match authenticate(p, route, &mut params, bearer) {
-        Ok(user) => user,
+    let ctx = match authenticate(p, route, &mut params, bearer) {
+        Ok(ctx) => ctx,
         Err(e) => return error_response(p, spec.name, verb, e, Vec::new()),
-    };
-    let ctx = Ctx {
-        user,
-        scopes: p.cfg.scopes.clone(),
     };
     if let Err(e) = methods::check_scope(p, &ctx, spec, false) {
         return error_response(p, spec.name, verb, e, Vec::new());
@@ -360,17 +383,19 @@ fn process(
 }
 
 /// Webhook credentials come from the path (or the `aplogin`/`ap` parameters it is
-/// rewritten to); OAuth tokens are not modelled and never valid.
+/// rewritten to); otherwise an access token of the local app from the `Authorization:
+/// Bearer` header, then `auth`, then `access_token` (`Bitrix\Rest\OAuth\Auth::getAuthKey`).
 fn authenticate(
     p: &Portal,
     route: &RestPath,
     params: &mut Arr,
-    bearer: bool,
-) -> Result<u64, ApiError> {
+    bearer: Option<&str>,
+) -> Result<Ctx, ApiError> {
     let login = params.remove("aplogin");
     let key = params.remove("ap");
     let auth = params.remove("auth");
     let token = params.remove("access_token");
+    let connector = params.remove("auth_connector");
     params.remove("state");
     let from_params = match (login, key) {
         (Some(l), Some(k)) => Some((l.to_php_string(), k.to_php_string())),
@@ -381,7 +406,12 @@ fn authenticate(
             && constant_time_eq(key.as_bytes(), p.cfg.webhook_secret.as_bytes())
             && p.users.get(&p.cfg.webhook_user).is_some_and(|u| u.active);
         return if valid {
-            Ok(p.cfg.webhook_user)
+            Ok(Ctx {
+                user: p.cfg.webhook_user,
+                scopes: p.cfg.scopes.clone(),
+                oauth: false,
+                auth_connector: String::new(),
+            })
         } else {
             Err(ApiError::new(
                 p.cfg.invalid_credentials_status,
@@ -390,12 +420,19 @@ fn authenticate(
             ))
         };
     }
-    if auth.is_some() || token.is_some() || bearer {
-        return Err(ApiError::new(
-            401,
-            "invalid_token",
-            "The access token provided is invalid.",
-        ));
+    let scalar = |v: Option<Value>| v.filter(|v| !matches!(v, Value::Arr(_)));
+    let key = bearer
+        .map(str::to_owned)
+        .or_else(|| scalar(auth).map(|v| v.to_php_string()))
+        .or_else(|| scalar(token).map(|v| v.to_php_string()));
+    if let Some(key) = key {
+        let user = p.check_access(&key)?;
+        return Ok(Ctx {
+            user,
+            scopes: p.cfg.oauth.scopes.clone(),
+            oauth: true,
+            auth_connector: connector.map(|v| v.to_php_string()).unwrap_or_default(),
+        });
     }
     Err(ApiError::new(
         401,
@@ -454,10 +491,13 @@ fn error_response(
     sub_calls: Vec<SubCallRecord>,
 ) -> Response {
     record(p, method, verb, e.status, Some(&e.code), sub_calls);
-    let body = map([
-        ("error", Value::Str(e.code)),
-        ("error_description", Value::Str(e.description)),
-    ]);
+    let mut body = Arr::new();
+    body.insert("error", Value::Str(e.code));
+    body.insert("error_description", Value::Str(e.description));
+    if let Some(argument) = e.argument {
+        body.insert("argument", Value::Str(argument));
+    }
+    let body = Value::Arr(body);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     json_response(status, to_php_json(&body, style(p)))
 }
@@ -477,7 +517,7 @@ fn json_response(status: StatusCode, json: String) -> Response {
 }
 
 /// What nginx in front of the portal answers when the backend fails.
-fn html_error(status: u16) -> Response {
+pub(crate) fn html_error(status: u16) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let title = format!(
         "{} {}",

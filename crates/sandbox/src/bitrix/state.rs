@@ -10,6 +10,8 @@ use super::config::{
     CommentView, Fault, FaultKind, LeakyBucket, NewPost, NewUser, PortalConfig, PostView,
     RequestRecord,
 };
+use super::events::{EventState, Origin, PostEvent};
+use super::oauth::OAuthState;
 use super::time::{self, MICROS};
 
 /// Misuse of the model through the Rust or control API (REST errors are `ApiError`s).
@@ -189,13 +191,26 @@ pub(crate) struct Portal {
     rng: fastrand::Rng,
     operating: HashMap<String, Vec<(i64, f64)>>,
     seq: u64,
+    /// Issued OAuth tokens and codes.
+    pub oauth: OAuthState,
+    /// Event bindings, the offline queue, pushes.
+    pub events: EventState,
+    /// `http://HOST:PORT` of the listener (empty until it serves).
+    pub base_url: String,
+    /// Tokens, codes and process ids (apart from `rng`, so that id gaps do not depend
+    /// on how many tokens a test minted).
+    pub secrets: fastrand::Rng,
 }
 
 pub(crate) const ROOT_DEPARTMENT: u64 = 1;
 
 impl Portal {
-    pub(crate) fn new(cfg: PortalConfig) -> Self {
+    pub(crate) fn new(mut cfg: PortalConfig) -> Self {
+        if cfg.oauth.user == 0 {
+            cfg.oauth.user = cfg.webhook_user;
+        }
         let rng = fastrand::Rng::with_seed(cfg.seed);
+        let secrets = fastrand::Rng::with_seed(cfg.seed ^ 0x0a07_5ec2_e75a_17ed);
         let bucket = cfg.rate_limit.clone().map(|cfg| Bucket {
             cfg,
             level: 0.0,
@@ -235,6 +250,10 @@ impl Portal {
             rng,
             operating: HashMap::new(),
             seq: 0,
+            oauth: OAuthState::default(),
+            events: EventState::default(),
+            base_url: String::new(),
+            secrets,
             cfg,
         };
         // Every intranet user belongs to the company tree; the root always exists.
@@ -808,7 +827,7 @@ impl Portal {
         } else {
             p.dest
         };
-        Ok(self.insert_post(
+        let id = self.insert_post(
             author,
             p.title.as_deref(),
             &p.text,
@@ -817,7 +836,18 @@ impl Portal {
             None,
             Vec::new(),
             Vec::new(),
-        ))
+        );
+        self.ui_event(PostEvent::Add, id, author);
+        Ok(id)
+    }
+
+    /// A change made by a person in the UI: attributed to them, never to the app.
+    fn ui_event(&mut self, kind: PostEvent, id: u64, user: u64) {
+        let origin = Origin {
+            user,
+            app_connector: None,
+        };
+        self.post_event(kind, id, &origin);
     }
 
     pub(crate) fn ui_update_post(
@@ -826,12 +856,16 @@ impl Portal {
         title: Option<String>,
         text: &str,
     ) -> Result<(), SandboxError> {
-        self.live_post(id).ok_or(SandboxError::UnknownPost(id))?;
+        let author = self
+            .live_post(id)
+            .ok_or(SandboxError::UnknownPost(id))?
+            .author;
         if text.trim().is_empty() {
             return Err(SandboxError::EmptyText);
         }
         let (title, micro) = derive_title(title.as_deref(), text);
         self.edit_post(id, title, micro, Some(text.to_owned()), Vec::new());
+        self.ui_event(PostEvent::Update, id, author);
         Ok(())
     }
 
@@ -845,6 +879,8 @@ impl Portal {
             .ok_or(SandboxError::UnknownPost(id))?
             .author;
         self.set_important(id, important, author);
+        // The flag is set by editing the post.
+        self.ui_event(PostEvent::Update, id, author);
         Ok(())
     }
 
@@ -876,10 +912,13 @@ impl Portal {
     }
 
     pub(crate) fn ui_delete_post(&mut self, id: u64) -> Result<(), SandboxError> {
-        if self.remove_post(id) {
-            Ok(())
-        } else {
-            Err(SandboxError::UnknownPost(id))
+        let author = self.live_post(id).map(|p| p.author);
+        match author {
+            Some(author) if self.remove_post(id) => {
+                self.ui_event(PostEvent::Delete, id, author);
+                Ok(())
+            }
+            _ => Err(SandboxError::UnknownPost(id)),
         }
     }
 
@@ -1004,6 +1043,22 @@ impl Portal {
                 kinds,
             });
         }
+    }
+
+    /// A queued fault aimed at exactly `name` (e.g. `oauth.token`), any level; rules with
+    /// `method: None` and probabilistic rules never apply to such endpoints.
+    pub(crate) fn take_named_fault(&mut self, name: &str) -> Option<FaultKind> {
+        let i = self.faults.iter().position(|f| {
+            f.method
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case(name))
+        })?;
+        let kind = self.faults[i].kind.clone();
+        self.faults[i].times -= 1;
+        if self.faults[i].times == 0 {
+            self.faults.remove(i);
+        }
+        Some(kind)
     }
 
     /// The fault to apply to a call of `method` at `level`, if any: queued faults first
