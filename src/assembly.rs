@@ -5,7 +5,9 @@
 //! hands back a side: its adapter for the engine, its long-running intake tasks, and any HTTP
 //! routes it serves. This module only composes them, in the one order that works: chat sides
 //! first (Matrix resolves room aliases), then the router, then the feed side (it watches the
-//! router's audiences), then the engine and the HTTP server.
+//! router's audiences), then the engine, the HTTP server and the configuration reloader.
+//! Every side reads the router in force through [`Shared::routing`], so a reload reaches all
+//! of them at once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,8 +20,8 @@ use livefeed_core::engine::{Engine, EngineConfig};
 use livefeed_core::health::Health;
 use livefeed_core::journal::Journal;
 use livefeed_core::metrics::Metrics;
-use livefeed_core::model::{Platform, Room};
-use livefeed_core::route::{Route, Router};
+use livefeed_core::model::Platform;
+use livefeed_core::route::Routing;
 use livefeed_core::store::{Store, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
+use crate::mappings::{self, Resolved};
+use crate::reload::{Parts, Reloader, Resolve, Retune};
 use crate::upstream::Backoff;
 use crate::{bitrix, matrix, slack};
 
@@ -91,6 +95,8 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// Fires when the bridge stops; intake tasks return then.
     pub cancel: CancellationToken,
+    /// The mappings in force (empty until the chat sides are connected).
+    pub routing: Routing,
 }
 
 /// Long-running work of a side, returning when [`Shared::cancel`] fires.
@@ -106,6 +112,10 @@ pub struct ChatSide {
     pub tasks: Vec<Task>,
     /// Routes it serves on `http.listen` (Slack's Events API).
     pub routes: Option<axum::Router>,
+    /// How to name a room mapped by a reload (Matrix aliases); `None`: as written.
+    pub resolve: Option<Resolve>,
+    /// Applies a reloaded configuration's rates and intervals.
+    pub retune: Option<Retune>,
 }
 
 /// The connected feed.
@@ -116,6 +126,8 @@ pub struct FeedSide {
     pub tasks: Vec<Task>,
     /// Routes it serves on `http.listen`.
     pub routes: Option<axum::Router>,
+    /// Applies a reloaded configuration's rates and intervals.
+    pub retune: Option<Retune>,
 }
 
 /// A running bridge. Dropping it without [`Running::shutdown`] aborts every task.
@@ -132,32 +144,6 @@ pub struct Running {
     pub store: Store,
     /// The journal.
     pub journal: Journal,
-}
-
-/// The router for a config; rooms are replaced by the ids their platform resolved them to.
-pub fn router_from(
-    config: &Config,
-    resolved: &BTreeMap<Platform, BTreeMap<String, String>>,
-) -> Router {
-    let resolve = |room: &Room| {
-        let id = resolved
-            .get(&room.platform)
-            .and_then(|rooms| rooms.get(&room.id))
-            .unwrap_or(&room.id);
-        Room::new(room.platform.clone(), id.clone())
-    };
-    Router::new(
-        config
-            .mappings
-            .iter()
-            .map(|m| Route {
-                name: m.name.clone(),
-                audiences: m.audiences.clone(),
-                rooms: m.rooms.iter().map(resolve).collect(),
-                replies: m.replies,
-            })
-            .collect(),
-    )
 }
 
 /// Start everything `config` names.
@@ -178,26 +164,34 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         metrics,
         health: Arc::new(Health::default()),
         cancel: CancellationToken::new(),
+        routing: Routing::default(),
     };
 
     let chats = connect_chats(config, &shared).await?;
-    let resolved = chats
+    let resolved: Resolved = chats
         .iter()
         .map(|c| (c.adapter.platform(), c.rooms.clone()))
         .collect();
-    let router = router_from(config, &resolved);
-    let feed = bitrix::connect(
-        &config.bitrix24,
-        router.audiences().into_iter().collect(),
-        options.bitrix_backoff,
-        &shared,
-    )
-    .map_err(|e| StartError::connect(bitrix::PLATFORM)(e.into()))?;
+    let router = mappings::router_from(config, &resolved, &shared.store).map_err(|source| {
+        StartError::Store {
+            path: config.store.path.display().to_string(),
+            source,
+        }
+    })?;
+    shared.routing.replace(router);
+    let feed = bitrix::connect(&config.bitrix24, options.bitrix_backoff, &shared)
+        .map_err(|e| StartError::connect(bitrix::PLATFORM)(e.into()))?;
 
     let mut tasks = JoinSet::new();
     let mut routes = Vec::new();
     let mut adapters = Vec::new();
+    let mut resolvers = BTreeMap::new();
+    let mut retunes = Vec::new();
     for side in chats {
+        if let Some(resolve) = side.resolve {
+            resolvers.insert(side.adapter.platform(), resolve);
+        }
+        retunes.extend(side.retune);
         adapters.push(side.adapter);
         for task in side.tasks {
             tasks.spawn(task);
@@ -208,11 +202,25 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         tasks.spawn(task);
     }
     routes.extend(feed.routes);
+    retunes.extend(feed.retune);
+    let reloader = Reloader::new(
+        config,
+        Parts {
+            routing: shared.routing.clone(),
+            resolved,
+            resolvers,
+            retunes,
+            store: shared.store.clone(),
+            health: shared.health.clone(),
+            metrics: shared.metrics.clone(),
+        },
+    );
+    tasks.spawn(reloader.run(shared.cancel.clone()));
     tasks.spawn(housekeeping(shared.store.clone(), shared.cancel.clone()));
 
     let engine = Engine::new(
         shared.journal.clone(),
-        router,
+        shared.routing.clone(),
         adapters,
         feed.adapter,
         shared.metrics.clone(),

@@ -98,7 +98,7 @@ pub async fn probe(config: &Config) -> Report {
         config.rooms().len()
     ));
     let metrics = Arc::new(Metrics::new());
-    bitrix::probe(&config.bitrix24, &metrics, &mut report).await;
+    bitrix::probe(&config.bitrix24, &config.store.path, &metrics, &mut report).await;
     if let Some(s) = &config.slack {
         let channels = config.rooms_on(&slack::PLATFORM);
         slack::probe(s, &channels, config.http.listen, &metrics, &mut report).await;

@@ -65,6 +65,7 @@ async fn ready(State(s): State<HttpState>) -> Response {
         "sides": sides,
         "journal_depth": s.store.journal_depth(),
         "dead_letters": s.store.dead_letter_count(),
+        "config": s.health.config(),
     });
     let status = if ready {
         StatusCode::OK

@@ -15,6 +15,9 @@
 //! - [`upstream`]: what every platform client shares: error classes, the repeat policy,
 //!   backoff, rate limits, the metric outcome label.
 //! - [`config`]: `bridge.yaml`: parsing, `${VAR}` expansion, validation with positions.
+//! - [`mappings`]: the mappings → the core's router, each (audience, room) edge with its
+//!   start time.
+//! - [`reload`]: the configuration changing while the bridge runs (SIGHUP, file changes).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, the admin API, and the sides' routes.
 //! - [`check`]: the `check` command's report; platforms fill it with their probes.
 //! - [`dead_letters`]: the `dead-letters` command.
@@ -26,7 +29,9 @@ pub mod check;
 pub mod config;
 pub mod dead_letters;
 pub mod http;
+pub mod mappings;
 pub mod matrix;
+pub mod reload;
 pub mod secret;
 pub mod slack;
 pub mod upstream;

@@ -1,4 +1,5 @@
-//! The `livefeed-bridge` command line: `run`, `check`, `health`, `dead-letters`, `version`.
+//! The `livefeed-bridge` command line: `run`, `check`, `health`, `dead-letters`,
+//! `bitrix24 authorize`, `version`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,8 +77,32 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Bitrix24 app setup.
+    Bitrix24 {
+        #[arg(
+            long,
+            env = "LIVEFEED_BRIDGE_CONFIG",
+            default_value = "./bridge.yaml",
+            global = true
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: BitrixAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum BitrixAction {
+    /// Get the local app's OAuth grant without a public URL: open the printed link as a portal
+    /// administrator, then paste the address the browser ends up on (or just its `code`).
+    /// The grant is kept in the store; run it while the bridge is stopped.
+    Authorize {
+        /// The code (or the whole redirect address), instead of asking for it.
+        #[arg(long)]
+        code: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +190,16 @@ async fn main() -> ExitCode {
             };
             health(&url, Duration::from_secs(timeout)).await
         }
+        Command::Bitrix24 {
+            config,
+            action: BitrixAction::Authorize { code },
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            authorize(&config, code).await
+        }
         Command::DeadLetters { config, action } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -210,6 +245,80 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `bitrix24 authorize`: the authorization link, the pasted code, the grant into the store.
+async fn authorize(config: &Config, code: Option<String>) -> ExitCode {
+    use livefeed_bridge::bitrix::oauth;
+    use livefeed_core::store::{Store, StoreError};
+    let Some(app) = &config.bitrix24.oauth else {
+        eprintln!(
+            "error: bridge.yaml has no bitrix24.oauth section; add the local app's portal, client_id and client_secret first"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let state = format!("{:016x}", fastrand::u64(..));
+    let asked = code.is_none();
+    let pasted = match code {
+        Some(code) => code,
+        None => {
+            println!(
+                "1. As a portal administrator, open:\n\n   {}\n",
+                oauth::authorize_url(app, &state)
+            );
+            println!(
+                "2. Bitrix24 sends the browser to the app's redirect address. It may not load; that is fine."
+            );
+            println!(
+                "   Within 30 seconds, paste that address (or just its code) here and press Enter:"
+            );
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("error: nothing was pasted");
+                return ExitCode::FAILURE;
+            }
+            line
+        }
+    };
+    let Some((code, pasted_state)) = oauth::code_from(&pasted) else {
+        eprintln!("error: that is neither an address with a `code` nor a code");
+        return ExitCode::FAILURE;
+    };
+    if asked && pasted_state.as_deref().is_some_and(|s| s != state) {
+        eprintln!(
+            "error: that address belongs to an earlier attempt (its state differs); open the new link"
+        );
+        return ExitCode::FAILURE;
+    }
+    let store = match Store::open(&config.store.path) {
+        Ok(s) => s,
+        Err(e @ StoreError::Locked { .. }) => {
+            eprintln!("error: {e}; stop the bridge first, then authorize");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = oauth::authorize(app, &store, &code, config.bitrix24.request_timeout).await;
+    let _ = store.close_cleanly();
+    match outcome {
+        Ok((user, scope)) => {
+            println!(
+                "Authorized: the app acts as user {user} with scopes {scope}. The grant is kept in {}; bitrix24.oauth.refresh_token may stay unset.",
+                config.store.path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: the portal refused the code: {} {} (a code is valid for 30 seconds and once)",
+                e.code, e.description
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

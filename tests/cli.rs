@@ -66,7 +66,15 @@ async fn help_lists_the_operator_commands_only() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "check", "health", "dead-letters", "version", "help"],
+        [
+            "run",
+            "check",
+            "health",
+            "dead-letters",
+            "bitrix24",
+            "version",
+            "help"
+        ],
         "{help}"
     );
 }
@@ -156,7 +164,7 @@ async fn check_probes_every_credential_and_channel() {
     for want in [
         "[ok  ] Bitrix24 http://127.0.0.1",
         "webhook user 1 (Bridge Bot), portal admin",
-        "[ok  ] Bitrix24 scopes: log, user",
+        "[ok  ] Bitrix24 webhook scopes: log, user",
         "[ok  ] Slack: bot",
         "[ok  ] Slack: app-level token opens Socket Mode connections",
         &format!(

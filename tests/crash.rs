@@ -9,6 +9,10 @@
 //! post is gone, and every live reply is exactly one comment. Ends with SIGTERM: exit 0 within
 //! 10 s.
 //!
+//! The offline variant runs the same workload with the Bitrix24 intake on the portal's offline
+//! event queue through its OAuth app (access tokens live 3 s, so they are refreshed between
+//! kills), with crash points between journaling the queue's rows and clearing them.
+//!
 //! The short run is part of `./scripts/test-all.sh`. The long run, and replaying a seed:
 //!
 //! ```sh
@@ -26,13 +30,28 @@ use support::workload::{Options, env_or, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_survives_kill_9_at_any_moment() {
+    crash_suite("crash suite", "poll", 60, 40, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_survives_kill_9_with_offline_events() {
+    crash_suite("crash suite (offline events)", "offline", 30, 20, 5).await;
+}
+
+async fn crash_suite(
+    name: &'static str,
+    intake: &'static str,
+    posts: u64,
+    replies: u64,
+    kills: u64,
+) {
     let seed = env_or("CRASH_SEED", fastrand::u64(..1_000_000));
     let o = Options {
-        name: "crash suite",
+        name,
         seed,
-        posts: env_or("CRASH_POSTS", 60) as usize,
-        replies: env_or("CRASH_REPLIES", 40) as usize,
-        kills: env_or("CRASH_KILLS", 8) as usize,
+        posts: env_or("CRASH_POSTS", posts) as usize,
+        replies: env_or("CRASH_REPLIES", replies) as usize,
+        kills: env_or("CRASH_KILLS", kills) as usize,
         crashpoints: true,
         faults: 0.0,
         socket_drops_every: 0,
@@ -42,16 +61,17 @@ async fn the_bridge_survives_kill_9_at_any_moment() {
         real_limits: true,
         converge: Duration::from_secs(env_or("CRASH_CONVERGE_SECS", 180)),
         bridge_env: Vec::new(),
+        intake,
     };
     say!(
-        "crash suite: seed {seed} ({} posts, {} replies, {} kills); replay with CRASH_SEED={seed}",
+        "{name}: seed {seed} ({} posts, {} replies, {} kills); replay with CRASH_SEED={seed}",
         o.posts,
         o.replies,
         o.kills
     );
     let kills = o.kills;
     let out = run(o).await;
-    say!("{}", out.summary("crash suite", seed));
+    say!("{}", out.summary(name, seed));
     out.assert_exact(seed);
     assert_eq!(out.stats.kills, kills);
     if out.slack.rate_limit_violations() > 0 {

@@ -34,6 +34,7 @@ async fn twenty_percent_faults_everywhere_still_end_exactly_right() {
         real_limits: true,
         converge: Duration::from_secs(env_or("FAULT_CONVERGE_SECS", 240)),
         bridge_env: Vec::new(),
+        intake: "poll",
     })
     .await;
     let b24_faults = out

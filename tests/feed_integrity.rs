@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use livefeed_bridge::bitrix::adapter::BitrixFeed;
 use livefeed_bridge::bitrix::bbcode;
-use livefeed_bridge::bitrix::client::BitrixClient;
+use livefeed_bridge::bitrix::client::{BitrixClient, Credentials};
 use livefeed_bridge::secret::Secret;
 use livefeed_core::adapters::FeedAdapter;
 use livefeed_core::metrics::Metrics;
@@ -243,7 +243,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let client = BitrixClient::new(
-        Secret::new(portal.webhook_url()),
+        Credentials::Webhook(Secret::new(portal.webhook_url()), 1),
         None,
         Duration::from_secs(10),
         Arc::new(Metrics::new()),

@@ -31,6 +31,7 @@ async fn no_secret_in_any_log_line_at_trace_level() {
         real_limits: true,
         converge: Duration::from_secs(180),
         bridge_env: vec![("RUST_LOG".into(), "trace".into())],
+        intake: "poll",
     })
     .await;
     say!("{}", out.summary("secrets", seed));

@@ -1,4 +1,5 @@
-//! Bitrix24 REST client for incoming-webhook URLs (docs/platforms/bitrix24.md §1–3).
+//! Bitrix24 REST client, over an incoming webhook or a local app's OAuth grant
+//! (docs/platforms/bitrix24.md §1–3).
 //!
 //! - JSON bodies for every call; responses accept the PHP quirks (numbers as strings, `[]` for
 //!   empty maps, `result` lists as objects).
@@ -9,7 +10,10 @@
 //!   retried only when the portal certainly did not run them (rate-limit rejections, refused
 //!   connections); other failures go back to the engine, which reconciles before resending.
 //! - The webhook URL contains its key: it is never logged, and transport errors are stripped of
-//!   their URL before they are shown.
+//!   their URL before they are shown. OAuth tokens travel in the body (`auth`), and are
+//!   scrubbed from error texts like the webhook.
+//! - With OAuth, an `expired_token` or `invalid_token` answer refreshes the token and repeats
+//!   the call once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,6 +28,7 @@ use livefeed_core::model::Failure;
 use livefeed_core::store::Store;
 
 use super::PLATFORM;
+use super::oauth::Tokens;
 use crate::secret::{Secret, scrub};
 use crate::upstream::ratelimit::{Blocks, RateLimit, TokenBucket};
 use crate::upstream::{Backoff, ErrorClass, OUTCOME_NETWORK_ERROR, Repeat};
@@ -84,11 +89,20 @@ pub struct BatchResponse {
     pub nexts: BTreeMap<String, u64>,
 }
 
-/// A REST client for one incoming webhook. Cheap to clone; clones share limits and pauses.
+/// How calls authenticate.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `https://PORTAL/rest/USER/KEY/` (the method name is appended), and its user.
+    Webhook(Secret, u64),
+    /// A local app's tokens: `auth=<access token>` to the grant's REST endpoint.
+    App(Tokens),
+}
+
+/// A REST client for one portal. Cheap to clone; clones share limits and pauses.
 #[derive(Clone)]
 pub struct BitrixClient {
     http: reqwest::Client,
-    webhook: Secret,
+    credentials: Credentials,
     limiter: Option<Arc<TokenBucket>>,
     metrics: Arc<Metrics>,
     backoff: ExponentialBuilder,
@@ -115,9 +129,9 @@ const BACKOFF: Backoff = Backoff {
 };
 
 impl BitrixClient {
-    /// A client for `webhook`, paced at `rate` (none: unpaced, for benchmarks).
+    /// A client with `credentials`, paced at `rate` (none: unpaced, for benchmarks).
     pub fn new(
-        webhook: Secret,
+        credentials: Credentials,
         rate: Option<RateLimit>,
         timeout: Duration,
         metrics: Arc<Metrics>,
@@ -129,7 +143,7 @@ impl BitrixClient {
             .build()?;
         Ok(BitrixClient {
             http,
-            webhook,
+            credentials,
             limiter: rate.map(|rate| Arc::new(TokenBucket::new(rate))),
             metrics,
             backoff: exponential(BACKOFF),
@@ -137,6 +151,22 @@ impl BitrixClient {
             operating_strikes: Arc::new(Mutex::new(HashMap::new())),
             paused: Arc::new(Blocks::new()),
         })
+    }
+
+    /// The user calls run as (what the bridge sees is what this user sees). `None` while an
+    /// app has no token yet.
+    pub async fn acting_user(&self) -> Option<u64> {
+        match &self.credentials {
+            Credentials::Webhook(_, user) => Some(*user),
+            Credentials::App(tokens) => tokens.user_id().await.ok().filter(|u| *u != 0),
+        }
+    }
+
+    /// Pace at `rate` from now on (a reload); a client made unpaced stays unpaced.
+    pub fn set_rate(&self, rate: RateLimit) {
+        if let Some(limiter) = &self.limiter {
+            limiter.set_rate(rate);
+        }
     }
 
     /// Keep `OPERATION_TIME_LIMIT` pauses in `store`, so they survive a restart.
@@ -249,33 +279,16 @@ impl BitrixClient {
         {
             self.metrics.rate_limit_wait(PLATFORM.as_str());
         }
-        let url = format!("{}{}", self.webhook.expose(), method);
-        trace!(method, "Bitrix24 request");
-        let sent = self
-            .http
-            .post(&url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .json(params)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics
-                    .api_call(PLATFORM.as_str(), method, OUTCOME_NETWORK_ERROR);
-                return Err(self.transport_error(method, e));
-            }
-        };
-        let status = response.status().as_u16();
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                self.metrics
-                    .api_call(PLATFORM.as_str(), method, OUTCOME_NETWORK_ERROR);
-                return Err(self.transport_error(method, e));
-            }
-        };
-        let result = self.answer(method, status, &body);
+        let (mut result, token) = self.send(method, params).await;
+        if let (Err(e), Some(token), Credentials::App(tokens)) =
+            (&result, &token, &self.credentials)
+            && (e.code == "expired_token" || e.code == "invalid_token")
+        {
+            // Expired before its time (the portal's clock), or refused: refresh once. A revoked
+            // grant then fails the refresh with `invalid_grant`, which says what to do.
+            tokens.expired(token).await;
+            result = self.send(method, params).await.0;
+        }
         if let Err(e) = &result
             && e.code == "OPERATION_TIME_LIMIT"
             && let Some(wait) = e.retry_after
@@ -283,7 +296,10 @@ impl BitrixClient {
             // The method is paused for every caller, also after a restart.
             self.paused.block(method, wait).await;
         }
-        let outcome = crate::upstream::outcome(&result.as_ref().map_err(|e| e.class));
+        let outcome = match &result {
+            Err(e) if e.code == "NETWORK" => OUTCOME_NETWORK_ERROR,
+            other => crate::upstream::outcome(&other.as_ref().map_err(|e| e.class)),
+        };
         self.metrics.api_call(PLATFORM.as_str(), method, outcome);
         if let Err(e) = &result
             && e.class == ErrorClass::Rejected
@@ -293,10 +309,68 @@ impl BitrixClient {
         result
     }
 
+    /// One request with the current credentials: the answer, and the OAuth token it carried.
+    async fn send(
+        &self,
+        method: &str,
+        params: &Value,
+    ) -> (Result<Response, ApiError>, Option<Secret>) {
+        let (url, body, token, secrets) = match &self.credentials {
+            Credentials::Webhook(w, _) => (
+                format!("{}{}", w.expose(), method),
+                params.clone(),
+                None,
+                vec![w.clone()],
+            ),
+            Credentials::App(tokens) => {
+                let access = match tokens.access().await {
+                    Ok(a) => a,
+                    Err(e) => return (Err(e), None),
+                };
+                let mut body = params.clone();
+                if let Value::Object(map) = &mut body {
+                    map.insert("auth".into(), Value::String(access.token.expose().into()));
+                }
+                let secrets = tokens.secrets().await;
+                (
+                    format!("{}{}", access.endpoint, method),
+                    body,
+                    Some(access.token),
+                    secrets,
+                )
+            }
+        };
+        trace!(method, "Bitrix24 request");
+        let sent = self
+            .http
+            .post(&url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(&body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return (Err(self.transport_error(method, e, &secrets)), token),
+        };
+        let status = response.status().as_u16();
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return (Err(self.transport_error(method, e, &secrets)), token),
+        };
+        (self.answer(method, status, &body, &secrets), token)
+    }
+
     /// Read an answer: the REST envelope, or an error with its class. An
     /// OPERATION_TIME_LIMIT error carries how long to pause the method; a success says when
     /// the method's operating-time window resets.
-    fn answer(&self, method: &str, status: u16, body: &[u8]) -> Result<Response, ApiError> {
+    fn answer(
+        &self,
+        method: &str,
+        status: u16,
+        body: &[u8],
+        secrets: &[Secret],
+    ) -> Result<Response, ApiError> {
+        let secrets: Vec<&Secret> = secrets.iter().collect();
         let parsed: Option<Value> = serde_json::from_slice(body).ok();
         match parsed {
             Some(Value::Object(obj)) if obj.contains_key("error") => {
@@ -312,7 +386,7 @@ impl BitrixClient {
                     method: method.to_string(),
                     status: Some(status),
                     code,
-                    description: scrub(&description, &[&self.webhook]),
+                    description: scrub(&description, &secrets),
                     class,
                     retry_after,
                 })
@@ -388,14 +462,15 @@ impl BitrixClient {
         .max(Duration::from_secs(1))
     }
 
-    fn transport_error(&self, method: &str, e: reqwest::Error) -> ApiError {
+    fn transport_error(&self, method: &str, e: reqwest::Error, secrets: &[Secret]) -> ApiError {
         // Refused connections never reached the portal; everything else may have.
         let class = if e.is_connect() {
             ErrorClass::Rejected
         } else {
             ErrorClass::Transient
         };
-        let text = scrub(&e.without_url().to_string(), &[&self.webhook]);
+        let secrets: Vec<&Secret> = secrets.iter().collect();
+        let text = scrub(&e.without_url().to_string(), &secrets);
         ApiError {
             method: method.to_string(),
             status: None,

@@ -23,12 +23,14 @@ use livefeed_core::health::Health;
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::layout::content_hash;
 use livefeed_core::model::{Audience, FeedEvent, FeedPost, Inbound, PostId};
+use livefeed_core::route::Routing;
 use livefeed_core::store::{Store, StoreError, now_ms};
 
 use super::client::{ApiError, BitrixClient, as_list, as_u64, value_text};
 use super::config::{BitrixConfig, PollConfig};
 use super::people::People;
 use super::{PLATFORM, bbcode};
+use crate::reload::Live;
 use crate::upstream::{ErrorClass, Repeat};
 
 const STATE_KEY: &str = "bitrix24/poll";
@@ -164,13 +166,14 @@ pub struct PollIntake {
     journal: Journal,
     store: Store,
     people: People,
-    audiences: Vec<Audience>,
-    /// The webhook's user: what the bridge sees is what this user sees.
-    user_id: u64,
-    poll: PollConfig,
+    /// The mappings in force: which audiences to watch.
+    routing: Routing,
+    poll: Live<PollConfig>,
     backfill: u32,
     portal_url: String,
     health: Arc<Health>,
+    /// Held by every read that compares with and updates the seen posts.
+    reading: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +190,8 @@ impl PollIntake {
         client: BitrixClient,
         journal: Journal,
         people: People,
-        audiences: Vec<Audience>,
+        routing: Routing,
+        poll: Live<PollConfig>,
         cfg: &BitrixConfig,
         health: Arc<Health>,
     ) -> Self {
@@ -197,17 +201,17 @@ impl PollIntake {
             client,
             journal,
             people,
-            audiences,
-            user_id: cfg.user_id,
-            poll: cfg.poll,
+            routing,
+            poll,
             backfill: cfg.backfill,
             portal_url: cfg.portal_url.clone(),
             health,
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Poll until cancelled.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         if let Err(e) = self.report_held() {
             warn!(error = %e, "cannot read held deletions");
         }
@@ -216,7 +220,7 @@ impl PollIntake {
                 self.poll_once().await?;
                 let state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
                 let due = now_ms() - state.last_reconcile_ms
-                    >= self.poll.reconcile_interval.as_millis() as i64;
+                    >= self.poll.get().reconcile_interval.as_millis() as i64;
                 if due {
                     self.reconcile_once().await?;
                 }
@@ -235,7 +239,7 @@ impl PollIntake {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.poll.interval) => {}
+                _ = tokio::time::sleep(self.poll.get().interval) => {}
                 _ = cancel.cancelled() => return,
             }
         }
@@ -243,6 +247,9 @@ impl PollIntake {
 
     /// One poll cycle: read what is new, accept it.
     pub async fn poll_once(&self) -> Result<(), PollError> {
+        // The safety-net poll and the event worker read the same posts: one at a time, or
+        // both would announce a new post.
+        let _reading = self.reading.lock().await;
         let state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
         let first_run = state.baseline_max_id.is_none();
         let found = self.read_feed(&state).await?;
@@ -268,9 +275,15 @@ impl PollIntake {
     async fn read_feed(&self, state: &PollState) -> Result<Found, PollError> {
         let first_run = state.baseline_max_id.is_none();
         let mut found = Found::new();
-        let mut pending: Vec<(Audience, u64)> = self.audiences.iter().map(|a| (*a, 0)).collect();
+        let mut pending: Vec<(Audience, u64)> = self
+            .routing
+            .current()
+            .audiences()
+            .into_iter()
+            .map(|a| (a, 0))
+            .collect();
         let mut pages = 0;
-        while !pending.is_empty() && pages < self.poll.max_pages {
+        while !pending.is_empty() && pages < self.poll.get().max_pages {
             pages += 1;
             let mut next_pending = Vec::new();
             for (audience, posts, next) in self.read_pages(&pending).await? {
@@ -389,7 +402,8 @@ impl PollIntake {
     /// bubble up to the first page. A post that comes back empty is verified before its
     /// mirrors go (see [`PollIntake::settle_vanished`]).
     pub async fn reconcile_once(&self) -> Result<(), PollError> {
-        let cutoff = (now_ms() - self.poll.reconcile_window.as_millis() as i64) / 1000;
+        let _reading = self.reading.lock().await;
+        let cutoff = (now_ms() - self.poll.get().reconcile_window.as_millis() as i64) / 1000;
         let held = self.held()?;
         let tracked: Vec<(u64, SeenPost)> = self
             .store
@@ -398,6 +412,51 @@ impl PollIntake {
             .filter_map(|(k, s)| k[SEEN_PREFIX.len()..].parse().ok().map(|id| (id, s)))
             .filter(|(id, s)| !s.deleted && (s.published_at >= cutoff || held.contains_key(id)))
             .collect();
+        let mut batch = self.reread_tracked(tracked, &held).await?;
+        let mut state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
+        state.last_reconcile_ms = now_ms();
+        batch.cursors.push((
+            STATE_KEY.into(),
+            serde_json::to_vec(&state).expect("serializable"),
+        ));
+        self.journal.accept(batch).await?;
+        self.report_held()?;
+        Ok(())
+    }
+
+    /// A feed event named these posts: read what changed. Posts the intake tracks are read
+    /// by id (an edit, a deletion, new comments); any other post means the feed's first page
+    /// is read as in a poll cycle, since only that tells which audiences a post is for.
+    pub async fn refresh_posts(&self, ids: &BTreeSet<u64>) -> Result<(), PollError> {
+        let mut tracked = Vec::new();
+        let mut untracked = false;
+        for id in ids {
+            match self.store.cursor::<SeenPost>(&seen_key(*id))? {
+                Some(seen) if seen.deleted => {}
+                Some(seen) => tracked.push((*id, seen)),
+                None => untracked = true,
+            }
+        }
+        if untracked {
+            self.poll_once().await?;
+        }
+        if !tracked.is_empty() {
+            let _reading = self.reading.lock().await;
+            let held = self.held()?;
+            let batch = self.reread_tracked(tracked, &held).await?;
+            self.journal.accept(batch).await?;
+            self.report_held()?;
+        }
+        Ok(())
+    }
+
+    /// Re-read `tracked` posts: the events and bookkeeping for what changed, and the
+    /// verdict on those that vanished.
+    async fn reread_tracked(
+        &self,
+        tracked: Vec<(u64, SeenPost)>,
+        held: &BTreeMap<u64, u64>,
+    ) -> Result<Batch, PollError> {
         let mut batch = Batch::default();
         let mut vanished = Vec::new();
         // Everyone's feed is readable while the webhook works at all.
@@ -424,17 +483,9 @@ impl PollIntake {
                 self.journal_update(id, seen, raw, &mut batch).await;
             }
         }
-        self.settle_vanished(vanished, readable, &held, &mut batch)
+        self.settle_vanished(vanished, readable, held, &mut batch)
             .await?;
-        let mut state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
-        state.last_reconcile_ms = now_ms();
-        batch.cursors.push((
-            STATE_KEY.into(),
-            serde_json::to_vec(&state).expect("serializable"),
-        ));
-        self.journal.accept(batch).await?;
-        self.report_held()?;
-        Ok(())
+        Ok(batch)
     }
 
     /// Re-read up to 50 tracked posts in one `batch`: each post that answered, with what came
@@ -544,7 +595,7 @@ impl PollIntake {
                 unverifiable.push((id, seen));
             }
         }
-        let max = self.poll.max_deletions_per_round;
+        let max = self.poll.get().max_deletions_per_round;
         if gone.len() > max {
             let reason = format!(
                 "{} posts vanished from the feed in one reconcile round, more than bitrix24.poll.max_deletions_per_round ({max}); check the webhook user's access, then release the deletions",
@@ -606,12 +657,17 @@ impl PollIntake {
         } else {
             None
         };
+        let me = if wants(|a| matches!(a, Audience::User(_))) {
+            self.client.acting_user().await
+        } else {
+            None
+        };
         for a in audiences {
             let member = match a {
                 Audience::All => Some(true),
                 Audience::Group(g) => groups.as_ref().map(|set| set.contains(g)),
                 Audience::Department(d) => departments.as_ref().map(|set| set.contains(d)),
-                Audience::User(u) => (*u == self.user_id).then_some(true),
+                Audience::User(u) => me.map(|me| *u == me).filter(|is| *is),
             };
             out.insert(*a, member);
         }
@@ -635,7 +691,7 @@ impl PollIntake {
             .collect();
         let mut parent: BTreeMap<u64, u64> = BTreeMap::new();
         let mut start = 0;
-        for _ in 0..self.poll.max_pages {
+        for _ in 0..self.poll.get().max_pages {
             let page = self
                 .client
                 .call("department.get", json!({ "START": start }), Repeat::Safe)

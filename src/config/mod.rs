@@ -83,7 +83,7 @@ pub struct StoreConfig {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 /// `http:`.
 pub struct HttpConfig {
     /// Where `/healthz`, `/readyz`, `/metrics` and the sides' routes are served.
@@ -457,7 +457,7 @@ mappings:
     fn parses_the_documented_example() {
         let c = Config::parse(GOOD, "bridge.yaml", &good_env()).unwrap();
         assert_eq!(c.bitrix24.portal_url, "https://acme.bitrix24.com");
-        assert_eq!(c.bitrix24.user_id, 17);
+        assert_eq!(c.bitrix24.webhook_user, Some(17));
         assert_eq!(c.bitrix24.poll.interval, Duration::from_secs(5));
         assert_eq!(
             c.bitrix24.poll.reconcile_window,
@@ -537,7 +537,7 @@ mappings:
         let c = Config::parse(&text, "f", &good_env()).unwrap();
         assert_eq!(c.bitrix24.portal_url, "http://127.0.0.1:9");
         assert_eq!(
-            c.bitrix24.webhook_url.expose(),
+            c.bitrix24.webhook_url.as_ref().unwrap().expose(),
             "http://127.0.0.1:9/rest/1/abc123456/"
         );
     }

@@ -10,7 +10,7 @@ use crate::config::ConfigError;
 use crate::config::validate::{Optional, Str, Validator, check_scheme};
 use crate::secret::Secret;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 /// The `matrix:` section, validated.
 pub struct MatrixConfig {
     /// `https://matrix.example.org` (plain http only for loopback or a compose service name).
@@ -27,7 +27,7 @@ pub struct MatrixConfig {
     pub sync_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 /// How the bot signs in.
 pub enum MatrixAuth {
     /// An existing session: the token and the device it belongs to.

@@ -43,6 +43,7 @@ use livefeed_core::model::{
     ChatEvent, FailureKind, Inbound, Person, ReplyId, Room as ChatRoom, ThreadId,
 };
 use livefeed_core::richtext::Doc;
+use livefeed_core::route::Served;
 use livefeed_core::store::Store;
 
 const TOKEN_KEY: &str = "matrix/sync_token";
@@ -139,7 +140,7 @@ pub struct MatrixIntake {
     client: Client,
     journal: Journal,
     store: Store,
-    rooms: Arc<BTreeSet<OwnedRoomId>>,
+    rooms: Served,
     own: OwnedUserId,
     health: Arc<Health>,
     sync_timeout: Duration,
@@ -151,7 +152,7 @@ impl MatrixIntake {
     pub fn new(
         client: Client,
         journal: Journal,
-        rooms: BTreeSet<OwnedRoomId>,
+        rooms: Served,
         own: OwnedUserId,
         health: Arc<Health>,
         sync_timeout: Duration,
@@ -161,7 +162,7 @@ impl MatrixIntake {
             client,
             store: journal.store().clone(),
             journal,
-            rooms: Arc::new(rooms),
+            rooms,
             own,
             health,
             sync_timeout,
@@ -238,7 +239,7 @@ impl MatrixIntake {
         first: bool,
     ) -> Result<(), livefeed_core::model::Failure> {
         for room_id in resp.rooms.invited.keys() {
-            if self.rooms.contains(room_id) {
+            if self.rooms.contains(room_id.as_str()) {
                 match self.client.join_room_by_id(room_id).await {
                     Ok(_) => info!(room = %room_id, "joined a mapped Matrix room on invitation"),
                     Err(e) => warn!(room = %room_id, error = %e, "cannot join a mapped room"),
@@ -263,7 +264,7 @@ impl MatrixIntake {
                     .await;
             }
             for (room_id, update) in &resp.rooms.joined {
-                if !self.rooms.contains(room_id) {
+                if !self.rooms.contains(room_id.as_str()) {
                     continue;
                 }
                 if update.timeline.limited

@@ -23,9 +23,11 @@ use livefeed_core::model::Platform;
 use tracing::info;
 
 use crate::assembly::{ChatSide, Shared};
+use crate::reload::Resolve;
 use adapter::MatrixChat;
 use config::MatrixConfig;
 use intake::MatrixIntake;
+use livefeed_core::route::Served;
 pub use session::SessionError as ConnectError;
 
 /// Matrix's name in keys, labels and `/readyz`.
@@ -56,11 +58,21 @@ pub async fn connect(
     let intake = MatrixIntake::new(
         client.clone(),
         shared.journal.clone(),
-        room_ids,
+        Served::new(shared.routing.clone(), PLATFORM),
         own,
         shared.health.clone(),
         cfg.sync_timeout,
     );
+    let resolver = client.clone();
+    let resolve: Resolve = Arc::new(move |room: String| {
+        let client = resolver.clone();
+        Box::pin(async move {
+            session::resolve_room(&client, &room)
+                .await
+                .map(|id| id.to_string())
+                .map_err(|e| e.to_string())
+        })
+    });
     Ok(ChatSide {
         adapter: Arc::new(MatrixChat::new(
             client,
@@ -70,5 +82,7 @@ pub async fn connect(
         rooms: resolved,
         tasks: vec![Box::pin(intake.run(shared.cancel.clone()))],
         routes: None,
+        resolve: Some(resolve),
+        retune: None,
     })
 }

@@ -114,6 +114,14 @@ pub struct SlackApi {
 }
 
 impl SlackApi {
+    /// Pace new root messages at `rate` per channel from now on (a reload); an unpaced client
+    /// stays unpaced.
+    pub fn set_post_rate(&self, rate: RateLimit) {
+        if let Some(pacing) = &self.post_pacing {
+            pacing.set_rate(rate);
+        }
+    }
+
     /// A client for the API at `base` (`https://slack.com/api/`), pacing `chat.postMessage` per
     /// channel at `post_rate` (none: unpaced).
     pub fn new(

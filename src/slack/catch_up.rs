@@ -12,12 +12,13 @@
 //! `slack.catch_up_rate` (default under Slack's tier-3 limit, 50+ calls a minute). Thread activity is kept in the store by the adapter (a root sent) and the
 //! intake (a reply seen); entries older than the window are forgotten here.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::model::{ChatEvent, Inbound, ReplyId, Room, ThreadId};
+use livefeed_core::route::Served;
 use livefeed_core::store::{StoreError, now_ms};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -52,21 +53,26 @@ pub struct CatchUp {
     api: SlackApi,
     journal: Journal,
     own: Identity,
-    channels: Arc<BTreeSet<String>>,
+    channels: Served,
     people: People,
     window: Duration,
     /// `None`: unpaced.
-    pacing: Option<TokenBucket>,
+    pacing: Option<Arc<TokenBucket>>,
 }
 
 impl CatchUp {
+    /// Its pacing, for a reload to change.
+    pub fn pacing(&self) -> Option<Arc<TokenBucket>> {
+        self.pacing.clone()
+    }
+
     /// Catch-up over the mapped `channels`, for threads active within `window`, reading at
     /// most at `rate`.
     pub fn new(
         api: SlackApi,
         journal: Journal,
         own: Identity,
-        channels: BTreeSet<String>,
+        channels: Served,
         people: People,
         (window, rate): (Duration, Option<RateLimit>),
     ) -> Self {
@@ -74,10 +80,10 @@ impl CatchUp {
             api,
             journal,
             own,
-            channels: Arc::new(channels),
+            channels,
             people,
             window,
-            pacing: rate.map(TokenBucket::new),
+            pacing: rate.map(|r| Arc::new(TokenBucket::new(r))),
         }
     }
 

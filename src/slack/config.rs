@@ -30,7 +30,7 @@ pub struct SlackConfig {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 /// How Slack events reach the bridge.
 pub enum SlackIntake {
     /// Socket Mode with the app-level token (`xapp-…`): no public URL.

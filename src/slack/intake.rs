@@ -8,15 +8,13 @@
 //! `previous_message`), other bots, top-level messages, channels no mapping names.
 //! Events are deduplicated by `event_id`, because Slack redelivers.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-
 use serde_json::Value;
 use tracing::debug;
 
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::model::{ChatEvent, Inbound, Person, ReplyId, Room, ThreadId};
 use livefeed_core::richtext::Doc;
+use livefeed_core::route::Served;
 use livefeed_core::store::{StoreError, now_ms};
 
 use super::PLATFORM;
@@ -209,22 +207,17 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
 pub struct SlackIntake {
     journal: Journal,
     own: Identity,
-    channels: Arc<BTreeSet<String>>,
+    channels: Served,
     people: People,
 }
 
 impl SlackIntake {
     /// An intake for the mapped `channels`, ignoring the bot `own`.
-    pub fn new(
-        journal: Journal,
-        own: Identity,
-        channels: BTreeSet<String>,
-        people: People,
-    ) -> Self {
+    pub fn new(journal: Journal, own: Identity, channels: Served, people: People) -> Self {
         SlackIntake {
             journal,
             own,
-            channels: Arc::new(channels),
+            channels,
             people,
         }
     }

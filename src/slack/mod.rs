@@ -20,15 +20,18 @@ pub mod mrkdwn;
 pub mod people;
 pub mod socket;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::Platform;
+use livefeed_core::route::Served;
 use tracing::info;
 
 use crate::assembly::{ChatSide, Shared};
 use crate::check::Report;
+use crate::config::Config;
+use crate::reload::Retune;
 use crate::upstream::Repeat;
 use adapter::SlackChat;
 use api::{Body, SlackApi, SlackError};
@@ -81,7 +84,7 @@ pub async fn connect(
     let api = client(cfg, &shared.metrics, true)?.keeping_limits_in(shared.store.clone());
     let auth = api.auth_test().await?;
     info!(team = %auth.team, bot_user = %auth.user_id, "Slack bot identified");
-    let served: BTreeSet<String> = channels.iter().cloned().collect();
+    let served = Served::new(shared.routing.clone(), PLATFORM);
     let people = People::new(api.clone(), shared.store.clone());
     let own = Identity::from(&auth);
     let intake = SlackIntake::new(
@@ -104,6 +107,17 @@ pub async fn connect(
         people,
         (cfg.catch_up_window, cfg.catch_up_rate),
     );
+    let catch_up_pacing = catch_up.pacing();
+    let paced = api.clone();
+    let retune: Retune = Box::new(move |config: &Config| {
+        let Some(new) = &config.slack else { return };
+        if let Some(rate) = new.post_rate {
+            paced.set_post_rate(rate);
+        }
+        if let (Some(bucket), Some(rate)) = (&catch_up_pacing, new.catch_up_rate) {
+            bucket.set_rate(rate);
+        }
+    });
     let (trigger, triggers) = mpsc::channel(1);
     let mut side = ChatSide {
         adapter: Arc::new(adapter),
@@ -113,6 +127,8 @@ pub async fn connect(
             .collect::<BTreeMap<_, _>>(),
         tasks: vec![Box::pin(catch_up.run(triggers, shared.cancel.clone()))],
         routes: None,
+        resolve: None,
+        retune: Some(retune),
     };
     match &cfg.intake {
         IntakeMode::SocketMode { app_token } => {

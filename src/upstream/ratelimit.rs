@@ -18,12 +18,19 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// A token bucket: `burst` tokens, refilled at `per_second`.
+/// A token bucket: `burst` tokens, refilled at `per_second`. The rate can change while it
+/// runs (a configuration reload); the tokens it holds stay.
 #[derive(Debug)]
 pub struct TokenBucket {
+    state: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
     per_second: f64,
     burst: f64,
-    state: Mutex<(f64, Instant)>,
 }
 
 impl TokenBucket {
@@ -31,10 +38,21 @@ impl TokenBucket {
     pub fn new(rate: RateLimit) -> Self {
         let burst = f64::from(rate.burst.max(1));
         TokenBucket {
-            per_second: rate.per_second.max(f64::MIN_POSITIVE),
-            burst,
-            state: Mutex::new((burst, Instant::now())),
+            state: Mutex::new(Bucket {
+                tokens: burst,
+                at: Instant::now(),
+                per_second: rate.per_second.max(f64::MIN_POSITIVE),
+                burst,
+            }),
         }
+    }
+
+    /// Pace at `rate` from now on.
+    pub fn set_rate(&self, rate: RateLimit) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.per_second = rate.per_second.max(f64::MIN_POSITIVE);
+        s.burst = f64::from(rate.burst.max(1));
+        s.tokens = s.tokens.min(s.burst);
     }
 
     /// Take a token, waiting as long as needed. Returns whether it had to wait.
@@ -44,14 +62,14 @@ impl TokenBucket {
             let wait = {
                 let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-                s.0 = (s.0 + elapsed * self.per_second).min(self.burst);
-                s.1 = now;
-                if s.0 >= 1.0 {
-                    s.0 -= 1.0;
+                let elapsed = now.saturating_duration_since(s.at).as_secs_f64();
+                s.tokens = (s.tokens + elapsed * s.per_second).min(s.burst);
+                s.at = now;
+                if s.tokens >= 1.0 {
+                    s.tokens -= 1.0;
                     return waited;
                 }
-                Duration::from_secs_f64((1.0 - s.0) / self.per_second)
+                Duration::from_secs_f64((1.0 - s.tokens) / s.per_second)
             };
             waited = true;
             tokio::time::sleep(wait).await;
@@ -62,7 +80,7 @@ impl TokenBucket {
 /// One bucket per key (e.g. per Slack channel), created on first use.
 #[derive(Debug)]
 pub struct KeyedBuckets<K> {
-    rate: RateLimit,
+    rate: Mutex<RateLimit>,
     buckets: Mutex<HashMap<K, std::sync::Arc<TokenBucket>>>,
 }
 
@@ -70,16 +88,30 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
     /// No buckets yet; each key gets a full one for `rate` on first use.
     pub fn new(rate: RateLimit) -> Self {
         KeyedBuckets {
-            rate,
+            rate: Mutex::new(rate),
             buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Pace every key at `rate` from now on.
+    pub fn set_rate(&self, rate: RateLimit) {
+        *self.rate.lock().unwrap_or_else(|p| p.into_inner()) = rate;
+        for bucket in self
+            .buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            bucket.set_rate(rate);
         }
     }
 
     pub async fn acquire(&self, key: &K) -> bool {
         let bucket = {
+            let rate = *self.rate.lock().unwrap_or_else(|p| p.into_inner());
             let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone())
-                .or_insert_with(|| std::sync::Arc::new(TokenBucket::new(self.rate)))
+                .or_insert_with(|| std::sync::Arc::new(TokenBucket::new(rate)))
                 .clone()
         };
         bucket.acquire().await

@@ -37,6 +37,12 @@ pub struct World {
     /// The Matrix half, when the test has a homeserver.
     pub matrix: Option<MatrixPart>,
     pub slack_mapped: bool,
+    /// `bitrix24.intake`.
+    pub bitrix_intake: &'static str,
+    /// The app's first refresh token (event modes).
+    pub refresh_token: String,
+    /// `http.listen` port chosen up front in push mode: the handler URL must name it.
+    pub push_port: Option<u16>,
     /// More `mappings:` entries (YAML, indented as list items) for the next start.
     pub extra_mappings: String,
 }
@@ -62,6 +68,9 @@ pub struct Setup {
     pub encrypted: bool,
     /// How long the fake Slack keeps an event nobody acknowledges before it gives it up.
     pub slack_retention: Duration,
+    /// `bitrix24.intake`: `poll`, or `offline`/`push` through the portal's OAuth app (the
+    /// safety-net poll then runs once an hour, so events alone must do the work).
+    pub bitrix_intake: &'static str,
 }
 
 impl Default for Setup {
@@ -72,6 +81,7 @@ impl Default for Setup {
             slack: true,
             encrypted: false,
             slack_retention: Duration::from_secs(60),
+            bitrix_intake: "poll",
         }
     }
 }
@@ -150,6 +160,11 @@ impl World {
         });
         let news = slack.add_channel("company-news", false, true);
         let dev = slack.add_channel("dev", false, true);
+        let refresh_token = if setup.bitrix_intake == "poll" {
+            String::new()
+        } else {
+            portal.issue_refresh_token()
+        };
         World {
             portal,
             slack,
@@ -164,8 +179,40 @@ impl World {
             events_api: setup.events_api,
             matrix: None,
             slack_mapped: setup.slack,
+            bitrix_intake: setup.bitrix_intake,
+            refresh_token,
+            push_port: (setup.bitrix_intake == "push").then(|| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+                l.local_addr().expect("bound").port()
+            }),
             extra_mappings: String::new(),
         }
+    }
+
+    /// The `bitrix24:` section: the webhook and a fast poll, or an app's grant and events.
+    fn bitrix_section(&self) -> String {
+        if self.bitrix_intake == "poll" {
+            return format!(
+                "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: 40ms, reconcile_window: 7d, reconcile_interval: 250ms }}\n  rate_limit: {{ per_second: 0 }}\n",
+                self.portal.webhook_url()
+            );
+        }
+        let app = b24::OAuthApp::default();
+        let portal = self.portal.portal_url();
+        let mut text = format!(
+            "bitrix24:\n  intake: {intake}\n  oauth:\n    portal: {portal}\n    server: {portal}/\n    client_id: {id}\n    client_secret: {secret}\n    refresh_token: {rt}\n  offline:\n    interval: 50ms\n    idle_interval: 200ms\n  poll: {{ interval: 1h, reconcile_window: 7d, reconcile_interval: 1h }}\n  rate_limit: {{ per_second: 0 }}\n",
+            intake = self.bitrix_intake,
+            id = app.client_id,
+            secret = app.client_secret,
+            rt = self.refresh_token,
+        );
+        if let Some(port) = self.push_port {
+            text.push_str(&format!(
+                "  push:\n    path: /bitrix24/events\n    application_token: {}\n    handler_url: http://127.0.0.1:{port}/bitrix24/events\n",
+                app.application_token
+            ));
+        }
+        text
     }
 
     /// The bridge.yaml these tests run with: fast polling, both mappings, limits per setup.
@@ -176,12 +223,9 @@ impl World {
         } else {
             format!("app_token: {}", cfg.app_token)
         };
-        let mut text = format!(
-            r#"bitrix24:
-  webhook_url: {webhook}
-  poll: {{ interval: 40ms, reconcile_window: 7d, reconcile_interval: 250ms }}
-  rate_limit: {{ per_second: 0 }}
-slack:
+        let mut text = self.bitrix_section();
+        text.push_str(&format!(
+            r#"slack:
   bot_token: {bot}
   {intake}
   api_base: {api}
@@ -190,11 +234,10 @@ slack:
 store: {{ path: {store} }}
 http: {{ listen: {listen} }}
 "#,
-            webhook = self.portal.webhook_url(),
             bot = cfg.bot_token,
             api = self.slack.api_base(),
             store = self.dir.path().join("data").display(),
-        );
+        ));
         if let Some(m) = &self.matrix {
             text.push_str(&format!(
                 "matrix:\n  homeserver: {}\n  user_id: \"{}\"\n  password: {}\n  encryption: true\n  sync_timeout: 2s\n",
@@ -233,9 +276,27 @@ http: {{ listen: {listen} }}
             .expect("test config is valid")
     }
 
+    /// Where [`World::start`] writes the config it runs with (the reloader watches it).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("bridge.yaml")
+    }
+
+    /// Write `text` as the running bridge's config file (atomically, as editors and
+    /// configuration management do).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.path().join("bridge.yaml.tmp");
+        std::fs::write(&tmp, text).expect("config written");
+        std::fs::rename(&tmp, self.config_path()).expect("config replaced");
+    }
+
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "already running");
-        let config = self.config("127.0.0.1:0");
+        let listen = match self.push_port {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => "127.0.0.1:0".into(),
+        };
+        self.write_config(&self.config_text(&listen));
+        let config = Config::load(&self.config_path()).expect("test config is valid");
         let running = assembly::start(
             &config,
             Options {
@@ -271,8 +332,35 @@ http: {{ listen: {listen} }}
                 "Socket Mode never connected"
             );
         }
-        // The first poll sets the baseline: posts from then on are mirrored.
-        self.polls(1).await;
+        if self.bitrix_intake == "poll" {
+            // The first poll sets the baseline: posts from then on are mirrored.
+            self.polls(1).await;
+        } else {
+            // The first (safety-net) poll sets the baseline; the events must be bound.
+            let reads =
+                |p: &FakePortal| p.request_count("log.blogpost.get") + p.request_count("batch");
+            let bound = |p: &FakePortal| p.event_bindings().len() >= 3;
+            assert!(
+                self.portal
+                    .wait_until(WAIT, |p| reads(p) >= 1 && bound(p))
+                    .await,
+                "no first poll or no event bindings"
+            );
+            let running = &running;
+            let started = tokio::time::Instant::now();
+            while running
+                .store
+                .cursor::<serde_json::Value>("bitrix24/poll")
+                .expect("store readable")
+                .is_none()
+            {
+                assert!(
+                    started.elapsed() < WAIT,
+                    "the first poll never set the baseline"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         self.running = Some(running);
     }
 
@@ -300,9 +388,37 @@ http: {{ listen: {listen} }}
         );
     }
 
-    /// Wait until the bridge is idle: a few more polls and nothing left to apply.
+    /// Wait until the intake has looked for news `n` more times: feed reads (poll), reads
+    /// of the offline queue (offline), or, with pushes, until every push was answered.
+    pub async fn intake_rounds(&self, n: usize) {
+        match self.bitrix_intake {
+            "offline" => {
+                let target = self.portal.request_count("event.offline.get") + n;
+                assert!(
+                    self.portal
+                        .wait_until(WAIT, |p| p.request_count("event.offline.get") >= target)
+                        .await,
+                    "the bridge stopped reading the offline queue"
+                );
+            }
+            "push" => {
+                assert!(
+                    self.portal
+                        .wait_until(WAIT, |p| p
+                            .pushes()
+                            .iter()
+                            .all(|x| x.status.is_some() || x.error.is_some()))
+                        .await,
+                    "pushes unanswered"
+                );
+            }
+            _ => self.polls(n).await,
+        }
+    }
+
+    /// Wait until the bridge is idle: a few more intake rounds and nothing left to apply.
     pub async fn settle(&self) {
-        self.polls(3).await;
+        self.intake_rounds(3).await;
         let journal = &self.running.as_ref().expect("running").journal;
         assert!(journal.wait_drained(WAIT).await, "journal did not drain");
     }

@@ -24,11 +24,23 @@ pub struct SideHealth {
     pub degraded: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// The configuration in force, as `/readyz` shows it.
+pub struct ConfigHealth {
+    /// 1 at start, one more per applied reload.
+    pub generation: u64,
+    /// When it was loaded (unix ms).
+    pub loaded_at_ms: i64,
+    /// Why the last reload was not applied, if it was not.
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Default)]
 /// Every side's health, keyed by the side's platform name. Shared by intakes, clients and the
-/// engine.
+/// engine. Also the configuration's generation.
 pub struct Health {
     sides: Mutex<BTreeMap<String, SideHealth>>,
+    config: Mutex<ConfigHealth>,
 }
 
 impl Health {
@@ -76,6 +88,31 @@ impl Health {
     /// The side's connection dropped (it will reconnect).
     pub fn disconnected(&self, side: &str) {
         self.with(side, |s| s.connected = false);
+    }
+
+    /// A configuration was put in force.
+    pub fn config_loaded(&self, generation: u64) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = ConfigHealth {
+            generation,
+            loaded_at_ms: now_ms(),
+            last_error: None,
+        };
+    }
+
+    /// A reload was refused; the configuration in force stays.
+    pub fn config_refused(&self, error: &str) {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(error.to_string());
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> ConfigHealth {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A copy of every side's state.

@@ -74,6 +74,10 @@ pub struct Metrics {
     /// Events found by catching up after an outage (Slack `conversations.replies`, Matrix
     /// gap filling), by side.
     pub catch_up_events: Family<PlatformLabels, Counter>,
+    /// How many configurations were put in force (1 at start, +1 per applied reload).
+    pub config_generation: Gauge,
+    /// When the configuration in force was loaded (unix seconds).
+    pub config_loaded_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -99,6 +103,8 @@ impl Metrics {
         let dead_letters = Gauge::default();
         let held_deletions = Gauge::default();
         let catch_up_events = Family::<PlatformLabels, Counter>::default();
+        let config_generation = Gauge::default();
+        let config_loaded_seconds = Gauge::default();
         registry.register(
             "events_accepted",
             "Inbound events durably accepted into the journal",
@@ -150,6 +156,16 @@ impl Metrics {
             "Events found by catching up after an outage, by side",
             catch_up_events.clone(),
         );
+        registry.register(
+            "config_generation",
+            "Configurations put in force: 1 at start, one more per applied reload",
+            config_generation.clone(),
+        );
+        registry.register(
+            "config_loaded_seconds",
+            "When the configuration in force was loaded (unix seconds)",
+            config_loaded_seconds.clone(),
+        );
         Metrics {
             registry,
             events_accepted,
@@ -163,6 +179,8 @@ impl Metrics {
             dead_letters,
             held_deletions,
             catch_up_events,
+            config_generation,
+            config_loaded_seconds,
         }
     }
 

@@ -6,8 +6,9 @@
 //! mappings match, so it receives a post once.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
 
-use super::model::{Audience, FeedPost, Room};
+use super::model::{Audience, FeedPost, Platform, Room};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 /// One mapping of `bridge.yaml`: audiences to rooms.
@@ -20,6 +21,10 @@ pub struct Route {
     pub rooms: Vec<Room>,
     /// Whether thread replies in these rooms become feed comments.
     pub replies: bool,
+    /// Only posts published at or after this (unix seconds) take this route: a mapping added
+    /// while the bridge runs starts from then, it does not pull older posts into its rooms
+    /// when they are edited. 0: every post.
+    pub since: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,12 +39,18 @@ impl Router {
         Router { routes }
     }
 
+    /// The routes, in configuration order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// The rooms a post is mirrored to, each once, in mapping order.
     pub fn rooms_for(&self, post: &FeedPost) -> Vec<Room> {
         let mut seen = BTreeSet::new();
         self.routes
             .iter()
             .filter(|r| r.audiences.iter().any(|a| post.audiences.contains(a)))
+            .filter(|r| post.published_at >= r.since)
             .flat_map(|r| r.rooms.iter())
             .filter(|room| seen.insert((*room).clone()))
             .cloned()
@@ -75,6 +86,56 @@ impl Router {
     }
 }
 
+/// The router in force, shared by the engine and the intakes. A configuration reload swaps it
+/// whole; readers take the current one per decision and never see half a change.
+#[derive(Debug, Clone, Default)]
+pub struct Routing(Arc<RwLock<Arc<Router>>>);
+
+impl Routing {
+    /// Start with `router`.
+    pub fn new(router: Router) -> Self {
+        Routing(Arc::new(RwLock::new(Arc::new(router))))
+    }
+
+    /// The router now.
+    pub fn current(&self) -> Arc<Router> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Put `router` in force.
+    pub fn replace(&self, router: Router) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(router);
+    }
+}
+
+/// The rooms of one platform that the mappings in force name: what a chat side's intake
+/// listens to. Follows configuration reloads.
+#[derive(Debug, Clone)]
+pub struct Served {
+    routing: Routing,
+    platform: Platform,
+}
+
+impl Served {
+    /// `platform`'s rooms in `routing`.
+    pub fn new(routing: Routing, platform: Platform) -> Self {
+        Served { routing, platform }
+    }
+
+    /// Whether a mapping in force names the room `id` of this platform.
+    pub fn contains(&self, id: &str) -> bool {
+        self.routing
+            .current()
+            .serves(&Room::new(self.platform.clone(), id))
+    }
+}
+
+impl From<Router> for Routing {
+    fn from(router: Router) -> Self {
+        Routing::new(router)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,18 +154,21 @@ mod tests {
                 audiences: vec![Audience::All],
                 rooms: vec![slack("CNEWS0001")],
                 replies: true,
+                since: 0,
             },
             Route {
                 name: "dev".into(),
                 audiences: vec![Audience::Group(5), Audience::Department(2)],
                 rooms: vec![slack("CDEV00001")],
                 replies: false,
+                since: 0,
             },
             Route {
                 name: "dev-also-news".into(),
                 audiences: vec![Audience::Group(5)],
                 rooms: vec![slack("CNEWS0001"), slack("CDEV00001")],
                 replies: false,
+                since: 0,
             },
         ])
     }
@@ -145,5 +209,36 @@ mod tests {
         assert!(!r.replies_enabled(&Room::new(CHAT, "CDEV00001")));
         assert!(!r.replies_enabled(&Room::new(Platform::new("other"), "CNEWS0001")));
         assert_eq!(r.audiences().len(), 3);
+    }
+
+    #[test]
+    fn a_route_added_later_takes_only_posts_from_then_on() {
+        let mut later = router();
+        later.routes.push(Route {
+            name: "late".into(),
+            audiences: vec![Audience::All],
+            rooms: vec![Room::new(CHAT, "CLATE0001")],
+            replies: true,
+            since: 1_000,
+        });
+        let mut old = post(&[Audience::All]);
+        old.published_at = 999;
+        let mut new = old.clone();
+        new.published_at = 1_000;
+        let ids = |p: &FeedPost| -> Vec<String> {
+            later.rooms_for(p).into_iter().map(|r| r.id).collect()
+        };
+        assert_eq!(ids(&old), vec!["CNEWS0001"]);
+        assert_eq!(ids(&new), vec!["CNEWS0001", "CLATE0001"]);
+        assert!(later.serves(&Room::new(CHAT, "CLATE0001")));
+    }
+
+    #[test]
+    fn a_replaced_router_is_seen_by_every_holder() {
+        let routing = Routing::new(router());
+        let held = routing.clone();
+        assert_eq!(held.current().rooms().len(), 2);
+        routing.replace(Router::default());
+        assert!(held.current().rooms().is_empty());
     }
 }

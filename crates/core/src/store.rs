@@ -823,6 +823,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forget a bookkeeping value only while it is still `value`: a write that came in
+    /// meanwhile (a new event for the same post) stays. Returns whether it was removed.
+    pub fn remove_cursor_if<T: Serialize>(&self, key: &str, value: &T) -> Result<bool> {
+        let swapped =
+            self.inner
+                .cursors
+                .compare_and_swap(key.as_bytes(), Some(enc(value)), None::<&[u8]>)?;
+        Ok(swapped.is_ok())
+    }
+
     /// Whether a source event id was accepted before (deduplication).
     pub fn seen_event(&self, key: &str) -> Result<bool> {
         Ok(self.inner.dedupe.contains_key(key.as_bytes())?)

@@ -34,12 +34,14 @@ fn router() -> Router {
             audiences: vec![Audience::All],
             rooms: vec![Room::new(CHAT, NEWS)],
             replies: true,
+            since: 0,
         },
         Route {
             name: "dev".into(),
             audiences: vec![Audience::Group(5)],
             rooms: vec![Room::new(CHAT, DEV)],
             replies: false,
+            since: 0,
         },
     ])
 }

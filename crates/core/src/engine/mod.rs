@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     ChatEvent, Failure, FeedEvent, Inbound, MessageId, Platform, PostId, Room, ThreadId,
 };
-use crate::route::Router;
+use crate::route::Routing;
 use crate::store::{JournalEntry, PostRecord, Store, StoreError};
 
 /// The engine's knobs (tests shorten the retry delays).
@@ -74,7 +74,7 @@ pub struct Engine {
 struct Inner {
     store: Store,
     journal: Journal,
-    router: Router,
+    router: Routing,
     chats: BTreeMap<Platform, Arc<dyn ChatAdapter>>,
     feed: Arc<dyn FeedAdapter>,
     /// The feed's name, for metric labels and `/readyz` (`feed.platform()`, asked once).
@@ -150,7 +150,7 @@ impl Engine {
     /// `feed`. It runs when [`Engine::run`] is awaited and stops when `cancel` fires.
     pub fn new(
         journal: Journal,
-        router: Router,
+        router: impl Into<Routing>,
         chats: Vec<Arc<dyn ChatAdapter>>,
         feed: Arc<dyn FeedAdapter>,
         metrics: Arc<Metrics>,
@@ -162,7 +162,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 store: journal.store().clone(),
                 journal,
-                router,
+                router: router.into(),
                 chats,
                 feed_platform: feed.platform(),
                 feed,
@@ -304,13 +304,13 @@ impl Inner {
         // message: a create still queued or in flight in a room's lane has no mirror yet, and
         // the deletion must run after it in that lane.
         let mut rooms: BTreeSet<Room> = self.live_mirror_rooms(id)?.into_iter().collect();
-        rooms.extend(self.router.rooms_for(&record.post));
+        rooms.extend(self.router.current().rooms_for(&record.post));
         Ok(rooms.into_iter().map(|room| sync_task(id, room)).collect())
     }
 
     fn plan_chat(&self, event: &ChatEvent) -> Result<Vec<(LaneKey, Task)>, StoreError> {
         let room = event.room();
-        if !self.router.serves(room) {
+        if !self.router.current().serves(room) {
             debug!(%room, "event for a room no mapping names; ignored");
             return Ok(Vec::new());
         }

@@ -136,7 +136,7 @@ impl Inner {
         thread: &ThreadId,
         reply: &ReplyId,
     ) -> Result<Option<PostId>, Failure> {
-        if !self.router.replies_enabled(room) {
+        if !self.router.current().replies_enabled(room) {
             debug!(%room, "replies are off for this room; reply ignored");
             return Ok(None);
         }
