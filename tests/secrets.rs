@@ -13,6 +13,51 @@ use std::time::Duration;
 
 use support::workload::{Options, env_or, run};
 
+/// The offline intake's OAuth secrets at TRACE: the client secret and every access and refresh
+/// token the portal handed out (access tokens live 3 s in the workload, so there are many).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_oauth_secret_in_any_log_line_at_trace_level() {
+    let seed = env_or("SECRETS_SEED", fastrand::u64(..1_000_000));
+    let out = run(Options {
+        name: "secrets (offline events)",
+        seed,
+        posts: 10,
+        replies: 6,
+        kills: 2,
+        crashpoints: false,
+        faults: 0.2,
+        socket_drops_every: 0,
+        outages: 0,
+        slack_retention: Duration::from_secs(360),
+        slack_429s: 0.0,
+        real_limits: true,
+        converge: Duration::from_secs(180),
+        bridge_env: vec![("RUST_LOG".into(), "trace".into())],
+        intake: "offline",
+    })
+    .await;
+    say!("{}", out.summary("secrets (offline events)", seed));
+    out.assert_exact(seed);
+    assert!(
+        out.log.contains("Bitrix24 request") && out.log.contains("event.offline"),
+        "the log covers the offline intake"
+    );
+    let tokens = out.portal.issued_tokens();
+    assert!(tokens.len() >= 4, "tokens were refreshed: {}", tokens.len());
+    let app = livefeed_sandbox::bitrix::OAuthApp::default();
+    for secret in tokens
+        .iter()
+        .map(String::as_str)
+        .chain([app.client_secret.as_str()])
+    {
+        let hits = leaks(&out.log, secret);
+        assert!(
+            hits.is_empty(),
+            "an OAuth secret leaked into the log:\n{hits:#?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_log_line_at_trace_level() {
     let seed = env_or("SECRETS_SEED", fastrand::u64(..1_000_000));

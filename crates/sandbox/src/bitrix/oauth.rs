@@ -44,6 +44,8 @@ pub(crate) struct OAuthState {
     codes: HashMap<String, Grant>,
     /// Successful `grant_type=refresh_token` exchanges.
     pub refreshes: u64,
+    /// Every access and refresh token the endpoint handed out (tests search logs for them).
+    pub issued: Vec<String>,
 }
 
 impl Portal {
@@ -171,6 +173,8 @@ impl Portal {
     fn token_answer(&mut self, user: u64) -> Value {
         let (access, expires) = self.mint_access(user);
         let refresh = self.mint_refresh(user);
+        self.oauth.issued.push(access.clone());
+        self.oauth.issued.push(refresh.clone());
         map([
             ("access_token", Value::Str(access)),
             ("expires", Value::Int(expires)),

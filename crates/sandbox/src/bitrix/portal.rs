@@ -178,7 +178,9 @@ impl FakePortal {
     pub fn issue_refresh_token(&self) -> String {
         self.write(|p| {
             let user = p.oauth_user();
-            p.mint_refresh(user)
+            let token = p.mint_refresh(user);
+            p.oauth.issued.push(token.clone());
+            token
         })
     }
 
@@ -205,6 +207,12 @@ impl FakePortal {
     /// Successful `grant_type=refresh_token` exchanges.
     pub fn oauth_refreshes(&self) -> u64 {
         self.read(|p| p.oauth.refreshes)
+    }
+
+    /// Every access and refresh token the token endpoint handed out, oldest first (secrets:
+    /// for tests that search logs for them).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.read(|p| p.oauth.issued.clone())
     }
 
     // ---- events ------------------------------------------------------------------
