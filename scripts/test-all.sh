@@ -36,6 +36,11 @@ fi
 step "cargo test"
 cargo test --locked --workspace --all-targets --all-features -- --test-threads="${TEST_THREADS:-2}"
 
+# The performance harness, briefly: proves it still runs end to end, not a timing check.
+step "performance harness smoke (livefeed-bench --smoke)"
+cargo build --locked -p livefeed-bridge -p livefeed-sandbox --bins
+"$CARGO_TARGET_DIR/debug/livefeed-bench" --smoke --json "${TMPDIR:-/tmp}/livefeed-bench-smoke.json"
+
 # The image as operators run it: built with podman, healthy, a post mirrored, SIGTERM, a
 # restart on the same volume, and the compose demo. It packages the debug binaries the tests
 # just built (the Dockerfile's prebuilt path), so it costs seconds, not a release build.

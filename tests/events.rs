@@ -311,3 +311,44 @@ async fn check_reports_what_the_offline_mode_needs() {
         "{out}"
     );
 }
+
+/// Push without an app: an outgoing webhook set up in the portal's UI pushes (played here by
+/// the test, with the token the portal shows), the incoming webhook reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_from_an_outgoing_webhook_with_the_incoming_webhook_for_reading() {
+    logs();
+    let mut w = World::new(Setup {
+        bitrix_intake: "push-webhook",
+        ..Setup::default()
+    })
+    .await;
+    w.start().await;
+    assert!(
+        w.portal.event_bindings().is_empty(),
+        "nothing bound by the bridge"
+    );
+    let url = format!("http://127.0.0.1:{}/bitrix24/events", w.push_port.unwrap());
+    let post = w.post_all("Outgoing", "pushed by an outgoing webhook");
+    let forged = w
+        .portal
+        .push_with_token("ONLIVEFEEDPOSTADD", post, &url, "guess")
+        .await;
+    assert_eq!(forged, Some(401));
+    let token = OAuthApp::default().application_token;
+    let pushed = w
+        .portal
+        .push_with_token("ONLIVEFEEDPOSTADD", post, &url, &token)
+        .await;
+    assert_eq!(pushed, Some(200));
+    w.wait_root(&w.news.clone(), post).await;
+    w.portal
+        .update_post(post, Some("Outgoing".into()), "edited, pushed again");
+    let pushed = w
+        .portal
+        .push_with_token("ONLIVEFEEDPOSTUPDATE", post, &url, &token)
+        .await;
+    assert_eq!(pushed, Some(200));
+    wait_text(&w, post, "edited, pushed again").await;
+    assert_eq!(w.roots(&w.news).len(), 1);
+    assert_eq!(w.slack.request_count("chat.postMessage"), 1);
+}

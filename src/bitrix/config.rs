@@ -42,10 +42,16 @@ pub struct BitrixConfig {
 }
 
 impl BitrixConfig {
-    /// Whether REST calls go through the OAuth grant (the event modes, or poll without a
-    /// webhook) rather than the webhook.
+    /// Whether REST calls go through the OAuth grant rather than the webhook: always in the
+    /// offline mode (the queue is an app's), whenever there is no webhook, and in the push
+    /// mode when an app is configured (it binds the events itself). Push without an app is
+    /// an outgoing webhook's pushes plus the incoming webhook's REST.
     pub fn uses_oauth(&self) -> bool {
-        self.intake != IntakeMode::Poll || self.webhook_url.is_none()
+        match self.intake {
+            IntakeMode::Offline => true,
+            IntakeMode::Push => self.oauth.is_some() || self.webhook_url.is_none(),
+            IntakeMode::Poll => self.webhook_url.is_none(),
+        }
     }
 }
 
@@ -228,12 +234,12 @@ pub(crate) fn validate(v: &Validator, raw: &RawBitrix) -> Result<BitrixConfig, C
             ));
         }
     };
-    if intake != IntakeMode::Poll && oauth.is_none() {
+    if intake == IntakeMode::Offline && oauth.is_none() {
         let at = raw.intake.as_ref().expect("a non-default mode was written");
         return Err(v.err(
             at,
             format!(
-                "bitrix24.intake: {} needs an oauth: section (feed events are only for apps)",
+                "bitrix24.intake: {} needs an oauth: section (the offline queue is an app's)",
                 intake.as_str()
             ),
             Some("add bitrix24.oauth with portal, client_id, client_secret and refresh_token of a local app; README: Choosing an intake mode".into()),

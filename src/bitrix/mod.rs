@@ -123,16 +123,19 @@ pub fn connect(
         let touched = Touched::new(shared.journal.clone());
         let worker = EventWorker::new(poll, touched.clone(), shared.health.clone());
         tasks.push(Box::pin(worker.run(cancel.clone())));
-        let (mode, handler) = (
-            cfg.intake,
-            cfg.push.as_ref().and_then(|p| p.handler_url.clone()),
-        );
-        let binder = client.clone();
-        tasks.push(Box::pin(async move {
-            if let Err(e) = events::bind(&binder, mode, handler.as_deref()).await {
-                tracing::warn!(error = %e, "cannot bind the Bitrix24 feed events; `livefeed-bridge check` shows what is missing");
-            }
-        }));
+        // Only an app can bind; an outgoing webhook's pushes are bound in the portal's UI.
+        if cfg.uses_oauth() {
+            let (mode, handler) = (
+                cfg.intake,
+                cfg.push.as_ref().and_then(|p| p.handler_url.clone()),
+            );
+            let binder = client.clone();
+            tasks.push(Box::pin(async move {
+                if let Err(e) = events::bind(&binder, mode, handler.as_deref()).await {
+                    tracing::warn!(error = %e, "cannot bind the Bitrix24 feed events; `livefeed-bridge check` shows what is missing");
+                }
+            }));
+        }
         match (cfg.intake, &cfg.push) {
             (IntakeMode::Offline, _) => {
                 let offline = OfflineIntake::new(
@@ -190,7 +193,15 @@ pub async fn probe(
             Err(e) => report.fail(format!("Bitrix24: {e}")),
         }
     }
-    let Some(oauth) = &cfg.oauth else { return };
+    let Some(oauth) = &cfg.oauth else {
+        if let (IntakeMode::Push, Some(push)) = (cfg.intake, &cfg.push) {
+            report.ok(format!(
+                "Bitrix24 intake push: events come from an outgoing webhook set up in the portal; they are taken at {} with its application_token (the portal's side cannot be probed from here)",
+                push.path
+            ));
+        }
+        return;
+    };
     // The grant lives in the store; a running bridge holds it, and refreshing it here would
     // rotate the refresh token under the bridge's feet.
     let store = match Store::open(store_path) {

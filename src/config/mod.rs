@@ -405,6 +405,8 @@ impl Validator<'_> {
 mod tests {
     use std::time::Duration;
 
+    use crate::bitrix::config::IntakeMode;
+
     use super::validate::{Expansion, expand_env};
     use super::*;
 
@@ -482,7 +484,75 @@ mappings:
         let c = Config::parse(text, "bridge.yaml", &good_env()).unwrap();
         assert_eq!(c.mappings[0].rooms[0].id, "C0123456789");
         assert_eq!(c.bitrix24.poll.max_pages, 20);
+        assert_eq!(c.bitrix24.poll.interval, Duration::from_secs(5));
         assert_eq!(c.http.max_body_bytes, 1_048_576);
+        // The same file switched to offline events: the poll becomes the 5-minute safety net.
+        let offline = text.replace("  intake: poll", "  intake: offline").replace(
+            "  # oauth:\n  #   portal: https://acme.bitrix24.com\n  #   server: https://oauth.bitrix24.tech/    # tokens at <server>oauth/token/\n  #   client_id: ${B24_CLIENT_ID}\n  #   client_secret: ${B24_CLIENT_SECRET}\n",
+            "  oauth:\n    portal: https://acme.bitrix24.com\n    client_id: local.1\n    client_secret: s3cr3t\n",
+        );
+        let c = Config::parse(&offline, "bridge.yaml", &good_env()).unwrap();
+        assert_eq!(c.bitrix24.intake, IntakeMode::Offline);
+        assert_eq!(c.bitrix24.poll.interval, Duration::from_secs(300));
+        assert!(c.bitrix24.uses_oauth());
+    }
+
+    #[test]
+    fn event_modes_say_what_they_are_missing() {
+        let app = "  oauth:\n    portal: https://acme.bitrix24.com\n    client_id: local.1\n    client_secret: s3cr3t\n";
+        let with =
+            |extra: &str| GOOD.replace("  backfill: 0\n", &format!("  backfill: 0\n{extra}"));
+        let e = parse_err(&with("  intake: offline\n"), &good_env());
+        assert_eq!((e.line, e.column), (5, 11), "{e}");
+        assert!(e.message.contains("offline needs an oauth: section"), "{e}");
+        assert!(e.hint.as_deref().unwrap().contains("client_id"), "{e}");
+        let e = parse_err(&with("  intake: push\n"), &good_env());
+        assert!(e.message.contains("push needs a push: section"), "{e}");
+        let e = parse_err(&with("  intake: events\n"), &good_env());
+        assert!(e.message.contains("unknown mode `events`"), "{e}");
+        let e = parse_err(
+            &with(&format!(
+                "  intake: offline\n{}",
+                app.replace("https://acme", "http://acme")
+            )),
+            &good_env(),
+        );
+        assert!(e.message.contains("oauth.portal: plain http"), "{e}");
+        let e = parse_err(
+            &with(&format!(
+                "  intake: offline\n{}",
+                app.replace("acme.bitrix24.com", "other.bitrix24.com")
+            )),
+            &good_env(),
+        );
+        assert!(e.message.contains("is not the webhook's portal"), "{e}");
+
+        let c = Config::parse(
+            &with(&format!("  intake: offline\n{app}")),
+            "f",
+            &good_env(),
+        )
+        .unwrap();
+        let b = &c.bitrix24;
+        assert_eq!(b.intake, IntakeMode::Offline);
+        assert!(b.uses_oauth());
+        let oauth = b.oauth.as_ref().unwrap();
+        assert_eq!(oauth.server, "https://oauth.bitrix24.tech/");
+        assert!(oauth.refresh_token.is_none());
+        assert_eq!(
+            b.poll.interval,
+            Duration::from_secs(5),
+            "written explicitly in GOOD"
+        );
+        // Push with only the incoming webhook: an outgoing webhook pushes, REST stays on it.
+        let c = Config::parse(
+            &with("  intake: push\n  push:\n    application_token: 0123456789abcdef\n"),
+            "f",
+            &good_env(),
+        )
+        .unwrap();
+        assert!(!c.bitrix24.uses_oauth());
+        assert_eq!(c.bitrix24.push.unwrap().path, "/bitrix24/events");
     }
 
     #[test]

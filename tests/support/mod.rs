@@ -160,7 +160,7 @@ impl World {
         });
         let news = slack.add_channel("company-news", false, true);
         let dev = slack.add_channel("dev", false, true);
-        let refresh_token = if setup.bitrix_intake == "poll" {
+        let refresh_token = if matches!(setup.bitrix_intake, "poll" | "push-webhook") {
             String::new()
         } else {
             portal.issue_refresh_token()
@@ -181,7 +181,7 @@ impl World {
             slack_mapped: setup.slack,
             bitrix_intake: setup.bitrix_intake,
             refresh_token,
-            push_port: (setup.bitrix_intake == "push").then(|| {
+            push_port: setup.bitrix_intake.starts_with("push").then(|| {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
                 l.local_addr().expect("bound").port()
             }),
@@ -195,6 +195,14 @@ impl World {
             return format!(
                 "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: 40ms, reconcile_window: 7d, reconcile_interval: 250ms }}\n  rate_limit: {{ per_second: 0 }}\n",
                 self.portal.webhook_url()
+            );
+        }
+        if self.bitrix_intake == "push-webhook" {
+            // An outgoing webhook pushes (the test plays it); the incoming webhook reads.
+            return format!(
+                "bitrix24:\n  webhook_url: {}\n  intake: push\n  push:\n    path: /bitrix24/events\n    application_token: {}\n  poll: {{ interval: 1h, reconcile_window: 7d, reconcile_interval: 1h }}\n  rate_limit: {{ per_second: 0 }}\n",
+                self.portal.webhook_url(),
+                b24::OAuthApp::default().application_token
             );
         }
         let app = b24::OAuthApp::default();
@@ -336,10 +344,11 @@ http: {{ listen: {listen} }}
             // The first poll sets the baseline: posts from then on are mirrored.
             self.polls(1).await;
         } else {
-            // The first (safety-net) poll sets the baseline; the events must be bound.
+            // The first (safety-net) poll sets the baseline; an app binds the events.
             let reads =
                 |p: &FakePortal| p.request_count("log.blogpost.get") + p.request_count("batch");
-            let bound = |p: &FakePortal| p.event_bindings().len() >= 3;
+            let app = self.bitrix_intake != "push-webhook";
+            let bound = |p: &FakePortal| !app || p.event_bindings().len() >= 3;
             assert!(
                 self.portal
                     .wait_until(WAIT, |p| reads(p) >= 1 && bound(p))
@@ -401,7 +410,7 @@ http: {{ listen: {listen} }}
                     "the bridge stopped reading the offline queue"
                 );
             }
-            "push" => {
+            "push" | "push-webhook" => {
                 assert!(
                     self.portal
                         .wait_until(WAIT, |p| p

@@ -17,9 +17,12 @@
 //!   limits, and its own `/_sandbox/` control API.
 //! - [`demo`]: both fakes seeded with people and channels, plus a bridge config that points at
 //!   them (what `livefeed-sandbox` runs).
+//! - [`bench`]: the performance harness `livefeed-bench` runs: the bridge binary against the
+//!   fakes, figures against the platforms' ceilings.
 //!
 //! The bridge uses this crate only as a dev-dependency: nothing here ships in its binary.
 
+pub mod bench;
 pub mod bitrix;
 pub mod demo;
 pub mod slack;

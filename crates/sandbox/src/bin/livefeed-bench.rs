@@ -1,0 +1,57 @@
+//! `livefeed-bench`: the performance harness (docs/performance.md). Drives the release
+//! `livefeed-bridge` binary against the fakes and prints one table, also written as JSON.
+//!
+//! ```sh
+//! cargo build --release --bins && target/release/livefeed-bench            # every scenario
+//! target/release/livefeed-bench --only idle --smoke                         # one, short
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use livefeed_sandbox::bench::{self, Report};
+
+#[derive(Parser)]
+#[command(
+    name = "livefeed-bench",
+    version,
+    about = "Performance harness for livefeed-bridge"
+)]
+struct Cli {
+    /// Run only this scenario (idle).
+    #[arg(long)]
+    only: Option<String>,
+    /// Short runs that prove the harness works, not figures to quote (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Idle: how much faster simulated time runs (intervals are divided by it).
+    #[arg(long, default_value_t = 20)]
+    idle_scale: u32,
+    /// Idle: real seconds counted per intake mode.
+    #[arg(long, default_value_t = 180)]
+    idle_seconds: u64,
+    /// Where to write the figures as JSON.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let wants = |name: &str| cli.only.as_deref().is_none_or(|o| o == name);
+    let mut report = Report::default();
+    if wants("idle") {
+        // One simulated hour per mode by default (intervals ÷ 20, counted over 180 s). A
+        // larger scale is quicker but overweights each request's own latency.
+        let seconds = if cli.smoke { 3 } else { cli.idle_seconds };
+        bench::idle::run(&mut report, cli.idle_scale, seconds).await;
+    }
+    print!("{}", report.table());
+    if let Err(e) = report.write_json(&cli.json) {
+        eprintln!("error: cannot write {}: {e}", cli.json.display());
+        return ExitCode::FAILURE;
+    }
+    println!("figures written to {}", cli.json.display());
+    ExitCode::SUCCESS
+}
