@@ -179,8 +179,13 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         }
     })?;
     shared.routing.replace(router);
-    let feed = bitrix::connect(&config.bitrix24, options.bitrix_backoff, &shared)
-        .map_err(|e| StartError::connect(bitrix::PLATFORM)(e.into()))?;
+    let feed = bitrix::connect(
+        &config.bitrix24,
+        &config.important,
+        options.bitrix_backoff,
+        &shared,
+    )
+    .map_err(|e| StartError::connect(bitrix::PLATFORM)(e.into()))?;
 
     let mut tasks = JoinSet::new();
     let mut routes = Vec::new();
@@ -224,7 +229,10 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         adapters,
         feed.adapter,
         shared.metrics.clone(),
-        options.engine.clone(),
+        EngineConfig {
+            pin_important: config.important.pin,
+            ..options.engine.clone()
+        },
         shared.cancel.clone(),
     )
     .reporting_to(shared.health.clone());

@@ -268,5 +268,6 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     differs("matrix", old.matrix != new.matrix);
     differs("store.path", old.store.path != new.store.path);
     differs("http", old.http != new.http);
+    differs("important", old.important != new.important);
     out
 }

@@ -411,6 +411,13 @@ async fn check_probes_matrix_membership_power_and_encryption() {
         )),
         "{shown}"
     );
+    assert!(
+        shown.contains(&format!(
+            "[warn] Matrix room {}: the bot's power level 0 is below the 50 needed to pin",
+            w.m().news_room
+        )),
+        "{shown}"
+    );
 
     // A room the bot was never invited to fails the check.
     let stranger = w.m().alice.create_room("elsewhere", &[], false).await;
@@ -601,4 +608,48 @@ async fn a_root_redacted_by_a_person_detaches_the_post() {
     assert_eq!(edits, 0, "no edit of a message a person removed");
     let (_, body) = w.readyz().await;
     assert_eq!(body["dead_letters"], 0, "{body}");
+}
+
+/// An important post's root event is pinned (`m.room.pinned_events`) while the post is
+/// important, where the bot's power level allows it, and unpinned when the mark goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_important_post_is_pinned_in_the_room_while_it_is_important() {
+    let hs = homeserver!("an_important_post_is_pinned_in_the_room_while_it_is_important");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    let room = w.m().news_room.clone();
+    let bot = w.m().bot.clone();
+    // Pinning is a state event: power level 50 by default.
+    w.m().alice.set_power(&room, &bot, 50).await;
+    w.start().await;
+    let post = w.portal.create_post(
+        w.ivan,
+        livefeed_sandbox::bitrix::NewPost {
+            title: Some("Travel policy".into()),
+            text: "Read and confirm.".into(),
+            dest: vec!["UA".into()],
+            important: true,
+        },
+    );
+    let root = root_of(&w, post, &room, 1).await;
+    assert!(
+        text_of(&root).0.starts_with("❗ Important"),
+        "{:?}",
+        text_of(&root)
+    );
+    let pinned = vec![root.event_id.clone()];
+    w.m()
+        .alice
+        .wait("the root event is pinned", |p| {
+            p.pinned(&room).as_ref() == Some(&pinned)
+        })
+        .await;
+    w.portal.set_important(post, false);
+    w.m()
+        .alice
+        .wait("the root event is unpinned", |p| {
+            p.pinned(&room).is_some_and(|l| l.is_empty())
+        })
+        .await;
+    w.settle().await;
+    assert_eq!(root_of(&w, post, &room, 1).await.event_id, root.event_id);
 }

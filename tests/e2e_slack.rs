@@ -426,3 +426,163 @@ async fn feed_comments_keep_the_count_line_current_without_counting_the_bridges_
     w.settle().await;
     assert_eq!(w.slack.request_count("chat.postMessage"), 1);
 }
+
+/// Comments on one post are written in the order their replies were made, whichever channels
+/// they come from: one at a time per post. That is also what lets a comment repeated after a
+/// crash be the bridge's latest on its post, which the portal's duplicate rule recognises;
+/// written side by side, a second channel's comment could slip in between and the repeat
+/// would become a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_one_post_from_two_channels_become_comments_in_order() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Both channels".into()),
+            text: "reply in either".into(),
+            dest: vec!["UA".into(), format!("SG{}", w.group)],
+            important: false,
+        },
+    );
+    let news_root = w.wait_root(&w.news.clone(), post).await;
+    let dev_root = w.wait_root(&w.dev.clone(), post).await;
+    // The first comment takes a while to be written.
+    w.portal.inject(B24Fault {
+        method: Some("log.blogcomment.add".into()),
+        kind: B24FaultKind::Delay(std::time::Duration::from_millis(800)),
+        times: 1,
+    });
+    w.slack
+        .reply(&w.anna, &w.news, &news_root.ts, "first, from news", false);
+    assert!(
+        w.portal.wait_until(WAIT, |p| p.faults_left() == 0).await,
+        "the first comment is on its way"
+    );
+    w.slack.reply(
+        &w.anna,
+        &w.dev,
+        &dev_root.ts,
+        "second, from developers",
+        false,
+    );
+    w.wait_comments(post, 2).await;
+    w.settle().await;
+    assert_eq!(
+        w.comments(post),
+        [
+            "[B]Anna Smirnova[/B] (Slack): first, from news",
+            "[B]Anna Smirnova[/B] (Slack): second, from developers",
+        ]
+    );
+}
+
+fn pinned(m: &livefeed_sandbox::slack::MessageView) -> bool {
+    m.raw.get("pinned_to").is_some()
+}
+
+/// Wait until `post`'s root message in `channel` satisfies `pred`.
+async fn wait_root_where(
+    w: &World,
+    channel: &str,
+    post: u64,
+    what: &str,
+    pred: impl Fn(&livefeed_sandbox::slack::MessageView) -> bool,
+) {
+    let ok = w
+        .slack
+        .wait_until(WAIT, |s| {
+            s.history(channel).iter().any(|m| {
+                m.metadata
+                    .as_ref()
+                    .and_then(|md| md["event_payload"]["b24_post_id"].as_str())
+                    == Some(post.to_string().as_str())
+                    && pred(m)
+            })
+        })
+        .await;
+    assert!(
+        ok,
+        "post {post}: {what}; root: {:?}",
+        w.root_for(channel, post)
+    );
+}
+
+/// An important post's root message is pinned while the post is important and shows how many
+/// have read it; when the importance ends, by an edit or by its end date, the message is
+/// unpinned and the mark goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_important_post_is_pinned_shows_its_readers_and_is_unpinned_when_it_ends() {
+    let mut w = World::new(Setup::default()).await;
+    w.extra_config = "important: { readers_interval: 100ms }\n".into();
+    w.start().await;
+    let news = w.news.clone();
+    let post = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Travel policy".into()),
+            text: "Read and confirm.".into(),
+            dest: vec!["UA".into()],
+            important: true,
+        },
+    );
+    // The portal counts the author as a reader of their own important post.
+    wait_root_where(&w, &news, post, "pinned, read by 1", |m| {
+        pinned(m)
+            && m.text
+                .starts_with("❗ *Important* · Read by 1\n\n*Travel policy*")
+    })
+    .await;
+    w.portal.read_important(post, w.olga);
+    wait_root_where(&w, &news, post, "read by 2", |m| {
+        m.text.starts_with("❗ *Important* · Read by 2\n")
+    })
+    .await;
+    let third = w.portal.add_user(livefeed_sandbox::bitrix::NewUser {
+        name: "Pavel".into(),
+        last_name: "Orlov".into(),
+        active: true,
+        ..Default::default()
+    });
+    w.portal.read_important(post, third);
+    wait_root_where(&w, &news, post, "read by 3", |m| {
+        m.text.starts_with("❗ *Important* · Read by 3\n")
+    })
+    .await;
+    // The author takes the mark off.
+    w.portal.set_important(post, false);
+    wait_root_where(&w, &news, post, "unpinned and unmarked", |m| {
+        !pinned(m) && m.text.starts_with("*Travel policy*")
+    })
+    .await;
+
+    // Important until a moment from now: pinned, then unpinned when the date passes.
+    let until = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Fire drill".into()),
+            text: "Today only.".into(),
+            dest: vec!["UA".into()],
+            important: false,
+        },
+    );
+    w.wait_root(&news, until).await;
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 2;
+    w.portal.set_important_until(until, end);
+    wait_root_where(&w, &news, until, "pinned until the end date", |m| {
+        pinned(m) && m.text.starts_with("❗ *Important*")
+    })
+    .await;
+    wait_root_where(&w, &news, until, "unpinned after the end date", |m| {
+        !pinned(m) && m.text.starts_with("*Fire drill*")
+    })
+    .await;
+    w.settle().await;
+    assert_eq!(w.slack.request_count("pins.add"), 2);
+    assert_eq!(w.slack.request_count("pins.remove"), 2);
+    assert_eq!(w.roots(&news).len(), 2, "one root message per post");
+}

@@ -93,6 +93,41 @@ async fn offline_a_post_an_edit_and_a_delete_each_arrive_once() {
     assert_eq!(w.slack.request_count("chat.delete"), 1, "one deletion");
 }
 
+/// Feed events are bound only once the first poll's baseline is recorded. Bound earlier, a
+/// post written in between would be queued as an event, then counted as history by the
+/// baseline, and never mirrored. A failed first poll is tried again within seconds, not
+/// after the hour-long safety-net interval these worlds use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_events_are_bound_only_after_the_first_poll_is_recorded() {
+    let mut w = World::new(offline()).await;
+    // More failures than one call's retries (six in these tests): the first poll fails.
+    for method in ["batch", "log.blogpost.get"] {
+        w.portal.inject(Fault {
+            method: Some(method.into()),
+            kind: FaultKind::ServerError(500),
+            times: 7,
+        });
+    }
+    w.launch().await;
+    let failed = |p: &livefeed_sandbox::bitrix::FakePortal| {
+        p.request_count("batch") + p.request_count("log.blogpost.get") >= 7
+    };
+    assert!(
+        w.portal.wait_until(WAIT, failed).await,
+        "the first poll is tried"
+    );
+    assert!(
+        w.portal.event_bindings().is_empty(),
+        "no event is bound while the first poll fails"
+    );
+    w.wait_for_intake().await;
+    assert_eq!(w.portal.event_bindings().len(), 3);
+    let post = w.post_all("After the baseline", "mirrored by its event");
+    w.wait_root(&w.news.clone(), post).await;
+    w.settle().await;
+    assert_eq!(w.roots(&w.news).len(), 1);
+}
+
 /// A `clear` that fails for good leaves the rows reserved under the saved `process_id`, hidden
 /// from any other `get`; only fetching them again with that id can clear them. Nothing is
 /// doubled meanwhile.

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,6 +35,8 @@ use crate::reload::Live;
 use crate::upstream::{ErrorClass, Repeat};
 
 const STATE_KEY: &str = "bitrix24/poll";
+/// How soon a failed first poll is tried again, whatever the poll interval.
+const FIRST_POLL_RETRY: Duration = Duration::from_secs(5);
 const SEEN_PREFIX: &str = "bitrix24/seen/";
 /// Deletions held for an operator: post → its dead letter.
 const HELD_PREFIX: &str = "bitrix24/held/";
@@ -55,6 +58,31 @@ struct SeenPost {
     audiences: BTreeSet<Audience>,
     published_at: i64,
     deleted: bool,
+    /// Important when last seen (and not past `important_until`).
+    #[serde(default)]
+    important: bool,
+    /// `UF_IMPRTANT_DATE_END`, unix seconds.
+    #[serde(default)]
+    important_until: Option<i64>,
+    /// Readers last counted while important.
+    #[serde(default)]
+    readers: Option<u32>,
+}
+
+impl SeenPost {
+    /// What the intake sees of `raw` now, keeping the reader count while it stays important.
+    fn of(raw: &RawPost, audiences: BTreeSet<Audience>, before: Option<&SeenPost>) -> Self {
+        SeenPost {
+            hash: raw.hash(),
+            num_comments: raw.num_comments,
+            audiences,
+            published_at: raw.published_at,
+            deleted: false,
+            important: raw.important,
+            important_until: raw.important_until,
+            readers: before.filter(|_| raw.important).and_then(|b| b.readers),
+        }
+    }
 }
 
 /// Posts found in one poll: id → (the post, the audiences it was found under).
@@ -83,8 +111,10 @@ pub struct RawPost {
     pub micro: bool,
     /// `DETAIL_TEXT`, BBCode.
     pub text: String,
-    /// `UF_BLOG_POST_IMPRTNT`.
+    /// `UF_BLOG_POST_IMPRTNT`, unless `important_until` has passed.
     pub important: bool,
+    /// `UF_IMPRTANT_DATE_END`: when the mark ends, unix seconds.
+    pub important_until: Option<i64>,
     /// `NUM_COMMENTS`.
     pub num_comments: u32,
     /// `DATE_PUBLISH`, unix seconds.
@@ -98,10 +128,21 @@ impl RawPost {
     pub fn parse(v: &Value) -> Option<RawPost> {
         let id = v.get("ID").and_then(as_u64)?;
         let author_id = v.get("AUTHOR_ID").and_then(as_u64)?;
-        let important = v
+        let marked = v
             .get("UF_BLOG_POST_IMPRTNT")
             .and_then(|f| f.get("VALUE"))
             .is_some_and(truthy);
+        let published = v.get("DATE_PUBLISH").map(value_text).unwrap_or_default();
+        // The end date comes in the portal's local format without an offset; the
+        // publication date, in ISO 8601, carries the portal's offset.
+        let important_until = v
+            .get("UF_IMPRTANT_DATE_END")
+            .and_then(|f| f.get("VALUE"))
+            .map(value_text)
+            .filter(|t| !t.trim().is_empty())
+            .and_then(|t| parse_date(&t))
+            .map(|local| local - utc_offset(&published).unwrap_or(0));
+        let important = marked && important_until.is_none_or(|end| end > now_ms() / 1000);
         Some(RawPost {
             id,
             author_id,
@@ -109,16 +150,13 @@ impl RawPost {
             micro: v.get("MICRO").map(value_text).as_deref() == Some("Y"),
             text: v.get("DETAIL_TEXT").map(value_text).unwrap_or_default(),
             important,
+            important_until,
             num_comments: v
                 .get("NUM_COMMENTS")
                 .and_then(as_u64)
                 .unwrap_or(0)
                 .min(u32::MAX as u64) as u32,
-            published_at: v
-                .get("DATE_PUBLISH")
-                .map(value_text)
-                .and_then(|d| parse_date(&d))
-                .unwrap_or(0),
+            published_at: parse_date(&published).unwrap_or(0),
             for_everyone: v.get("HAS_SOCNET_ALL").filter(|f| !f.is_null()).map(truthy),
         })
     }
@@ -174,6 +212,8 @@ pub struct PollIntake {
     health: Arc<Health>,
     /// Held by every read that compares with and updates the seen posts.
     reading: tokio::sync::Mutex<()>,
+    /// True once the first poll's baseline is durable.
+    baselined: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +247,22 @@ impl PollIntake {
             portal_url: cfg.portal_url.clone(),
             health,
             reading: tokio::sync::Mutex::new(()),
+            baselined: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Wait until the first poll's baseline is durable (at once when an earlier run set it).
+    /// Feed events must not be subscribed before: a post written between subscribing and the
+    /// baseline would count as history, and its event would be dropped as old.
+    pub async fn baselined(&self) -> Result<(), StoreError> {
+        let state: Option<PollState> = self.store.cursor(STATE_KEY)?;
+        if state.is_some_and(|s| s.baseline_max_id.is_some()) {
+            self.baselined.send_replace(true);
+        }
+        let mut rx = self.baselined.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = rx.wait_for(|done| *done).await;
+        Ok(())
     }
 
     /// Poll until cancelled.
@@ -230,16 +285,22 @@ impl PollIntake {
                 o = outcome => o,
                 _ = cancel.cancelled() => return,
             };
+            let mut pause = self.poll.get().interval;
             match outcome {
                 Ok(()) => self.health.ok(PLATFORM.as_str()),
                 Err(e) => {
                     let auth = matches!(&e, PollError::Api(a) if a.class == ErrorClass::Auth);
                     warn!(error = %e, "Bitrix24 poll failed; will try again");
                     self.health.error(PLATFORM.as_str(), &e.to_string(), auth);
+                    // Feed events wait for the baseline: do not leave them waiting a whole
+                    // safety-net interval.
+                    if !*self.baselined.borrow() {
+                        pause = pause.min(FIRST_POLL_RETRY);
+                    }
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.poll.get().interval) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = cancel.cancelled() => return,
             }
         }
@@ -266,6 +327,10 @@ impl PollIntake {
             ));
         }
         self.journal.accept(batch).await?;
+        if first_run {
+            info!("first Bitrix24 poll done: posts from now on will be mirrored");
+            self.baselined.send_replace(true);
+        }
         Ok(())
     }
 
@@ -331,10 +396,10 @@ impl PollIntake {
             let (raw, auds) = found.remove(&id).expect("id from the map");
             changed.push((raw, auds, None));
         }
-        info!(
+        debug!(
             baseline = state.baseline_max_id,
             backfill = changed.len(),
-            "first Bitrix24 poll: posts from now on will be mirrored"
+            "first Bitrix24 poll: posts up to the baseline are history"
         );
         (changed, state)
     }
@@ -371,7 +436,10 @@ impl PollIntake {
                 Some(s) => s.audiences.union(&auds).copied().collect(),
                 None => auds,
             };
-            let post = self.to_feed_post(&raw, audiences.clone()).await;
+            let next = SeenPost::of(&raw, audiences.clone(), seen.as_ref());
+            let post = self
+                .to_feed_post(&raw, audiences.clone(), next.readers)
+                .await;
             let event = match &seen {
                 None => FeedEvent::PostCreated(post),
                 Some(s) if s.hash != raw.hash() || audiences != s.audiences => {
@@ -383,16 +451,9 @@ impl PollIntake {
             let source_ms =
                 matches!(event, FeedEvent::PostCreated(_)).then_some(raw.published_at * 1000);
             batch.events.push((Inbound::Feed(event), source_ms));
-            let seen = SeenPost {
-                hash: raw.hash(),
-                num_comments: raw.num_comments,
-                audiences,
-                published_at: raw.published_at,
-                deleted: false,
-            };
             batch.cursors.push((
                 seen_key(raw.id),
-                serde_json::to_vec(&seen).expect("serializable"),
+                serde_json::to_vec(&next).expect("serializable"),
             ));
         }
         batch
@@ -421,6 +482,96 @@ impl PollIntake {
         ));
         self.journal.accept(batch).await?;
         self.report_held()?;
+        Ok(())
+    }
+
+    /// Every `every` until cancelled: end the importance of posts whose end date passed
+    /// and, when `count` is on, count the readers of the others.
+    pub async fn run_importance(
+        self: Arc<Self>,
+        count: bool,
+        every: Duration,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = cancel.cancelled() => return,
+            }
+            if let Err(e) = self.importance_round(count).await {
+                warn!(error = %e, "checking important posts failed; will try again");
+            }
+        }
+    }
+
+    /// One round over the tracked important posts: `log.blogpost.getusers.important` for 50
+    /// posts per `batch`; a changed count, or an end date that passed, is journaled.
+    pub async fn importance_round(&self, count: bool) -> Result<(), PollError> {
+        let _reading = self.reading.lock().await;
+        let now = now_ms() / 1000;
+        let important: Vec<(u64, SeenPost)> = self
+            .store
+            .cursors_with_prefix::<SeenPost>(SEEN_PREFIX)?
+            .into_iter()
+            .filter_map(|(k, s)| k[SEEN_PREFIX.len()..].parse().ok().map(|id| (id, s)))
+            .filter(|(_, s)| !s.deleted && s.important)
+            .collect();
+        let mut batch = Batch::default();
+        let record = |id: u64, next: &SeenPost, batch: &mut Batch| {
+            let event = FeedEvent::ImportanceChanged {
+                post: PostId(id),
+                important: next.important,
+                readers: next.readers,
+            };
+            batch.events.push((Inbound::Feed(event), None));
+            batch.cursors.push((
+                seen_key(id),
+                serde_json::to_vec(next).expect("serializable"),
+            ));
+        };
+        let mut counting = Vec::new();
+        for (id, seen) in important {
+            if seen.important_until.is_some_and(|end| end <= now) {
+                debug!(post = id, "importance ended");
+                let next = SeenPost {
+                    important: false,
+                    readers: None,
+                    ..seen
+                };
+                record(id, &next, &mut batch);
+            } else if count {
+                counting.push((id, seen));
+            }
+        }
+        for chunk in counting.chunks(50) {
+            let cmds: Vec<(String, String, Value)> = chunk
+                .iter()
+                .map(|(id, _)| {
+                    (
+                        format!("r{id}"),
+                        "log.blogpost.getusers.important".to_string(),
+                        json!({ "POST_ID": id }),
+                    )
+                })
+                .collect();
+            let resp = self.client.batch(&cmds).await?;
+            for (id, seen) in chunk {
+                let Some(result) = resp.results.get(&format!("r{id}")) else {
+                    continue;
+                };
+                let readers = as_list(result).len().min(u32::MAX as usize) as u32;
+                if seen.readers != Some(readers) {
+                    let next = SeenPost {
+                        readers: Some(readers),
+                        ..seen.clone()
+                    };
+                    record(*id, &next, &mut batch);
+                }
+            }
+        }
+        if !batch.events.is_empty() {
+            self.journal.accept(batch).await?;
+        }
         Ok(())
     }
 
@@ -523,15 +674,15 @@ impl PollIntake {
 
     /// The event and bookkeeping for a post that changed since last seen.
     async fn journal_update(&self, id: u64, seen: SeenPost, raw: RawPost, batch: &mut Batch) {
-        let mut next = seen.clone();
-        let post = self.to_feed_post(&raw, seen.audiences.clone()).await;
+        let next = SeenPost::of(&raw, seen.audiences.clone(), Some(&seen));
+        let post = self
+            .to_feed_post(&raw, seen.audiences.clone(), next.readers)
+            .await;
         let event = if raw.hash() != seen.hash {
             FeedEvent::PostEdited(post)
         } else {
             FeedEvent::CommentsChanged(post)
         };
-        next.hash = raw.hash();
-        next.num_comments = raw.num_comments;
         batch.events.push((Inbound::Feed(event), None));
         batch.cursors.push((
             seen_key(id),
@@ -887,13 +1038,19 @@ impl PollIntake {
         })
     }
 
-    async fn to_feed_post(&self, raw: &RawPost, audiences: BTreeSet<Audience>) -> FeedPost {
+    async fn to_feed_post(
+        &self,
+        raw: &RawPost,
+        audiences: BTreeSet<Audience>,
+        readers: Option<u32>,
+    ) -> FeedPost {
         FeedPost {
             id: PostId(raw.id),
             author: self.people.get(raw.author_id).await,
             title: (!raw.micro).then(|| raw.title.clone()),
             body: bbcode::parse(&raw.text),
             important: raw.important,
+            readers,
             audiences,
             url: format!(
                 "{}/company/personal/user/{}/blog/{}/",
@@ -941,6 +1098,14 @@ pub fn parse_date(text: &str) -> Option<i64> {
     let mut d = date.split('.');
     let (dd, m, y) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
     Some(days_from_civil(y, m, dd)? * 86_400 + time_of_day(time)?)
+}
+
+/// The UTC offset an ISO 8601 time is written in, in seconds (`+03:00` → 10800).
+fn utc_offset(iso: &str) -> Option<i64> {
+    let t = iso.trim();
+    let (_, rest) = t.split_once('T')?;
+    let at = t.len() - rest.len() + rest.find(['+', '-', 'Z'])?;
+    Some(parse_date(&t[..at])? - parse_date(t)?)
 }
 
 fn time_of_day(t: &str) -> Option<i64> {

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::assembly::{FeedSide, Shared};
 use crate::check::Report;
-use crate::config::Config;
+use crate::config::{Config, ImportantConfig};
 use crate::reload::{Live, Retune};
 use crate::upstream::{Backoff, Repeat};
 use adapter::BitrixFeed;
@@ -96,6 +96,7 @@ fn client(
 /// client's retries (tests shorten them).
 pub fn connect(
     cfg: &BitrixConfig,
+    important: &ImportantConfig,
     backoff: Option<Backoff>,
     shared: &Shared,
 ) -> Result<FeedSide, ConnectError> {
@@ -117,11 +118,18 @@ pub fn connect(
         shared.health.clone(),
     ));
     let cancel = shared.cancel.clone();
-    let mut tasks: Vec<crate::assembly::Task> = vec![Box::pin(poll.clone().run(cancel.clone()))];
+    let mut tasks: Vec<crate::assembly::Task> = vec![
+        Box::pin(poll.clone().run(cancel.clone())),
+        Box::pin(poll.clone().run_importance(
+            important.readers,
+            important.readers_interval,
+            cancel.clone(),
+        )),
+    ];
     let mut routes = None;
     if cfg.intake != IntakeMode::Poll {
         let touched = Touched::new(shared.journal.clone());
-        let worker = EventWorker::new(poll, touched.clone(), shared.health.clone());
+        let worker = EventWorker::new(poll.clone(), touched.clone(), shared.health.clone());
         tasks.push(Box::pin(worker.run(cancel.clone())));
         // Only an app can bind; an outgoing webhook's pushes are bound in the portal's UI.
         if cfg.uses_oauth() {
@@ -129,8 +137,12 @@ pub fn connect(
                 cfg.intake,
                 cfg.push.as_ref().and_then(|p| p.handler_url.clone()),
             );
-            let binder = client.clone();
+            let (binder, baseline) = (client.clone(), poll.clone());
             tasks.push(Box::pin(async move {
+                if let Err(e) = baseline.baselined().await {
+                    tracing::warn!(error = %e, "cannot read the poll state; feed events are not bound");
+                    return;
+                }
                 if let Err(e) = events::bind(&binder, mode, handler.as_deref()).await {
                     tracing::warn!(error = %e, "cannot bind the Bitrix24 feed events; `livefeed-bridge check` shows what is missing");
                 }

@@ -74,6 +74,19 @@ pub struct Config {
     pub http: HttpConfig,
     /// `mappings:`, in file order.
     pub mappings: Vec<Mapping>,
+    /// `important:`.
+    pub important: ImportantConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+/// `important:`: what chat shows of the feed's important posts.
+pub struct ImportantConfig {
+    /// Pin an important post's root messages while it is important.
+    pub pin: bool,
+    /// Keep "Read by N" on the root messages current.
+    pub readers: bool,
+    /// How often the readers of important posts are counted.
+    pub readers_interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +233,19 @@ struct RawConfig {
     #[serde(default)]
     http: Option<RawHttp>,
     mappings: Vec<RawMapping>,
+    #[serde(default)]
+    important: Option<RawImportant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImportant {
+    #[serde(default)]
+    pin: Option<bool>,
+    #[serde(default)]
+    readers: Option<bool>,
+    #[serde(default)]
+    readers_interval: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +298,21 @@ impl Validator<'_> {
         };
         let http = self.http(raw.http.as_ref())?;
         let mappings = self.mappings(&raw.mappings)?;
+        let important = ImportantConfig {
+            pin: raw.important.as_ref().and_then(|i| i.pin).unwrap_or(true),
+            readers: raw
+                .important
+                .as_ref()
+                .and_then(|i| i.readers)
+                .unwrap_or(true),
+            readers_interval: self.duration(
+                "important.readers_interval",
+                raw.important
+                    .as_ref()
+                    .and_then(|i| i.readers_interval.as_ref()),
+                std::time::Duration::from_secs(300),
+            )?,
+        };
 
         if slack.is_none()
             && let Some(m) = raw.mappings.iter().find(|m| m.slack.is_some())
@@ -299,6 +340,7 @@ impl Validator<'_> {
             store,
             http,
             mappings,
+            important,
         })
     }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use matrix_sdk::Client;
 use matrix_sdk::ruma::events::room::message::{ReplacementMetadata, RoomMessageEventContent};
+use matrix_sdk::ruma::events::room::pinned_events::RoomPinnedEventsEventContent;
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId};
 
 use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage};
@@ -212,6 +213,47 @@ impl ChatAdapter for MatrixChat {
                 Err(e) => Err(http_failure(&e)),
             };
             self.counted("redact", redacted).await
+        })
+    }
+
+    /// `m.room.pinned_events` holds the whole list: read it from the homeserver (the synced
+    /// copy may not show a pin made a moment ago), change it, send it back. Pins of one
+    /// room go through its lane one at a time, so two of ours never race.
+    fn set_pinned<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        pinned: bool,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let room = self.room(room).await?;
+            let target = EventId::parse(message.as_str())
+                .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
+            self.unblocked().await;
+            let loaded = room.load_pinned_events().await.map_err(|e| sdk_failure(&e));
+            let mut list = self
+                .counted("pinned_events", loaded)
+                .await?
+                .unwrap_or_default();
+            let present = list.contains(&target);
+            match (pinned, present) {
+                (true, true) | (false, false) => return Ok(()),
+                (true, false) => list.push(target),
+                (false, true) => list.retain(|e| *e != target),
+            }
+            let sent = room
+                .send_state_event(RoomPinnedEventsEventContent::new(list))
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    let f = sdk_failure(&e);
+                    if f.is_transient() {
+                        f
+                    } else {
+                        Failure::permanent(format!("cannot change the room's pinned events: {e}"))
+                    }
+                });
+            self.counted("pin", sent).await
         })
     }
 }

@@ -180,6 +180,16 @@ impl Probe {
                 "Matrix room {room}: bot joined, power level {own}{}",
                 if encrypted { ", encrypted" } else { "" }
             ));
+            // Pinning is a state event: `state_default` (50) unless the room says otherwise.
+            let pin_needed = levels["events"]["m.room.pinned_events"]
+                .as_i64()
+                .or(levels["state_default"].as_i64())
+                .unwrap_or(50);
+            if own < pin_needed {
+                report.warn(format!(
+                    "Matrix room {room}: the bot's power level {own} is below the {pin_needed} needed to pin, so important posts are not pinned there — raise it or lower m.room.pinned_events"
+                ));
+            }
         }
     }
 

@@ -233,6 +233,44 @@ impl ChatAdapter for SlackChat {
         })
     }
 
+    fn set_pinned<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        pinned: bool,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            // `timestamp`, not `ts` (docs/platforms/slack.md §2.11).
+            let body = json!({ "channel": room, "timestamp": message.as_str() });
+            let method = if pinned { "pins.add" } else { "pins.remove" };
+            match self
+                .api
+                .call(method, Some(room), Body::Json(body), Repeat::Safe)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if pinned && e.is("already_pinned") => Ok(()),
+                Err(e) if !pinned && (e.is("no_pin") || e.is("not_pinned")) => Ok(()),
+                Err(e) if e.is("message_not_found") => Err(Failure::gone("message_not_found")),
+                // Not a credentials problem: only pinning is refused (an app installed before
+                // it asked for `pins:write`, a channel that restricts pins).
+                Err(e)
+                    if [
+                        "missing_scope",
+                        "not_pinnable",
+                        "restricted_action",
+                        "too_many_pins",
+                    ]
+                    .iter()
+                    .any(|c| e.is(c)) =>
+                {
+                    Err(Failure::permanent(format!("{method}: {}", e.error)))
+                }
+                Err(e) => Err(e.to_failure()),
+            }
+        })
+    }
+
     fn resolve_people<'a>(
         &'a self,
         author: &'a mut Person,

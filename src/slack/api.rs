@@ -111,9 +111,19 @@ pub struct SlackApi {
     /// `Retry-After` holds per method and channel, kept across restarts once
     /// [`SlackApi::keeping_limits_in`] gave a store.
     blocks: Arc<Blocks>,
+    /// The bot token's scopes as Slack last named them (`x-oauth-scopes`).
+    scopes: Arc<std::sync::Mutex<Option<Vec<String>>>>,
 }
 
 impl SlackApi {
+    /// The bot token's scopes, as the last answer named them; `None` before any answer did.
+    pub fn scopes(&self) -> Option<Vec<String>> {
+        self.scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Pace new root messages at `rate` per channel from now on (a reload); an unpaced client
     /// stays unpaced.
     pub fn set_post_rate(&self, rate: RateLimit) {
@@ -143,6 +153,7 @@ impl SlackApi {
             metrics,
             post_pacing: post_rate.map(|rate| Arc::new(KeyedBuckets::new(rate))),
             blocks: Arc::new(Blocks::new()),
+            scopes: Arc::default(),
         })
     }
 
@@ -236,6 +247,19 @@ impl SlackApi {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
+            if let Some(scopes) = response
+                .headers()
+                .get("x-oauth-scopes")
+                .and_then(|v| v.to_str().ok())
+            {
+                *self.scopes.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                    scopes
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                );
+            }
             Ok::<_, reqwest::Error>((status, retry_after, response.bytes().await?))
         };
         let (status, retry_after, bytes) = match answered.await {

@@ -171,10 +171,21 @@ pub async fn probe(
         Err(e) => return report.fail(format!("Slack: {e}")),
     };
     match api.auth_test().await {
-        Ok(a) => report.ok(format!(
-            "Slack: bot {} ({}) in team {}",
-            a.user, a.user_id, a.team
-        )),
+        Ok(a) => {
+            report.ok(format!(
+                "Slack: bot {} ({}) in team {}",
+                a.user, a.user_id, a.team
+            ));
+            match api.scopes() {
+                Some(s) if s.iter().any(|s| s == "pins:write") => {
+                    report.ok("Slack: pins:write granted: important posts are pinned")
+                }
+                Some(_) => report.warn(
+                    "Slack: the bot token lacks pins:write, so important posts are not pinned — add the scope (slack-app-manifest.yaml has it) and reinstall the app",
+                ),
+                None => {}
+            }
+        }
         Err(e) => {
             return report.fail(format!(
                 "Slack: auth.test failed: {e} — check SLACK_BOT_TOKEN and that the app is installed"

@@ -18,6 +18,7 @@ use matrix_sdk::ruma::events::room::message::{
 };
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, InitialStateEvent,
+    SyncStateEvent,
 };
 use matrix_sdk::ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
 use matrix_sdk::{Client, Room};
@@ -347,6 +348,30 @@ impl Person {
                 }
                 _ => None,
             })
+    }
+
+    /// The room's pinned events, as the latest `m.room.pinned_events` the person saw says
+    /// (`None` before any).
+    pub fn pinned(&self, room: &OwnedRoomId) -> Option<Vec<OwnedEventId>> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|(r, e)| match e {
+                AnySyncTimelineEvent::State(AnySyncStateEvent::RoomPinnedEvents(
+                    SyncStateEvent::Original(ev),
+                )) if r == room => Some(ev.content.pinned.clone()),
+                _ => None,
+            })
+    }
+
+    /// Give `user` power level `level` in `room` (the person must be allowed to).
+    pub async fn set_power(&self, room: &OwnedRoomId, user: &UserId, level: i64) {
+        self.room(room)
+            .update_power_levels(vec![(user, level.try_into().unwrap())])
+            .await
+            .unwrap();
     }
 
     /// Wait until `pred` holds over what the person has seen; re-checked on every new event.

@@ -45,6 +45,8 @@ pub struct World {
     pub push_port: Option<u16>,
     /// More `mappings:` entries (YAML, indented as list items) for the next start.
     pub extra_mappings: String,
+    /// More top-level `bridge.yaml` sections (YAML, unindented) for the next start.
+    pub extra_config: String,
 }
 
 pub struct MatrixPart {
@@ -186,6 +188,7 @@ impl World {
                 l.local_addr().expect("bound").port()
             }),
             extra_mappings: String::new(),
+            extra_config: String::new(),
         }
     }
 
@@ -276,6 +279,7 @@ http: {{ listen: {listen} }}
             self.matrix.as_ref().map(|m| &m.dev_room),
         ));
         text.push_str(&self.extra_mappings);
+        text.push_str(&self.extra_config);
         text
     }
 
@@ -298,6 +302,13 @@ http: {{ listen: {listen} }}
     }
 
     pub async fn start(&mut self) {
+        self.launch().await;
+        self.wait_for_intake().await;
+    }
+
+    /// Start the bridge and wait only for its chat side: the feed intake may still be busy
+    /// with its first poll.
+    pub async fn launch(&mut self) {
         assert!(self.running.is_none(), "already running");
         let listen = match self.push_port {
             Some(port) => format!("127.0.0.1:{port}"),
@@ -312,6 +323,7 @@ http: {{ listen: {listen} }}
                     feed_lanes: 4,
                     retry_base: Duration::from_millis(20),
                     retry_max: Duration::from_millis(300),
+                    ..EngineConfig::default()
                 },
                 bitrix_backoff: Some(Backoff {
                     first: Duration::from_millis(20),
@@ -340,6 +352,11 @@ http: {{ listen: {listen} }}
                 "Socket Mode never connected"
             );
         }
+        self.running = Some(running);
+    }
+
+    /// Wait until the feed intake has its baseline (and, for an app, its event bindings).
+    pub async fn wait_for_intake(&mut self) {
         if self.bitrix_intake == "poll" {
             // The first poll sets the baseline: posts from then on are mirrored.
             self.polls(1).await;
@@ -355,7 +372,7 @@ http: {{ listen: {listen} }}
                     .await,
                 "no first poll or no event bindings"
             );
-            let running = &running;
+            let running = self.running.as_ref().expect("running");
             let started = tokio::time::Instant::now();
             while running
                 .store
@@ -370,7 +387,6 @@ http: {{ listen: {listen} }}
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        self.running = Some(running);
     }
 
     pub async fn stop(&mut self) {

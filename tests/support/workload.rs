@@ -1,8 +1,9 @@
 //! A seeded workload against the real `livefeed-bridge` binary (a child process) and the
-//! sandbox: posts for several audiences with edits and deletions, thread replies and reply
-//! deletions, optionally with SIGKILLs, crash points and injected faults. It ends by checking
-//! the end state exactly: every live post one root message per channel it maps to, with its
-//! latest text; every deleted post gone; every live reply one comment; nothing else.
+//! sandbox: posts for several audiences with edits, importance marked and taken off, and
+//! deletions, thread replies and reply deletions, optionally with SIGKILLs, crash points and
+//! injected faults. It ends by checking the end state exactly: every live post one root message
+//! per channel it maps to, with its latest text, marked and pinned exactly while important; every
+//! deleted post gone; every live reply one comment; nothing else.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -195,6 +196,8 @@ struct Post {
     version: u32,
     deleted: bool,
     has_replies: bool,
+    /// Marked important: its roots are pinned and marked.
+    important: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +250,15 @@ fn differences(
                     "post {id} in {channel}: stale text {:?}",
                     roots[0].text
                 ));
+            } else if want == 1 {
+                let marked = roots[0].text.starts_with("❗");
+                let pinned = roots[0].raw.get("pinned_to").is_some();
+                if marked != p.important || pinned != p.important {
+                    out.push(format!(
+                        "post {id} in {channel}: important {}, but marked {marked} and pinned {pinned}",
+                        p.important
+                    ));
+                }
             }
         }
     }
@@ -423,12 +435,22 @@ pub async fn run(o: Options) -> Outcome {
         o.crashpoints,
         o.bridge_env.clone(),
     );
-    // The first poll sets the baseline; posts from then on are mirrored. Faults start after.
+    // The first poll sets the baseline; posts from then on are mirrored. A kill can land
+    // between its read and its record, so wait for the record itself. Faults start after.
+    let baselined = async {
+        loop {
+            let log = std::fs::read_to_string(&logs).unwrap_or_default();
+            if log.contains("first Bitrix24 poll done") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     assert!(
-        portal
-            .wait_until(Duration::from_secs(60), |p| p.request_count("batch") >= 1)
-            .await,
-        "the bridge never polled"
+        tokio::time::timeout(Duration::from_secs(60), baselined)
+            .await
+            .is_ok(),
+        "the bridge never finished its first poll"
     );
     if o.faults > 0.0 {
         portal.set_fault_ratio(
@@ -514,8 +536,15 @@ pub async fn run(o: Options) -> Outcome {
                     version: 1,
                     deleted: false,
                     has_replies: false,
+                    important: false,
                 },
             );
+        } else if roll < 52 && !live.is_empty() {
+            // The author marks the post important, or takes the mark off.
+            let id = live[rng.usize(..live.len())];
+            let post = posts.get_mut(&id).unwrap();
+            post.important = !post.important;
+            portal.set_important(id, post.important);
         } else if roll < 60 && !live.is_empty() && edits < 2 * posts.len() {
             let id = live[rng.usize(..live.len())];
             let post = posts.get_mut(&id).unwrap();

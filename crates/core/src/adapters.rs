@@ -73,6 +73,15 @@ pub trait ChatAdapter: Send + Sync {
         room: &'a str,
         message: &'a MessageId,
     ) -> BoxFuture<'a, Result<(), Failure>>;
+    /// Pin or unpin a root message. Idempotent: pinning a pinned message or unpinning one
+    /// that is not pinned succeeds. A room where the bridge may not pin is a permanent
+    /// failure.
+    fn set_pinned<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        pinned: bool,
+    ) -> BoxFuture<'a, Result<(), Failure>>;
     /// Fill in the names of a reply's author and of the people it mentions. Intakes journal
     /// an event before they ask a directory (a slow or rate-limited directory must not delay
     /// the acknowledgement), so they may leave ids where names belong; the engine asks here

@@ -15,10 +15,14 @@ use super::richtext::{Block, Doc, Inline, normalize_inlines};
 pub fn root_message(post: &FeedPost, comments: u32, opts: LayoutOptions, feed: &str) -> Doc {
     let mut blocks = Vec::new();
     if post.important {
-        blocks.push(Block::Paragraph(vec![
+        let mut mark = vec![
             Inline::Text("❗ ".into()),
             Inline::Bold(vec![Inline::Text("Important".into())]),
-        ]));
+        ];
+        if let Some(n) = post.readers {
+            mark.push(Inline::Text(format!(" · Read by {n}")));
+        }
+        blocks.push(Block::Paragraph(mark));
     }
     if opts.author_in_body {
         blocks.push(Block::Paragraph(vec![
@@ -216,6 +220,12 @@ Line two",
             root_message(&p, 1, OPTS, "Bitrix24")
                 .plain_text()
                 .ends_with("1 comment in Bitrix24")
+        );
+        p.readers = Some(3);
+        assert!(
+            root_message(&p, 0, OPTS, "Bitrix24")
+                .plain_text()
+                .starts_with("❗ Important · Read by 3\n\nLine one")
         );
     }
 

@@ -152,8 +152,11 @@ pub struct FeedPost {
     pub title: Option<String>,
     /// The text.
     pub body: Doc,
-    /// Marked important ("read and confirm").
+    /// Marked important ("read and confirm") and not past the end date the author set.
     pub important: bool,
+    /// How many people have read an important post, where the intake keeps count.
+    #[serde(default)]
+    pub readers: Option<u32>,
     /// The audiences the post was seen addressed to.
     pub audiences: BTreeSet<Audience>,
     /// Link to the post in the feed.
@@ -173,6 +176,15 @@ pub enum FeedEvent {
     PostEdited(FeedPost),
     /// The number of comments changed.
     CommentsChanged(FeedPost),
+    /// An important post's readers were counted anew, or its importance ran out.
+    ImportanceChanged {
+        /// The post.
+        post: PostId,
+        /// Still important.
+        important: bool,
+        /// The readers counted, if counted.
+        readers: Option<u32>,
+    },
     /// The post is gone.
     PostDeleted(PostId),
 }
@@ -184,6 +196,7 @@ impl FeedEvent {
             FeedEvent::PostCreated(p)
             | FeedEvent::PostEdited(p)
             | FeedEvent::CommentsChanged(p) => p.id,
+            FeedEvent::ImportanceChanged { post, .. } => *post,
             FeedEvent::PostDeleted(id) => *id,
         }
     }
@@ -194,6 +207,7 @@ impl FeedEvent {
             FeedEvent::PostCreated(_) => "post_created",
             FeedEvent::PostEdited(_) => "post_edited",
             FeedEvent::CommentsChanged(_) => "comments_changed",
+            FeedEvent::ImportanceChanged { .. } => "importance_changed",
             FeedEvent::PostDeleted(_) => "post_deleted",
         }
     }

@@ -114,6 +114,9 @@ pub struct Mirror {
     /// edits and the deletion of the post leave the room alone (`deleted` is set too).
     #[serde(default)]
     pub detached: bool,
+    /// The message is pinned in the room (an important post's).
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1013,6 +1016,7 @@ mod tests {
             edits: 0,
             deleted: false,
             detached: false,
+            pinned: false,
         };
         store.record_mirror(PostId(7), &room, &m, &key).unwrap();
         assert!(!store.has_post_intent_in(&room).unwrap());

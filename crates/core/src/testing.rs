@@ -96,6 +96,8 @@ pub struct ChatMessage {
     pub text: String,
     /// Deleted since.
     pub deleted: bool,
+    /// Pinned in its room.
+    pub pinned: bool,
 }
 
 /// What [`MemoryChat`] holds.
@@ -113,6 +115,8 @@ pub struct ChatState {
     pub deletes: usize,
     /// Calls that reached a [`Script::Gate`].
     pub gated: usize,
+    /// Pins and unpins asked for.
+    pub pin_changes: usize,
 }
 
 /// A chat platform in memory.
@@ -213,6 +217,7 @@ impl ChatAdapter for MemoryChat {
                     post: msg.post,
                     text,
                     deleted: false,
+                    pinned: false,
                 };
                 s.messages.insert((room.to_string(), id.clone()), message);
                 id
@@ -276,6 +281,24 @@ impl ChatAdapter for MemoryChat {
                 let key = (room.to_string(), message.0.clone());
                 if let Some(m) = s.messages.get_mut(&key) {
                     m.deleted = true;
+                }
+            });
+            Ok(())
+        })
+    }
+
+    fn set_pinned<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        pinned: bool,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            self.inner.change(|s| {
+                s.pin_changes += 1;
+                let key = (room.to_string(), message.0.clone());
+                if let Some(m) = s.messages.get_mut(&key) {
+                    m.pinned = pinned;
                 }
             });
             Ok(())
@@ -451,6 +474,7 @@ pub mod fixtures {
             title: Some(format!("Post {id}")),
             body: Doc::plain("A paragraph of feed text, as people write it."),
             important: false,
+            readers: None,
             audiences: [Audience::All].into_iter().collect(),
             url: format!("https://feed.example/posts/{id}"),
             published_at: 0,

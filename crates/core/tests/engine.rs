@@ -76,6 +76,7 @@ impl Harness {
                 feed_lanes: 2,
                 retry_base: Duration::from_millis(10),
                 retry_max: Duration::from_millis(50),
+                ..EngineConfig::default()
             },
             cancel.clone(),
         );

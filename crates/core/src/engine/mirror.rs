@@ -1,7 +1,7 @@
 //! Mirror sync: make one room's root message match a post's latest record: create it, edit it
 //! when its content changed, delete it when the post is gone.
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Begin, Inner, IntentState, UNKNOWN_CONTENT, store_failure};
 use crate::adapters::{ChatAdapter, RootMessage};
@@ -36,13 +36,52 @@ impl Inner {
         };
         let hash = content_hash(&(&msg.author, &msg.doc));
         match mirror {
-            None => self.create_mirror(room, chat.as_ref(), &msg, hash).await,
-            Some(m) if m.deleted || m.content_hash == hash => Ok(()),
+            None => self.create_mirror(room, chat.as_ref(), &msg, hash).await?,
+            Some(m) if m.deleted => return Ok(()),
+            Some(m) if m.content_hash == hash => {}
             Some(m) => {
                 self.edit_mirror(post, room, chat.as_ref(), m, &msg, hash)
-                    .await
+                    .await?
             }
         }
+        let pin = self.cfg.pin_important && record.post.important;
+        self.sync_pin(post, room, chat.as_ref(), pin).await
+    }
+
+    /// Pin the room's message while the post is important, unpin it after. Pins are
+    /// idempotent on every platform, so no intent guards them; a room where the bridge may
+    /// not pin is told once in the log and left alone (`check` reports it).
+    async fn sync_pin(
+        &self,
+        post: PostId,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+        pin: bool,
+    ) -> Result<(), Failure> {
+        let Some(mut m) = self.store.mirror(post, room).map_err(store_failure)? else {
+            return Ok(());
+        };
+        if m.deleted || m.pinned == pin {
+            return Ok(());
+        }
+        let outcome = match chat.set_pinned(&room.id, &m.message_id, pin).await {
+            Ok(()) => "ok",
+            Err(f) if matches!(f.kind, FailureKind::Permanent | FailureKind::Gone) => {
+                warn!(%post, %room, pin, error = %f.reason, "cannot change the pin; left as it is");
+                "failed"
+            }
+            Err(f) => return Err(f),
+        };
+        m.pinned = pin;
+        self.store
+            .put_mirror(post, room, &m)
+            .map_err(store_failure)?;
+        let effect = if pin { "pin" } else { "unpin" };
+        self.metrics.effect(room.platform.as_str(), effect, outcome);
+        if outcome == "ok" {
+            info!(%post, %room, "{effect}ned the root message");
+        }
+        Ok(())
     }
 
     /// Send the root message, guarded by an intent: a send that may have happened before a
@@ -74,12 +113,15 @@ impl Inner {
         // A message sent before a stop shows the post as it was then, which an edit since may
         // have changed: recorded as unknown content, it is edited below (and by the retry, if
         // that edit fails).
+        // A message found by reconciliation may have been pinned before the stop: pinning
+        // again is harmless, so it counts as unpinned.
         let mirror = Mirror {
             message_id,
             content_hash: if reconciled { UNKNOWN_CONTENT } else { hash },
             edits: 0,
             deleted: false,
             detached: false,
+            pinned: false,
         };
         self.store
             .record_mirror(post, room, &mirror, &key)

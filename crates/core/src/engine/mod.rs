@@ -4,8 +4,8 @@
 //! - **Dispatch** reads the journal in sequence order. A feed event updates the post's record
 //!   and becomes one *mirror sync* per room; a chat event becomes one *reply* task.
 //! - **Lanes** run tasks: one lane per chat room (root messages in a room keep their order and
-//!   one slow room never blocks another) and a few feed lanes sharded by thread (replies of one
-//!   thread keep their order). Lanes retry transient failures with backoff and dead-letter
+//!   one slow room never blocks another) and a few feed lanes sharded by post (comments on one
+//!   post, from any room, are written in journal order). Lanes retry transient failures with backoff and dead-letter
 //!   permanent ones; either way the other lanes keep flowing.
 //! - **Effects are state-based and idempotent.** A mirror sync makes the room's message match the
 //!   post's *latest* record (create, edit if the content hash changed, delete); replaying an
@@ -48,12 +48,14 @@ use crate::store::{JournalEntry, PostRecord, Store, StoreError};
 /// The engine's knobs (tests shorten the retry delays).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Lanes for replies going to the feed (sharded by thread).
+    /// Lanes for replies going to the feed (sharded by post).
     pub feed_lanes: usize,
     /// First retry delay of a failed task; doubles up to `retry_max`.
     pub retry_base: Duration,
     /// Longest retry delay (also the delay after refused credentials).
     pub retry_max: Duration,
+    /// Pin the root messages of important posts while they are important.
+    pub pin_important: bool,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             feed_lanes: 4,
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
+            pin_important: true,
         }
     }
 }
@@ -290,6 +293,17 @@ impl Inner {
                     }),
                 })?
             }
+            FeedEvent::ImportanceChanged {
+                important, readers, ..
+            } => self.store.update_post(id, |current| {
+                current.filter(|r| !r.deleted).map(|mut rec| {
+                    rec.post.important = *important;
+                    if readers.is_some() {
+                        rec.post.readers = *readers;
+                    }
+                    rec
+                })
+            })?,
             FeedEvent::PostDeleted(_) => self.store.update_post(id, |current| {
                 current.filter(|r| !r.deleted).map(|mut rec| {
                     rec.deleted = true;
@@ -347,8 +361,15 @@ impl Inner {
             debug!(%room, "deleted message was never bridged; ignored");
             return Ok(Vec::new());
         };
+        // One lane per post, not per thread: comments on a post are written one at a time in
+        // journal order, so after a crash the repeated comment is the bridge's latest on that
+        // post and the feed's duplicate rule recognises it (docs/platforms/bitrix24.md §4.7).
+        // A thread whose root is not recorded yet keeps its own lane until it is.
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (room, &thread).hash(&mut h);
+        match self.store.post_for_thread(room, &thread)? {
+            Some(post) => post.hash(&mut h),
+            None => (room, &thread).hash(&mut h),
+        }
         let shard = (h.finish() % self.cfg.feed_lanes.max(1) as u64) as usize;
         Ok(vec![(LaneKey::Feed(shard), Task::Reply(event.clone()))])
     }

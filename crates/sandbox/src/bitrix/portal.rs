@@ -286,6 +286,18 @@ impl FakePortal {
         );
     }
 
+    /// Makes a post important until `until` (unix seconds), as its author's edit does.
+    ///
+    /// # Panics
+    /// If the post does not exist.
+    #[track_caller]
+    pub fn set_important_until(&self, id: u64, until: i64) {
+        expect(
+            "set_important_until",
+            self.write(|p| p.ui_set_important_until(id, until)),
+        );
+    }
+
     /// Marks an important post as read by `user` (`log.blogpost.getusers.important`).
     ///
     /// # Panics
@@ -413,6 +425,11 @@ impl FakePortal {
 
     pub fn inject(&self, f: Fault) {
         self.write(|p| p.inject(f));
+    }
+
+    /// Injected faults not used up yet (a delay counts as used once its request started).
+    pub fn faults_left(&self) -> usize {
+        self.read(|p| p.faults.iter().map(|f| f.times).sum())
     }
 
     /// Fails a `ratio` of matching calls with a kind picked from `kinds`, using the

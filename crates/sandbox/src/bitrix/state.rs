@@ -186,7 +186,7 @@ pub(crate) struct Portal {
     pub requests: Vec<RequestRecord>,
     pub rate_limit_rejections: usize,
     bucket: Option<Bucket>,
-    faults: Vec<Fault>,
+    pub(crate) faults: Vec<Fault>,
     ratios: Vec<FaultRatio>,
     rng: fastrand::Rng,
     operating: HashMap<String, Vec<(i64, f64)>>,
@@ -882,6 +882,19 @@ impl Portal {
         // The flag is set by editing the post.
         self.ui_event(PostEvent::Update, id, author);
         Ok(())
+    }
+
+    /// The author makes the post important until `until` (unix seconds): an edit.
+    pub(crate) fn ui_set_important_until(
+        &mut self,
+        id: u64,
+        until: i64,
+    ) -> Result<(), SandboxError> {
+        self.live_post(id).ok_or(SandboxError::UnknownPost(id))?;
+        if let Some(p) = self.posts.get_mut(&id) {
+            p.important_date_end = Some(until);
+        }
+        self.ui_set_important(id, true)
     }
 
     pub(crate) fn ui_read_important(&mut self, id: u64, user: u64) -> Result<(), SandboxError> {

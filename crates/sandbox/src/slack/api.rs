@@ -424,6 +424,7 @@ fn spec(method: &str) -> Option<MethodSpec> {
         | "conversations.join"
         | "conversations.history"
         | "pins.add"
+        | "pins.remove"
         | "reactions.add"
         | "files.upload" => (true, false),
         "chat.getPermalink" | "conversations.info" | "conversations.replies" | "users.info" => {
@@ -597,7 +598,7 @@ async fn api_handler(
         return r;
     }
 
-    let (status, body, retry_after) = {
+    let (status, body, retry_after, scopes) = {
         let mut guard = sh.lock();
         let w = &mut *guard;
         let (status, body, retry_after) = process(
@@ -613,10 +614,17 @@ async fn api_handler(
         );
         w.net.requests.push(record);
         sh.flush(w);
-        (status, body, retry_after)
+        (status, body, retry_after, w.ws.scopes.join(","))
     };
     sh.bump();
-    json_response(status, &body, retry_after)
+    let mut r = json_response(status, &body, retry_after);
+    // Slack names the bot token's scopes on every answer.
+    if method != "apps.connections.open"
+        && let Ok(v) = HeaderValue::from_str(&scopes)
+    {
+        r.headers_mut().insert("x-oauth-scopes", v);
+    }
+    r
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -720,6 +728,7 @@ impl Ctx<'_> {
             "conversations.replies" => self.replies(),
             "users.info" => self.users_info(),
             "pins.add" => self.pins_add(),
+            "pins.remove" => self.pins_remove(),
             "reactions.add" => self.reactions_add(),
             "apps.connections.open" => self.connections_open(),
             "files.upload" => Err(err("method_deprecated")),
@@ -1307,6 +1316,23 @@ impl Ctx<'_> {
             return Err(err("already_pinned"));
         }
         m.pinned = true;
+        Ok(ok(json!({})))
+    }
+
+    /// Docs: a message that is not pinned answers `no_pin` (older lists say `not_pinned`).
+    fn pins_remove(&mut self) -> MResult {
+        need_scope(self.ws, "pins:write")?;
+        let (channel, ts) = self.item(Access::Member)?;
+        let m = self
+            .ws
+            .channels
+            .get_mut(&channel)
+            .and_then(|c| c.msgs.get_mut(&ts))
+            .ok_or_else(|| err("message_not_found"))?;
+        if !m.pinned {
+            return Err(err("no_pin"));
+        }
+        m.pinned = false;
         Ok(ok(json!({})))
     }
 
