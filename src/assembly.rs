@@ -22,7 +22,7 @@ use livefeed_core::journal::Journal;
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::Platform;
 use livefeed_core::route::Routing;
-use livefeed_core::store::{Store, StoreError};
+use livefeed_core::store::{Store, StoreError, StoreOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -149,7 +149,13 @@ pub struct Running {
 /// Start everything `config` names.
 pub async fn start(config: &Config, options: Options) -> Result<Running, StartError> {
     let opening = std::time::Instant::now();
-    let store = open_store(&config.store.path).await?;
+    let store = open_store(
+        &config.store.path,
+        StoreOptions {
+            cache_bytes: config.store.cache_bytes,
+        },
+    )
+    .await?;
     info!(
         path = %config.store.path.display(),
         took_ms = opening.elapsed().as_millis() as u64,
@@ -320,8 +326,11 @@ async fn housekeeping(store: Store, cancel: CancellationToken) {
 }
 
 /// Open the store, waiting a little if a bridge just stopped in this process still holds it.
-pub async fn open_store(path: &std::path::Path) -> Result<Store, StartError> {
-    Store::open_waiting(path, Duration::from_secs(5))
+pub async fn open_store(
+    path: &std::path::Path,
+    options: StoreOptions,
+) -> Result<Store, StartError> {
+    Store::open_waiting_with(path, options, Duration::from_secs(5))
         .await
         .map_err(|source| StartError::Store {
             path: path.display().to_string(),

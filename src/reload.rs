@@ -267,6 +267,10 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     differs("matrix", old.matrix != new.matrix);
     differs("store.path", old.store.path != new.store.path);
+    differs(
+        "store.cache_capacity",
+        old.store.cache_bytes != new.store.cache_bytes,
+    );
     differs("http", old.http != new.http);
     differs("important", old.important != new.important);
     out

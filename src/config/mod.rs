@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use livefeed_core::model::{Audience, Platform, Room};
+use livefeed_core::store::StoreOptions;
 use serde::Deserialize;
 
 pub use crate::bitrix::config::{BitrixConfig, PollConfig};
@@ -94,6 +95,8 @@ pub struct ImportantConfig {
 pub struct StoreConfig {
     /// The sled directory; must persist.
     pub path: PathBuf,
+    /// The most memory sled's page cache may take (`store.cache_capacity`).
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,7 +254,10 @@ struct RawImportant {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    path: Str,
+    #[serde(default)]
+    path: Option<Str>,
+    #[serde(default)]
+    cache_capacity: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,12 +296,7 @@ impl Validator<'_> {
             Some(m) => Some(matrix::config::validate(self, m)?),
             None => None,
         };
-        let store = StoreConfig {
-            path: match &raw.store {
-                Some(s) => PathBuf::from(self.expand("store.path", &s.path)?),
-                None => PathBuf::from("./data"),
-            },
-        };
+        let store = self.store(raw.store.as_ref())?;
         let http = self.http(raw.http.as_ref())?;
         let mappings = self.mappings(&raw.mappings)?;
         let important = ImportantConfig {
@@ -342,6 +343,29 @@ impl Validator<'_> {
             mappings,
             important,
         })
+    }
+
+    fn store(&self, raw: Option<&RawStore>) -> Result<StoreConfig, ConfigError> {
+        let path = match raw.and_then(|s| s.path.as_ref()) {
+            Some(p) => PathBuf::from(self.expand("store.path", p)?),
+            None => PathBuf::from("./data"),
+        };
+        let cache_bytes = match raw.and_then(|s| s.cache_capacity.as_ref()) {
+            None => StoreOptions::default().cache_bytes,
+            Some(c) => {
+                let text = self.expand("store.cache_capacity", c)?;
+                validate::parse_size(&text)
+                    .filter(|n| *n >= 1 << 20)
+                    .ok_or_else(|| {
+                        self.err(
+                            c,
+                            format!("store.cache_capacity: `{text}` is not a size of at least 1MB"),
+                            Some("write e.g. 32MB, 256MB or 1GB".into()),
+                        )
+                    })?
+            }
+        };
+        Ok(StoreConfig { path, cache_bytes })
     }
 
     fn http(&self, raw: Option<&RawHttp>) -> Result<HttpConfig, ConfigError> {
@@ -518,6 +542,30 @@ mappings:
         );
         assert!(c.mappings[1].replies, "replies default to true");
         assert_eq!(c.rooms().len(), 2);
+    }
+
+    #[test]
+    fn the_store_cache_is_bounded_and_configurable() {
+        let c = Config::parse(GOOD, "bridge.yaml", &good_env()).unwrap();
+        assert_eq!(c.store.cache_bytes, 32 << 20);
+        let with = |v: &str| {
+            GOOD.replace(
+                "store: { path: ./data }",
+                &format!("store: {{ path: ./data, cache_capacity: {v} }}"),
+            )
+        };
+        let c = Config::parse(&with("256MB"), "bridge.yaml", &good_env()).unwrap();
+        assert_eq!(c.store.cache_bytes, 256 << 20);
+        let e = parse_err(&with("lots"), &good_env());
+        assert_eq!((e.line, e.column), (11, 40), "{e}");
+        assert!(e.to_string().contains("not a size"), "{e}");
+        assert!(e.hint.as_deref().unwrap().contains("32MB"));
+        let e = parse_err(&with("4KB"), &good_env());
+        assert!(e.to_string().contains("at least 1MB"), "{e}");
+        assert_eq!(validate::parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(validate::parse_size("1048576"), Some(1 << 20));
+        assert_eq!(validate::parse_size("2 mb"), Some(2 << 20));
+        assert_eq!(validate::parse_size("1.5GB"), None);
     }
 
     #[test]

@@ -175,6 +175,25 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
+/// `64MB`, `1GiB`, `512KB`, `1048576`: a size in bytes. `KB`/`MB`/`GB` are powers of 1024,
+/// as memory sizes are usually meant; `KiB`/`MiB`/`GiB` say so explicitly.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "kib" | "k" => 1 << 10,
+        "mb" | "mib" | "m" => 1 << 20,
+        "gb" | "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Expansion {
     Unset(String),

@@ -312,10 +312,33 @@ fn post_intent_prefix(room: &Room) -> String {
     format!("post/{}/{}/", room.platform, room.id)
 }
 
+/// How the store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The most memory sled's page cache may take, in bytes. sled's own default is 1 GiB,
+    /// which a bridge with a year of posts would grow into for no benefit: its working set is
+    /// the recent posts.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
 impl Store {
+    /// Open (or create) the store in `path` with the default options. Fails at once with
+    /// [`StoreError::Locked`] when another process has it open.
+    pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, StoreOptions::default())
+    }
+
     /// Open (or create) the store in `path`. Fails at once with [`StoreError::Locked`] when
     /// another process has it open.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store> {
         std::fs::create_dir_all(path)?;
         let lock = std::fs::File::options()
             .create(true)
@@ -339,6 +362,7 @@ impl Store {
                 .path(path)
                 // We flush explicitly (group commit); sled's timer flush is only a backstop.
                 .flush_every_ms(Some(1_000))
+                .cache_capacity(options.cache_bytes)
                 .open()
             {
                 Ok(db) => break db,
@@ -385,9 +409,18 @@ impl Store {
     /// Like [`Store::open`], but waits up to `patience` for another holder to let go (a bridge
     /// that was just stopped in this process may still be dropping its last handles).
     pub async fn open_waiting(path: &Path, patience: std::time::Duration) -> Result<Store> {
+        Store::open_waiting_with(path, StoreOptions::default(), patience).await
+    }
+
+    /// [`Store::open_waiting`] with options.
+    pub async fn open_waiting_with(
+        path: &Path,
+        options: StoreOptions,
+        patience: std::time::Duration,
+    ) -> Result<Store> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            match Store::open(path) {
+            match Store::open_with(path, options) {
                 Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(25)).await;
                 }
