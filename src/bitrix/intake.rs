@@ -273,6 +273,9 @@ impl PollIntake {
         loop {
             let outcome = async {
                 self.poll_once().await?;
+                // New posts flow once the poll works: ready now, not after a reconcile round
+                // that re-reads a whole window of posts (minutes on a large portal).
+                self.health.ok(PLATFORM.as_str());
                 let state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
                 let due = now_ms() - state.last_reconcile_ms
                     >= self.poll.get().reconcile_interval.as_millis() as i64;

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::Report;
-use super::process::{Bridge, free_port};
+use super::process::{Bridge, free_port, temp_dir};
 use crate::bitrix::{FakePortal, LeakyBucket, NewPost, NewUser, OAuthApp, PortalConfig};
 use crate::slack::{FakeSlack, WorkspaceConfig};
 
@@ -60,7 +60,7 @@ pub async fn measure(mode: &str, scale: u32, seconds: u64) -> IdleCost {
         ..Default::default()
     });
     let news = slack.add_channel("company-news", false, true);
-    let dir = tempfile_dir();
+    let dir = temp_dir();
     let port = free_port();
     let cfg = slack.config();
     let app = OAuthApp::default();
@@ -194,14 +194,4 @@ pub async fn run(report: &mut Report, scale: u32, seconds: u64) {
             None,
         );
     }
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "livefeed-bench-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

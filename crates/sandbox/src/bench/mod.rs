@@ -6,10 +6,16 @@
 //! - [`process`]: start the bridge binary on a generated config, wait for `/readyz`, read its
 //!   RSS, stop it with SIGTERM.
 //! - [`idle`]: what the bridge costs the platforms when nothing happens, per intake mode.
+//! - [`catchup`]: a backlog after a restart, and replies coming back, against scaled limits.
+//! - [`latency`]: from the portal's answer to the chat call, per post.
+//! - [`scale`]: a store with many mapped posts: ready time, RSS, disk, a reconcile round.
 //! - [`Report`]: the table, printed and written as JSON.
 
+pub mod catchup;
 pub mod idle;
+pub mod latency;
 pub mod process;
+pub mod scale;
 
 use std::fmt::Write as _;
 use std::path::Path;

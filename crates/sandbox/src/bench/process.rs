@@ -24,6 +24,37 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A fresh directory under the system's temp dir for one bridge's config, log and store.
+pub fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "livefeed-bench-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Check `done` every `period` until it holds or `patience` runs out; whether it held. The
+/// fakes' own `wait_until` re-checks on every change, which with a large state takes CPU from
+/// the bridge being measured.
+pub async fn poll_until(
+    period: Duration,
+    patience: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
 /// A running bridge.
 pub struct Bridge {
     child: Child,
@@ -57,7 +88,7 @@ impl Bridge {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "cannot start {} ({e}); build it first: cargo build --release --bins",
+                    "cannot start {} ({e}); build it first: cargo build --release --locked --workspace --bins",
                     bridge_binary().display()
                 )
             });

@@ -2,7 +2,7 @@
 //! `livefeed-bridge` binary against the fakes and prints one table, also written as JSON.
 //!
 //! ```sh
-//! cargo build --release --bins && target/release/livefeed-bench            # every scenario
+//! cargo build --release --locked --workspace --bins && target/release/livefeed-bench  # all
 //! target/release/livefeed-bench --only idle --smoke                         # one, short
 //! ```
 
@@ -19,7 +19,7 @@ use livefeed_sandbox::bench::{self, Report};
     about = "Performance harness for livefeed-bridge"
 )]
 struct Cli {
-    /// Run only this scenario (idle).
+    /// Run only this scenario (idle, catch-up, latency, scale).
     #[arg(long)]
     only: Option<String>,
     /// Short runs that prove the harness works, not figures to quote (CI).
@@ -31,6 +31,18 @@ struct Cli {
     /// Idle: real seconds counted per intake mode.
     #[arg(long, default_value_t = 180)]
     idle_seconds: u64,
+    /// Catch-up: posts in the backlog (two replies each come back).
+    #[arg(long, default_value_t = 2000)]
+    catchup_posts: usize,
+    /// Catch-up: how many times faster the platforms' limits (and the bridge's pacing) run.
+    #[arg(long, default_value_t = 20)]
+    scale: u32,
+    /// Latency: posts measured.
+    #[arg(long, default_value_t = 1000)]
+    latency_posts: usize,
+    /// Scale: mapped posts in the store.
+    #[arg(long, default_value_t = 100_000)]
+    scale_posts: usize,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench.json")]
     json: PathBuf,
@@ -46,6 +58,18 @@ async fn main() -> ExitCode {
         // larger scale is quicker but overweights each request's own latency.
         let seconds = if cli.smoke { 3 } else { cli.idle_seconds };
         bench::idle::run(&mut report, cli.idle_scale, seconds).await;
+    }
+    if wants("catch-up") {
+        let posts = if cli.smoke { 40 } else { cli.catchup_posts };
+        bench::catchup::run(&mut report, posts, cli.scale).await;
+    }
+    if wants("scale") {
+        let posts = if cli.smoke { 300 } else { cli.scale_posts };
+        bench::scale::run(&mut report, posts).await;
+    }
+    if wants("latency") {
+        let posts = if cli.smoke { 20 } else { cli.latency_posts };
+        bench::latency::run(&mut report, posts).await;
     }
     print!("{}", report.table());
     if let Err(e) = report.write_json(&cli.json) {

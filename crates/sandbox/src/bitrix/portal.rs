@@ -388,6 +388,11 @@ impl FakePortal {
     }
 
     /// Live comments of a post, oldest first.
+    /// Live comments on every post, counted without copying.
+    pub fn comment_count(&self) -> usize {
+        self.read(|p| p.comments.values().filter(|c| !c.deleted).count())
+    }
+
     pub fn comments(&self, post: u64) -> Vec<CommentView> {
         self.read(|p| p.comment_views(post))
     }

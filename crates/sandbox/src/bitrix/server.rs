@@ -478,6 +478,7 @@ fn record(
         status,
         error: error.map(str::to_owned),
         sub_calls,
+        answered_us: time::wall_micros(),
     });
     seq
 }

@@ -536,6 +536,9 @@ async fn api_handler(
         error: None,
         warnings: Vec::new(),
         retry_after: None,
+        arrived_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64),
     };
 
     let fault = {

@@ -300,6 +300,8 @@ pub struct RequestRecord {
     pub error: Option<String>,
     pub warnings: Vec<String>,
     pub retry_after: Option<u64>,
+    /// When the request arrived, unix microseconds (the bench's latency figures).
+    pub arrived_us: i64,
 }
 
 /// One Events API delivery attempt.
@@ -690,6 +692,17 @@ impl FakeSlack {
             .requests
             .iter()
             .filter(|r| r.method == method)
+            .count()
+    }
+
+    /// Answered calls of `method` that succeeded (`ok: true`), counted without copying.
+    pub fn ok_count(&self, method: &str) -> usize {
+        self.0
+            .lock()
+            .net
+            .requests
+            .iter()
+            .filter(|r| r.ok && r.method == method)
             .count()
     }
 
