@@ -10,9 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::Report;
 use super::process::{Bridge, free_port, poll_until, temp_dir};
-use crate::bitrix::{FakePortal, LeakyBucket, NewPost, NewUser, PortalConfig};
+use super::{Fakes, Report};
+use crate::bitrix::{FakePortal, LeakyBucket, NewPost, PortalConfig};
 use crate::slack::{self as sl, FakeSlack, PostRate, WorkspaceConfig};
 
 /// Bitrix24's bucket: drained at 2 requests/s, 50 deep (docs/platforms/bitrix24.md §2).
@@ -61,30 +61,28 @@ pub struct CatchUp {
 /// Run one catch-up of `posts` posts, two replies each, with limits sped up `scale` times.
 pub async fn measure(posts: usize, scale: u32) -> CatchUp {
     let scale_f = f64::from(scale);
-    let portal = FakePortal::start(PortalConfig {
-        rate_limit: Some(LeakyBucket {
-            burst: B24_BURST,
-            drain_per_sec: B24_PER_SEC * scale_f,
-        }),
-        ..PortalConfig::default()
-    })
-    .await
-    .expect("portal starts");
-    let slack = FakeSlack::start(WorkspaceConfig {
-        post_rate: Some(PostRate {
-            per_sec: SLACK_PER_SEC * scale_f,
-            burst: SLACK_BURST,
-        }),
-        ..WorkspaceConfig::default()
-    })
-    .await
-    .expect("workspace starts");
-    let author = portal.add_user(NewUser {
-        name: "Ivan".into(),
-        last_name: "Petrov".into(),
-        active: true,
-        ..Default::default()
-    });
+    let fakes = Fakes::start(
+        PortalConfig {
+            rate_limit: Some(LeakyBucket {
+                burst: B24_BURST,
+                drain_per_sec: B24_PER_SEC * scale_f,
+            }),
+            ..PortalConfig::default()
+        },
+        WorkspaceConfig {
+            post_rate: Some(PostRate {
+                per_sec: SLACK_PER_SEC * scale_f,
+                burst: SLACK_BURST,
+            }),
+            ..WorkspaceConfig::default()
+        },
+    )
+    .await;
+    let Fakes {
+        portal,
+        slack,
+        author,
+    } = fakes;
     let anna = slack.add_user(sl::NewUser::new("anna", "Anna Smirnova"));
     let mut groups = Vec::new();
     let mut channels = Vec::new();

@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use super::Report;
 use super::process::{Bridge, free_port, temp_dir};
-use crate::bitrix::{FakePortal, LeakyBucket, NewPost, NewUser, OAuthApp, PortalConfig};
-use crate::slack::{FakeSlack, WorkspaceConfig};
+use super::{Fakes, Report};
+use crate::bitrix::{LeakyBucket, NewPost, OAuthApp, PortalConfig};
+use crate::slack::WorkspaceConfig;
 
 /// What idle costs in one mode.
 #[derive(Debug, Clone, Copy)]
@@ -37,28 +37,26 @@ pub async fn measure(mode: &str, scale: u32, seconds: u64) -> IdleCost {
         drain_per_sec: b.drain_per_sec * f64::from(scale),
         ..b
     });
-    let portal = FakePortal::start(PortalConfig {
-        rate_limit: bucket,
-        oauth: OAuthApp {
-            access_ttl: Duration::from_millis(3_600_000 / u64::from(scale)),
-            ..OAuthApp::default()
-        },
-        ..PortalConfig::default()
-    })
-    .await
-    .expect("portal starts");
     // Mirroring the setup's posts is not what is measured: Slack's pacing is off.
-    let slack = FakeSlack::start(WorkspaceConfig {
-        post_rate: None,
-        ..WorkspaceConfig::default()
-    })
-    .await
-    .expect("workspace starts");
-    let author = portal.add_user(NewUser {
-        name: "Ivan".into(),
-        last_name: "Petrov".into(),
-        ..Default::default()
-    });
+    let Fakes {
+        portal,
+        slack,
+        author,
+    } = Fakes::start(
+        PortalConfig {
+            rate_limit: bucket,
+            oauth: OAuthApp {
+                access_ttl: Duration::from_millis(3_600_000 / u64::from(scale)),
+                ..OAuthApp::default()
+            },
+            ..PortalConfig::default()
+        },
+        WorkspaceConfig {
+            post_rate: None,
+            ..WorkspaceConfig::default()
+        },
+    )
+    .await;
     let news = slack.add_channel("company-news", false, true);
     let dir = temp_dir();
     let port = free_port();

@@ -8,42 +8,23 @@
 
 use std::time::Duration;
 
-use super::Report;
 use super::process::{Bridge, free_port, poll_until, temp_dir};
-use crate::bitrix::{FakePortal, NewPost, NewUser, PortalConfig};
-use crate::slack::{FakeSlack, WorkspaceConfig};
+use super::{Fakes, Report};
+use crate::bitrix::{FakePortal, NewPost};
+use crate::slack::FakeSlack;
 
 /// Added latency per post, microseconds, in post order.
 pub async fn measure(posts: usize) -> Vec<i64> {
-    let portal = FakePortal::start(PortalConfig {
-        rate_limit: None,
-        ..PortalConfig::default()
-    })
-    .await
-    .expect("portal starts");
-    let slack = FakeSlack::start(WorkspaceConfig {
-        post_rate: None,
-        ..WorkspaceConfig::default()
-    })
-    .await
-    .expect("workspace starts");
-    let author = portal.add_user(NewUser {
-        name: "Ivan".into(),
-        last_name: "Petrov".into(),
-        active: true,
-        ..Default::default()
-    });
+    let fakes = Fakes::unlimited().await;
+    let (portal, slack, author) = (fakes.portal.clone(), fakes.slack.clone(), fakes.author);
     let news = slack.add_channel("company-news", false, true);
     let dir = temp_dir();
     let port = free_port();
-    let cfg = slack.config();
-    let config = format!(
-        "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: 100ms, reconcile_interval: 1h }}\n  rate_limit: {{ per_second: 0 }}\nslack:\n  bot_token: {}\n  app_token: {}\n  api_base: {}\n  post_rate: {{ per_second: 0 }}\nstore: {{ path: {} }}\nhttp: {{ listen: 127.0.0.1:{port} }}\nmappings:\n  - name: news\n    audience: [all]\n    slack: {{ channel: {news} }}\n",
-        portal.webhook_url(),
-        cfg.bot_token,
-        cfg.app_token,
-        slack.api_base(),
-        dir.join("data").display(),
+    let config = fakes.unlimited_config(
+        "{ interval: 100ms, reconcile_interval: 1h }",
+        &news,
+        &dir,
+        port,
     );
     let bridge = Bridge::start(&dir, &config, port, Duration::from_secs(30)).await;
     let polls = |p: &FakePortal| p.request_count("batch") + p.request_count("log.blogpost.get");

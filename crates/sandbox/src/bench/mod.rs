@@ -22,6 +22,67 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bitrix::{FakePortal, NewUser, PortalConfig};
+use crate::slack::{FakeSlack, WorkspaceConfig};
+
+/// The two fakes a scenario runs against, and the author of the feed's posts.
+pub struct Fakes {
+    /// The portal.
+    pub portal: FakePortal,
+    /// The workspace.
+    pub slack: FakeSlack,
+    /// The portal user who writes every post.
+    pub author: u64,
+}
+
+impl Fakes {
+    /// Start both as configured and add the author.
+    pub async fn start(portal: PortalConfig, slack: WorkspaceConfig) -> Fakes {
+        let portal = FakePortal::start(portal).await.expect("portal starts");
+        let slack = FakeSlack::start(slack).await.expect("workspace starts");
+        let author = portal.add_user(NewUser {
+            name: "Ivan".into(),
+            last_name: "Petrov".into(),
+            active: true,
+            ..Default::default()
+        });
+        Fakes {
+            portal,
+            slack,
+            author,
+        }
+    }
+
+    /// Both without rate limits: what is measured is the bridge, not the platforms.
+    pub async fn unlimited() -> Fakes {
+        Fakes::start(
+            PortalConfig {
+                rate_limit: None,
+                ..PortalConfig::default()
+            },
+            WorkspaceConfig {
+                post_rate: None,
+                ..WorkspaceConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// A `bridge.yaml` on the webhook with limits off, the poll section as given (`{ … }`),
+    /// one mapping of everyone's posts to `channel`, the store in `dir`, listening on `port`.
+    pub fn unlimited_config(&self, poll: &str, channel: &str, dir: &Path, port: u16) -> String {
+        let cfg = self.slack.config();
+        format!(
+            "bitrix24:\n  webhook_url: {}\n  poll: {poll}\n  rate_limit: {{ per_second: 0 }}\nslack:\n  bot_token: {}\n  app_token: {}\n  api_base: {}\n  post_rate: {{ per_second: 0 }}\nstore: {{ path: {} }}\nhttp: {{ listen: 127.0.0.1:{port} }}\nmappings:\n  - name: news\n    audience: [all]\n    slack: {{ channel: {channel} }}\n",
+            self.portal.webhook_url(),
+            cfg.bot_token,
+            cfg.app_token,
+            self.slack.api_base(),
+            dir.join("data").display(),
+        )
+    }
+}
+
 /// One measured figure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figure {

@@ -6,10 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::Report;
 use super::process::{Bridge, free_port, poll_until, temp_dir};
-use crate::bitrix::{FakePortal, NewPost, NewUser, PortalConfig};
-use crate::slack::{FakeSlack, WorkspaceConfig};
+use super::{Fakes, Report};
+use crate::bitrix::{FakePortal, NewPost};
 
 /// What a store with `posts` mapped posts costs.
 #[derive(Debug, Clone)]
@@ -44,52 +43,23 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-fn config(
-    portal: &FakePortal,
-    slack: &FakeSlack,
-    news: &str,
-    dir: &Path,
-    port: u16,
-    reconcile: &str,
-) -> String {
-    let cfg = slack.config();
+fn poll(reconcile: &str) -> String {
     format!(
-        "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: 50ms, reconcile_interval: {reconcile}, max_deletions_per_round: 1000000 }}\n  rate_limit: {{ per_second: 0 }}\nslack:\n  bot_token: {}\n  app_token: {}\n  api_base: {}\n  post_rate: {{ per_second: 0 }}\nstore: {{ path: {} }}\nhttp: {{ listen: 127.0.0.1:{port} }}\nmappings:\n  - name: news\n    audience: [all]\n    slack: {{ channel: {news} }}\n",
-        portal.webhook_url(),
-        cfg.bot_token,
-        cfg.app_token,
-        slack.api_base(),
-        dir.join("data").display(),
+        "{{ interval: 50ms, reconcile_interval: {reconcile}, max_deletions_per_round: 1000000 }}"
     )
 }
 
 /// Build a store of `posts` mapped posts and measure a bridge on it.
 pub async fn measure(posts: usize) -> Scale {
-    let portal = FakePortal::start(PortalConfig {
-        rate_limit: None,
-        ..PortalConfig::default()
-    })
-    .await
-    .expect("portal starts");
-    let slack = FakeSlack::start(WorkspaceConfig {
-        post_rate: None,
-        ..WorkspaceConfig::default()
-    })
-    .await
-    .expect("workspace starts");
-    let author = portal.add_user(NewUser {
-        name: "Ivan".into(),
-        last_name: "Petrov".into(),
-        active: true,
-        ..Default::default()
-    });
+    let fakes = Fakes::unlimited().await;
+    let (portal, slack, author) = (fakes.portal.clone(), fakes.slack.clone(), fakes.author);
     let news = slack.add_channel("company-news", false, true);
     let dir = temp_dir();
     let port = free_port();
     let polls = |p: &FakePortal| p.request_count("batch") + p.request_count("log.blogpost.get");
 
     // Empty store: the reference RSS.
-    let text = config(&portal, &slack, &news, &dir, port, "1h");
+    let text = fakes.unlimited_config(&poll("1h"), &news, &dir, port);
     let bridge = Bridge::start(&dir, &text, port, Duration::from_secs(30)).await;
     let ms = Duration::from_millis;
     assert!(
@@ -128,7 +98,7 @@ pub async fn measure(posts: usize) -> Scale {
     let bytes_per_post = dir_size(&dir.join("data")) as f64 / posts as f64;
 
     // Restart on the full store (no reconcile due): ready, idle RSS.
-    let text = config(&portal, &slack, &news, &dir, port, "1h");
+    let text = fakes.unlimited_config(&poll("1h"), &news, &dir, port);
     let bridge = Bridge::start(&dir, &text, port, Duration::from_secs(120)).await;
     let ready = bridge.ready_after;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -138,7 +108,7 @@ pub async fn measure(posts: usize) -> Scale {
     // with `batch`es of 50 `log.blogpost.get`. Timed from ready to its last batch.
     let before = portal.requests().len();
     let base = portal.request_count("batch");
-    let text = config(&portal, &slack, &news, &dir, port, "1s");
+    let text = fakes.unlimited_config(&poll("1s"), &news, &dir, port);
     let bridge = Bridge::start(&dir, &text, port, Duration::from_secs(120)).await;
     let rounds = posts.div_ceil(50);
     let batches = |p: &FakePortal| {

@@ -730,8 +730,8 @@ impl Ctx<'_> {
             "conversations.history" => self.history(),
             "conversations.replies" => self.replies(),
             "users.info" => self.users_info(),
-            "pins.add" => self.pins_add(),
-            "pins.remove" => self.pins_remove(),
+            "pins.add" => self.pin(true),
+            "pins.remove" => self.pin(false),
             "reactions.add" => self.reactions_add(),
             "apps.connections.open" => self.connections_open(),
             "files.upload" => Err(err("method_deprecated")),
@@ -1306,7 +1306,9 @@ impl Ctx<'_> {
         Ok((ch.id.clone(), ts))
     }
 
-    fn pins_add(&mut self) -> MResult {
+    /// `pins.add` (`already_pinned` when it is) and `pins.remove` (the docs' example answers
+    /// `no_pin` for a message that is not pinned; older lists say `not_pinned`).
+    fn pin(&mut self, pinned: bool) -> MResult {
         need_scope(self.ws, "pins:write")?;
         let (channel, ts) = self.item(Access::Member)?;
         let m = self
@@ -1315,27 +1317,10 @@ impl Ctx<'_> {
             .get_mut(&channel)
             .and_then(|c| c.msgs.get_mut(&ts))
             .ok_or_else(|| err("message_not_found"))?;
-        if m.pinned {
-            return Err(err("already_pinned"));
+        if m.pinned == pinned {
+            return Err(err(if pinned { "already_pinned" } else { "no_pin" }));
         }
-        m.pinned = true;
-        Ok(ok(json!({})))
-    }
-
-    /// Docs: a message that is not pinned answers `no_pin` (older lists say `not_pinned`).
-    fn pins_remove(&mut self) -> MResult {
-        need_scope(self.ws, "pins:write")?;
-        let (channel, ts) = self.item(Access::Member)?;
-        let m = self
-            .ws
-            .channels
-            .get_mut(&channel)
-            .and_then(|c| c.msgs.get_mut(&ts))
-            .ok_or_else(|| err("message_not_found"))?;
-        if !m.pinned {
-            return Err(err("no_pin"));
-        }
-        m.pinned = false;
+        m.pinned = pinned;
         Ok(ok(json!({})))
     }
 

@@ -22,6 +22,12 @@ async fn auth_test_with_empty_json_body_and_exact_shape() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["content-type"], "application/json; charset=utf-8");
+    // Slack names the token's scopes on every answer.
+    let scopes = r.headers["x-oauth-scopes"].to_str().unwrap();
+    assert!(
+        scopes.contains("chat:write") && scopes.contains("pins:write"),
+        "{scopes}"
+    );
     assert_eq!(
         r.body,
         json!({"ok": true, "url": "https://b24-bridge.slack.com/", "team": "B24 Bridge Test",
@@ -1029,6 +1035,21 @@ async fn pins_reactions_and_permalinks() {
         )
         .await;
     assert_eq!(r.body["error"], "bad_timestamp");
+    let r = s
+        .json("pins.remove", json!({"channel": s.feed, "timestamp": root}))
+        .await;
+    assert_eq!(r.body, json!({"ok": true}));
+    let r = s
+        .json("pins.remove", json!({"channel": s.feed, "timestamp": root}))
+        .await;
+    assert_eq!(r.body["error"], "no_pin", "the docs' example answer");
+    assert!(
+        s.fake
+            .history(&s.feed)
+            .iter()
+            .all(|m| m.raw.get("pinned_to").is_none()),
+        "nothing pinned any more"
+    );
 
     let r = s
         .json(
