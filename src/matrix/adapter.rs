@@ -91,6 +91,19 @@ impl MatrixChat {
         }
     }
 
+    /// The joined room and the event a redaction or pin is about, once sends may go on.
+    async fn target(
+        &self,
+        room: &str,
+        message: &MessageId,
+    ) -> Result<(matrix_sdk::Room, matrix_sdk::ruma::OwnedEventId), Failure> {
+        let room = self.room(room).await?;
+        let target = EventId::parse(message.as_str())
+            .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
+        self.unblocked().await;
+        Ok((room, target))
+    }
+
     fn content(msg: &RootMessage) -> RoomMessageEventContent {
         RoomMessageEventContent::text_html(
             html::render_plain(&msg.doc),
@@ -189,10 +202,7 @@ impl ChatAdapter for MatrixChat {
         message: &'a MessageId,
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
-            let room = self.room(room).await?;
-            let target = EventId::parse(message.as_str())
-                .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
-            self.unblocked().await;
+            let (room, target) = self.target(room, message).await?;
             let redacted = match room
                 .redact(
                     &target,
@@ -226,10 +236,7 @@ impl ChatAdapter for MatrixChat {
         pinned: bool,
     ) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
-            let room = self.room(room).await?;
-            let target = EventId::parse(message.as_str())
-                .map_err(|e| Failure::permanent(format!("{message}: {e}")))?;
-            self.unblocked().await;
+            let (room, target) = self.target(room, message).await?;
             let loaded = room.load_pinned_events().await.map_err(|e| sdk_failure(&e));
             let mut list = self
                 .counted("pinned_events", loaded)
