@@ -237,6 +237,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         shared.metrics.clone(),
         EngineConfig {
             pin_important: config.important.pin,
+            max_file_bytes: config.files.max_bytes,
             ..options.engine.clone()
         },
         shared.cancel.clone(),

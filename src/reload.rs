@@ -273,5 +273,6 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     differs("http", old.http != new.http);
     differs("important", old.important != new.important);
+    differs("files", old.files != new.files);
     out
 }

@@ -270,7 +270,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     };
 
     // A reply on post A became a comment, recorded as the engine records it.
-    let on_a = feed.add_comment(PostId(a), &doc).await.unwrap();
+    let on_a = feed.add_comment(PostId(a), &doc, &[]).await.unwrap();
     record(a, on_a, "r-a");
     // The same text on post B, written just before a crash: never recorded.
     let on_b = portal.add_comment(b, 1, &bbcode::render(&doc));
@@ -288,7 +288,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     // ... but writing it again, the portal answers "Duplicate comment": B has it. The one
     // unrecorded candidate is adopted, and no second comment appears.
     assert_eq!(
-        feed.add_comment(PostId(b), &doc).await.unwrap(),
+        feed.add_comment(PostId(b), &doc, &[]).await.unwrap(),
         CommentId(on_b)
     );
     assert_eq!(portal.comments(b).len(), 1);
@@ -297,7 +297,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     // Two unrecorded copies on posts whose entries are unknown: ambiguous, nothing adopted.
     let _on_c = portal.add_comment(c, 1, &bbcode::render(&doc));
     let _on_d = portal.add_comment(d, 1, &bbcode::render(&doc));
-    let refused = feed.add_comment(PostId(d), &doc).await.unwrap_err();
+    let refused = feed.add_comment(PostId(d), &doc, &[]).await.unwrap_err();
     assert_eq!(refused.kind, FailureKind::Permanent, "{refused}");
 
     // A's entry is known from its recorded comment: a crashed comment there is found by it.

@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::json;
 use tracing::debug;
 
 use super::client::{ApiError, BitrixClient, as_list, as_u64, value_text};
 use super::intake::parse_date;
 use super::{DISPLAY_NAME, PLATFORM, bbcode};
-use crate::upstream::Repeat;
+use crate::upstream::{Repeat, download};
 use livefeed_core::adapters::{BoxFuture, FeedAdapter};
-use livefeed_core::model::{CommentId, Failure, Platform, PostId};
+use livefeed_core::model::{CommentId, Failure, FeedFile, Fetched, FileContent, Platform, PostId};
 use livefeed_core::richtext::Doc;
 use livefeed_core::store::{Store, now_ms};
 
@@ -59,9 +60,22 @@ impl BitrixFeed {
         BitrixFeed { client, store }
     }
 
-    async fn add(&self, post: PostId, doc: &Doc) -> Result<CommentId, Failure> {
+    async fn add(
+        &self,
+        post: PostId,
+        doc: &Doc,
+        files: &[FileContent],
+    ) -> Result<CommentId, Failure> {
         let text = bbcode::render(doc);
-        let params = json!({ "POST_ID": post.0, "TEXT": text });
+        let mut params = json!({ "POST_ID": post.0, "TEXT": text });
+        if !files.is_empty() {
+            // `[[name, base64], …]`, no `data:` prefix (docs/platforms/bitrix24.md §8).
+            let base64 = &base64::engine::general_purpose::STANDARD;
+            params["FILES"] = files
+                .iter()
+                .map(|f| json!([f.name, base64.encode(&f.bytes)]))
+                .collect();
+        }
         match self
             .client
             .call("log.blogcomment.add", params, Repeat::OnlyIfRejected)
@@ -71,7 +85,7 @@ impl BitrixFeed {
                 .map(CommentId)
                 .ok_or_else(|| Failure::transient("log.blogcomment.add returned no comment id")),
             // Our latest comment on this post already says exactly this: it was added before.
-            Err(e) if e.says("Duplicate comment") => {
+            Err(e) if e.says("Duplicate comment") && files.is_empty() => {
                 let since = now_ms() - DUPLICATE_WINDOW_MS;
                 match self.find(post, doc, since, Evidence::PostHasIt).await? {
                     Some(id) => Ok(id),
@@ -82,6 +96,63 @@ impl BitrixFeed {
             }
             Err(e) => Err(comment_failure(&e)),
         }
+    }
+
+    /// One of a post's files: an attached Disk object through `disk.attachedObject.get` and
+    /// its `DOWNLOAD_URL`, or an image the post's text shows, by its address.
+    async fn fetch(
+        &self,
+        post: PostId,
+        file: &FeedFile,
+        max_bytes: u64,
+    ) -> Result<Fetched, Failure> {
+        if let Some(url) = file.id.strip_prefix("url:") {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(Failure::permanent(format!(
+                    "an image in post {post}: not an http(s) address"
+                )));
+            }
+            let what = format!("an image in post {post}");
+            return download::fetch(self.client.file_request(url), &file.name, max_bytes, &what)
+                .await;
+        }
+        let object = match self
+            .client
+            .call(
+                "disk.attachedObject.get",
+                json!({ "id": file.id }),
+                Repeat::Safe,
+            )
+            .await
+        {
+            Ok(resp) => resp.result,
+            // Taken off the post (or its Disk file deleted) since the post was read.
+            Err(e) if e.code == "ERROR_NOT_FOUND" || e.code == "ACCESS_DENIED" => {
+                return Err(Failure::permanent(e.to_string()));
+            }
+            Err(e) => return Err(e.to_failure()),
+        };
+        let size = object.get("SIZE").and_then(as_u64).unwrap_or(0);
+        if size > max_bytes {
+            return Ok(Fetched::TooLarge { size });
+        }
+        let name = object
+            .get("NAME")
+            .map(value_text)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| file.name.clone());
+        let url = object
+            .get("DOWNLOAD_URL")
+            .map(value_text)
+            .unwrap_or_default();
+        if url.is_empty() {
+            return Err(Failure::permanent(format!(
+                "Disk file {}: no DOWNLOAD_URL",
+                file.id
+            )));
+        }
+        let what = format!("Disk file {}", file.id);
+        download::fetch(self.client.file_request(&url), &name, max_bytes, &what).await
     }
 
     /// The bridge user's comment with this text on `post`, written since `since_ms` and not
@@ -215,8 +286,18 @@ impl FeedAdapter for BitrixFeed {
         &'a self,
         post: PostId,
         doc: &'a Doc,
+        files: &'a [FileContent],
     ) -> BoxFuture<'a, Result<CommentId, Failure>> {
-        Box::pin(self.add(post, doc))
+        Box::pin(self.add(post, doc, files))
+    }
+
+    fn fetch_file<'a>(
+        &'a self,
+        post: PostId,
+        file: &'a FeedFile,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Fetched, Failure>> {
+        Box::pin(self.fetch(post, file, max_bytes))
     }
 
     fn find_comment<'a>(

@@ -181,6 +181,25 @@ impl BitrixClient {
         self
     }
 
+    /// A GET for a file the portal handed out (a Disk `DOWNLOAD_URL`, an image a post shows),
+    /// with the headers the portal's web server wants: without a browser-like `Accept` and a
+    /// `Referer` it may answer with an nginx 404 page (docs/platforms/bitrix24.md §8). The URL
+    /// can carry credentials; the caller must never log it.
+    pub fn file_request(&self, url: &str) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "*/*")
+            .header(reqwest::header::ACCEPT_LANGUAGE, "en");
+        if let Ok(u) = url::Url::parse(url) {
+            request = request.header(
+                reqwest::header::REFERER,
+                format!("{}/", u.origin().ascii_serialization()),
+            );
+        }
+        request
+    }
+
     /// Call a method with retries per `repeat`.
     pub async fn call(
         &self,

@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 use livefeed_core::health::Health;
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::layout::content_hash;
-use livefeed_core::model::{Audience, FeedEvent, FeedPost, Inbound, PostId};
+use livefeed_core::model::{Audience, FeedEvent, FeedFile, FeedPost, Inbound, PostId};
+use livefeed_core::richtext::{Doc, Inline};
 use livefeed_core::route::Routing;
 use livefeed_core::store::{Store, StoreError, now_ms};
 
@@ -121,6 +122,8 @@ pub struct RawPost {
     pub published_at: i64,
     /// `HAS_SOCNET_ALL`: addressed to everyone (`None` when the portal did not say).
     pub for_everyone: Option<bool>,
+    /// `FILES` (or `UF_BLOG_POST_FILE.VALUE`): the attached objects, in order.
+    pub files: Vec<u64>,
 }
 
 impl RawPost {
@@ -158,12 +161,43 @@ impl RawPost {
                 .min(u32::MAX as u64) as u32,
             published_at: parse_date(&published).unwrap_or(0),
             for_everyone: v.get("HAS_SOCNET_ALL").filter(|f| !f.is_null()).map(truthy),
+            files: attached_files(v),
         })
     }
 
     fn hash(&self) -> u64 {
-        content_hash(&(&self.title, self.micro, &self.text, self.important))
+        // Posts without files hash as before files were read, so an upgrade re-sends nothing.
+        if self.files.is_empty() {
+            content_hash(&(&self.title, self.micro, &self.text, self.important))
+        } else {
+            content_hash(&(
+                &self.title,
+                self.micro,
+                &self.text,
+                self.important,
+                &self.files,
+            ))
+        }
     }
+}
+
+/// The attached-object ids of a post: `FILES`, or `UF_BLOG_POST_FILE.VALUE` where `FILES` is
+/// absent (docs/platforms/bitrix24.md §4.6). Either may be a list of numbers or of numeric
+/// strings, or `false`/`null` when empty.
+fn attached_files(v: &Value) -> Vec<u64> {
+    let list = v
+        .get("FILES")
+        .filter(|f| f.is_array() || f.is_object())
+        .or_else(|| v.get("UF_BLOG_POST_FILE").and_then(|f| f.get("VALUE")));
+    let mut out: Vec<u64> = Vec::new();
+    for id in list.map(as_list).unwrap_or_default() {
+        if let Some(id) = as_u64(id)
+            && !out.contains(&id)
+        {
+            out.push(id);
+        }
+    }
+    out
 }
 
 fn truthy(v: &Value) -> bool {
@@ -1047,11 +1081,13 @@ impl PollIntake {
         audiences: BTreeSet<Audience>,
         readers: Option<u32>,
     ) -> FeedPost {
+        let mut body = bbcode::parse(&raw.text);
+        let files = self.describe_files(raw, &mut body).await;
         FeedPost {
             id: PostId(raw.id),
             author: self.people.get(raw.author_id).await,
             title: (!raw.micro).then(|| raw.title.clone()),
-            body: bbcode::parse(&raw.text),
+            body,
             important: raw.important,
             readers,
             audiences,
@@ -1061,7 +1097,93 @@ impl PollIntake {
             ),
             published_at: raw.published_at,
             num_comments: raw.num_comments,
+            files,
         }
+    }
+
+    /// The post's files with their names and sizes (one `batch` of `disk.attachedObject.get`,
+    /// only for posts that have files), plus the images its text shows; inline file
+    /// references in `body` get their names. A file the portal cannot describe right now
+    /// keeps a placeholder name: fetching it later asks again.
+    async fn describe_files(&self, raw: &RawPost, body: &mut Doc) -> Vec<FeedFile> {
+        let mut files: Vec<FeedFile> = raw
+            .files
+            .iter()
+            .map(|id| FeedFile {
+                id: id.to_string(),
+                name: format!("file-{id}"),
+                size: 0,
+            })
+            .collect();
+        let mut objects: BTreeMap<String, String> = BTreeMap::new();
+        for chunk in raw.files.chunks(50) {
+            let cmds: Vec<(String, String, Value)> = chunk
+                .iter()
+                .map(|id| {
+                    (
+                        id.to_string(),
+                        "disk.attachedObject.get".to_string(),
+                        json!({ "id": id }),
+                    )
+                })
+                .collect();
+            match self.client.batch(&cmds).await {
+                Ok(resp) => {
+                    for f in files.iter_mut() {
+                        let Some(obj) = resp.results.get(&f.id) else {
+                            continue;
+                        };
+                        if let Some(name) =
+                            obj.get("NAME").map(value_text).filter(|n| !n.is_empty())
+                        {
+                            f.name = name;
+                        }
+                        f.size = obj.get("SIZE").and_then(as_u64).unwrap_or(0);
+                        if let Some(object) = obj.get("OBJECT_ID").and_then(as_u64) {
+                            objects.insert(format!("n{object}"), f.id.clone());
+                        }
+                    }
+                    for (id, e) in &resp.errors {
+                        debug!(post = raw.id, file = %id, error = %e, "attached file not described");
+                    }
+                }
+                Err(e) => warn!(post = raw.id, error = %e, "could not describe the post's files"),
+            }
+        }
+        let names: BTreeMap<String, String> = files
+            .iter()
+            .map(|f| (f.id.clone(), f.name.clone()))
+            .collect();
+        body.for_each_inline_mut(&mut |inline| match inline {
+            Inline::File { id, name } => {
+                let attached = objects.get(id.as_str()).unwrap_or(id);
+                if let Some(n) = names.get(attached) {
+                    *name = n.clone();
+                }
+            }
+            Inline::Image { url, .. }
+                if url.starts_with("http://") || url.starts_with("https://") =>
+            {
+                let id = format!("url:{url}");
+                if !files.iter().any(|f| f.id == id) {
+                    let name = image_name(url);
+                    files.push(FeedFile { id, name, size: 0 });
+                }
+            }
+            _ => {}
+        });
+        files
+    }
+}
+
+/// A file name for an image known only by its address: the last path segment.
+fn image_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let last = path.rsplit('/').next().unwrap_or("");
+    if last.is_empty() || !last.contains('.') {
+        "image.png".to_string()
+    } else {
+        last.to_string()
     }
 }
 

@@ -77,6 +77,16 @@ pub struct Config {
     pub mappings: Vec<Mapping>,
     /// `important:`.
     pub important: ImportantConfig,
+    /// `files:`.
+    pub files: FilesConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+/// `files:`: files carried between the feed and chat.
+pub struct FilesConfig {
+    /// Larger files become a link to the post (feed → chat) or a note in the comment
+    /// (chat → feed).
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -238,6 +248,15 @@ struct RawConfig {
     mappings: Vec<RawMapping>,
     #[serde(default)]
     important: Option<RawImportant>,
+    #[serde(default)]
+    files: Option<RawFiles>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    #[serde(default)]
+    max_bytes: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +334,8 @@ impl Validator<'_> {
             )?,
         };
 
+        let files = self.files(raw.files.as_ref())?;
+
         if slack.is_none()
             && let Some(m) = raw.mappings.iter().find(|m| m.slack.is_some())
         {
@@ -342,7 +363,27 @@ impl Validator<'_> {
             http,
             mappings,
             important,
+            files,
         })
+    }
+
+    fn files(&self, raw: Option<&RawFiles>) -> Result<FilesConfig, ConfigError> {
+        let max_bytes = match raw.and_then(|f| f.max_bytes.as_ref()) {
+            None => 20 << 20,
+            Some(m) => {
+                let text = self.expand("files.max_bytes", m)?;
+                validate::parse_size(&text).ok_or_else(|| {
+                    self.err(
+                        m,
+                        format!("files.max_bytes: `{text}` is not a size"),
+                        Some(
+                            "write e.g. 20MB, 512KB or 1GB (0 turns every file into a link)".into(),
+                        ),
+                    )
+                })?
+            }
+        };
+        Ok(FilesConfig { max_bytes })
     }
 
     fn store(&self, raw: Option<&RawStore>) -> Result<StoreConfig, ConfigError> {

@@ -10,14 +10,24 @@
 use std::sync::Arc;
 
 use matrix_sdk::Client;
-use matrix_sdk::ruma::events::room::message::{ReplacementMetadata, RoomMessageEventContent};
+use matrix_sdk::attachment::AttachmentConfig;
+use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+use matrix_sdk::room::reply::{EnforceThread, Reply};
+use matrix_sdk::ruma::events::relation::Thread;
+use matrix_sdk::ruma::events::room::MediaSource;
+use matrix_sdk::ruma::events::room::message::Relation;
+use matrix_sdk::ruma::events::room::message::{
+    AddMentions, ReplacementMetadata, ReplyWithinThread, RoomMessageEventContent,
+};
 use matrix_sdk::ruma::events::room::pinned_events::RoomPinnedEventsEventContent;
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId};
 
 use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage};
-use livefeed_core::layout::content_hash;
+use livefeed_core::layout::{content_hash, file_link};
 use livefeed_core::metrics::Metrics;
-use livefeed_core::model::{Failure, MessageId, Platform, PostId};
+use livefeed_core::model::{
+    Attachment, ChatFile, Failure, Fetched, FileContent, MessageId, Platform, PostId,
+};
 
 use super::session::{http_failure, sdk_failure};
 use super::{DISPLAY_NAME, PLATFORM, html};
@@ -124,6 +134,60 @@ fn edit_txn(event: &MessageId, edit: u64, msg: &RootMessage) -> OwnedTransaction
     format!("lfb-edit-{edit}-{:016x}", content_hash(&(event, &msg.doc))).into()
 }
 
+/// One per file of a post in a thread: a retried or reconciled send repeats it.
+fn file_txn(root: &MessageId, key: &str) -> OwnedTransactionId {
+    format!("lfb-file-{:016x}", content_hash(&(root, key))).into()
+}
+
+impl MatrixChat {
+    /// A post's file as `m.file`/`m.image`/… in the thread of `root`; the SDK encrypts the
+    /// media (and the event) in an encrypted room.
+    async fn send_file(
+        &self,
+        room: &str,
+        root: &MessageId,
+        key: &str,
+        file: &FileContent,
+    ) -> Result<String, Failure> {
+        let (room, root_id) = self.target(room, root).await?;
+        let mime: mime::Mime = file.mime.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
+        let config = AttachmentConfig::new()
+            .txn_id(file_txn(root, key))
+            .reply(Some(Reply {
+                event_id: root_id,
+                enforce_thread: EnforceThread::Threaded(ReplyWithinThread::No),
+                add_mentions: AddMentions::No,
+            }));
+        let sent = room
+            .send_attachment(file.name.clone(), &mime, file.bytes.clone(), config)
+            .await
+            .map_err(|e| sdk_failure(&e));
+        let sent = self.counted("send_attachment", sent).await?;
+        Ok(sent.event_id.to_string())
+    }
+
+    /// A link to the post in the thread of `root`, for a file too large to upload.
+    async fn send_link(
+        &self,
+        room: &str,
+        root: &MessageId,
+        key: &str,
+        doc: &livefeed_core::richtext::Doc,
+    ) -> Result<String, Failure> {
+        let (room, root_id) = self.target(room, root).await?;
+        let mut content =
+            RoomMessageEventContent::notice_html(html::render_plain(doc), html::render_html(doc));
+        content.relates_to = Some(Relation::Thread(Thread::plain(root_id.clone(), root_id)));
+        let sent = room
+            .send(content)
+            .with_transaction_id(file_txn(root, key))
+            .await
+            .map_err(|e| sdk_failure(&e));
+        let sent = self.counted("send", sent).await?;
+        Ok(sent.response.event_id.to_string())
+    }
+}
+
 fn redact_txn(event: &MessageId) -> OwnedTransactionId {
     format!("lfb-redact-{:016x}", content_hash(&event)).into()
 }
@@ -223,6 +287,78 @@ impl ChatAdapter for MatrixChat {
                 Err(e) => Err(http_failure(&e)),
             };
             self.counted("redact", redacted).await
+        })
+    }
+
+    fn send_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        key: &'a str,
+        attachment: &'a Attachment,
+    ) -> BoxFuture<'a, Result<String, Failure>> {
+        Box::pin(async move {
+            match attachment {
+                Attachment::File(file) => self.send_file(room, root, key, file).await,
+                Attachment::Link {
+                    name,
+                    size,
+                    url,
+                    feed,
+                } => {
+                    let doc = file_link(name, *size, url, feed);
+                    self.send_link(room, root, key, &doc).await
+                }
+            }
+        })
+    }
+
+    // `find_attachment` keeps the default: sending again with the same transaction id returns
+    // the event sent before (the media may be uploaded twice; only one event refers to it).
+
+    fn delete_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        item: &'a str,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move { self.delete_message(room, &MessageId::from(item)).await })
+    }
+
+    fn fetch_file<'a>(
+        &'a self,
+        file: &'a ChatFile,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Fetched, Failure>> {
+        Box::pin(async move {
+            if file.size > max_bytes {
+                return Ok(Fetched::TooLarge { size: file.size });
+            }
+            let source: MediaSource = serde_json::from_str(&file.source)
+                .map_err(|e| Failure::permanent(format!("Matrix file {}: {e}", file.name)))?;
+            let request = MediaRequestParameters {
+                source,
+                format: MediaFormat::File,
+            };
+            // Decrypts an encrypted attachment with the key its event carried.
+            let bytes = self.client.media().get_media_content(&request, false).await;
+            let bytes = self
+                .counted("media", bytes.map_err(|e| sdk_failure(&e)))
+                .await?;
+            if bytes.len() as u64 > max_bytes {
+                return Ok(Fetched::TooLarge {
+                    size: bytes.len() as u64,
+                });
+            }
+            let mime = if file.mime.is_empty() {
+                crate::upstream::download::guess_mime(&file.name).to_string()
+            } else {
+                file.mime.clone()
+            };
+            Ok(Fetched::Content(FileContent {
+                name: file.name.clone(),
+                mime,
+                bytes,
+            }))
         })
     }
 

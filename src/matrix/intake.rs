@@ -40,7 +40,7 @@ use crate::upstream::{self, ErrorClass};
 use livefeed_core::health::Health;
 use livefeed_core::journal::{Batch, Journal};
 use livefeed_core::model::{
-    ChatEvent, FailureKind, Inbound, Person, ReplyId, Room as ChatRoom, ThreadId,
+    ChatEvent, ChatFile, FailureKind, Inbound, Person, ReplyId, Room as ChatRoom, ThreadId,
 };
 use livefeed_core::richtext::Doc;
 use livefeed_core::route::Served;
@@ -63,6 +63,8 @@ pub enum Incoming {
         thread: String,
         /// What they wrote.
         body: Doc,
+        /// The file they sent (`m.image`, `m.file`, `m.video`, `m.audio`).
+        files: Vec<ChatFile>,
     },
     /// A person edited a message.
     Edited {
@@ -70,6 +72,8 @@ pub enum Incoming {
         replaces: String,
         /// The new content.
         body: Doc,
+        /// The file the new content carries.
+        files: Vec<ChatFile>,
     },
     /// A message was redacted.
     Deleted {
@@ -92,14 +96,17 @@ pub fn classify(event: &AnySyncTimelineEvent, own: &str) -> Incoming {
             Some(Relation::Thread(t)) => Incoming::Reply {
                 thread: t.event_id.to_string(),
                 body: body_of(&m.content.msgtype),
+                files: files_of(&m.content.msgtype),
             },
             Some(Relation::Reply(r)) => Incoming::Reply {
                 thread: r.in_reply_to.event_id.to_string(),
                 body: body_of(&m.content.msgtype),
+                files: files_of(&m.content.msgtype),
             },
             Some(Relation::Replacement(r)) => Incoming::Edited {
                 replaces: r.event_id.to_string(),
                 body: new_body(&r.new_content),
+                files: files_of(&r.new_content.msgtype),
             },
             _ => Incoming::Ignored("a message outside any thread"),
         },
@@ -122,18 +129,87 @@ fn new_body(c: &RoomMessageEventContentWithoutRelation) -> Doc {
     body_of(&c.msgtype)
 }
 
-/// The formatted body when there is one (never the plain fallback), else the plain body.
+/// The formatted body when there is one (never the plain fallback), else the plain body. A
+/// file's body is its caption, when it has one apart from the file name, else empty.
 fn body_of(msgtype: &MessageType) -> Doc {
     let (body, formatted) = match msgtype {
         MessageType::Text(t) => (&t.body, t.formatted.as_ref()),
         MessageType::Notice(n) => (&n.body, n.formatted.as_ref()),
         MessageType::Emote(e) => (&e.body, e.formatted.as_ref()),
+        MessageType::Image(c) => return caption(c.caption(), c.formatted.as_ref()),
+        MessageType::File(c) => return caption(c.caption(), c.formatted.as_ref()),
+        MessageType::Video(c) => return caption(c.caption(), c.formatted.as_ref()),
+        MessageType::Audio(c) => return caption(c.caption(), c.formatted.as_ref()),
         other => return Doc::plain(other.body()),
     };
     match formatted {
         Some(f) if f.format.as_str() == "org.matrix.custom.html" => html::parse(&f.body),
         _ => html::parse_plain(body),
     }
+}
+
+fn caption(
+    plain: Option<&str>,
+    formatted: Option<&matrix_sdk::ruma::events::room::message::FormattedBody>,
+) -> Doc {
+    match (plain, formatted) {
+        (Some(_), Some(f)) if f.format.as_str() == "org.matrix.custom.html" => html::parse(&f.body),
+        (Some(text), _) => html::parse_plain(text),
+        (None, _) => Doc::default(),
+    }
+}
+
+/// The file a media message carries. Its source (with the key of an encrypted attachment) is
+/// kept as JSON for the adapter to fetch and decrypt.
+fn files_of(msgtype: &MessageType) -> Vec<ChatFile> {
+    let (name, source, size, mime) = match msgtype {
+        MessageType::Image(c) => {
+            let info = c.info.as_deref();
+            (
+                c.filename(),
+                &c.source,
+                info.and_then(|i| i.size),
+                info.and_then(|i| i.mimetype.clone()),
+            )
+        }
+        MessageType::File(c) => {
+            let info = c.info.as_deref();
+            (
+                c.filename(),
+                &c.source,
+                info.and_then(|i| i.size),
+                info.and_then(|i| i.mimetype.clone()),
+            )
+        }
+        MessageType::Video(c) => {
+            let info = c.info.as_deref();
+            (
+                c.filename(),
+                &c.source,
+                info.and_then(|i| i.size),
+                info.and_then(|i| i.mimetype.clone()),
+            )
+        }
+        MessageType::Audio(c) => {
+            let info = c.info.as_deref();
+            (
+                c.filename(),
+                &c.source,
+                info.and_then(|i| i.size),
+                info.and_then(|i| i.mimetype.clone()),
+            )
+        }
+        _ => return Vec::new(),
+    };
+    let Ok(source) = serde_json::to_string(source) else {
+        return Vec::new();
+    };
+    vec![ChatFile {
+        name: name.to_string(),
+        size: size.map(u64::from).unwrap_or(0),
+        mime: mime.unwrap_or_default(),
+        source,
+    }]
 }
 
 pub struct MatrixIntake {
@@ -325,14 +401,23 @@ impl MatrixIntake {
                 debug!(event = %event_id, why, "Matrix event ignored");
                 return;
             }
-            Incoming::Reply { thread, body } => ChatEvent::ReplyPosted {
+            Incoming::Reply {
+                thread,
+                body,
+                files,
+            } => ChatEvent::ReplyPosted {
                 room,
                 thread: ThreadId(thread),
                 reply: ReplyId(event_id.to_string()),
                 author: self.person(room_id, &parsed).await,
                 body,
+                files,
             },
-            Incoming::Edited { replaces, body } => {
+            Incoming::Edited {
+                replaces,
+                body,
+                files,
+            } => {
                 let replaces = ReplyId(replaces);
                 let Some(thread) = self.thread_of(room_id, &replaces).await else {
                     debug!(event = %event_id, "edit of a message outside any thread; ignored");
@@ -344,6 +429,7 @@ impl MatrixIntake {
                     reply: replaces,
                     author: self.person(room_id, &parsed).await,
                     body,
+                    files,
                 }
             }
             Incoming::Deleted { redacts } => ChatEvent::ReplyDeleted {

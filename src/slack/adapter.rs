@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage, mentions_mut};
-use livefeed_core::model::{Failure, MessageId, Person, Platform, PostId};
+use livefeed_core::layout::file_link;
+use livefeed_core::model::{
+    Attachment, ChatFile, Failure, Fetched, FileContent, MessageId, Person, Platform, PostId,
+};
 use livefeed_core::richtext::{Doc, MentionKind};
 use livefeed_core::store::{Store, now_ms};
 
@@ -16,10 +19,12 @@ use super::api::{Body, SlackApi};
 use super::intake::thread_key;
 use super::people::People;
 use super::{DISPLAY_NAME, PLATFORM, mrkdwn};
-use crate::upstream::Repeat;
+use crate::upstream::{Repeat, download};
 
 /// The `event_type` of the metadata every root message carries (with the post id).
 pub const METADATA_EVENT: &str = "b24_feed_post";
+/// The `event_type` of the metadata a link standing in for a too-large file carries.
+pub const FILE_METADATA_EVENT: &str = "b24_feed_file";
 /// Slack shows up to 4,000 characters of `text` well; leave room for the layout.
 const MAX_BODY_CHARS: usize = 3_500;
 /// How far before an intent's start reconciliation looks (clock skew between us and Slack).
@@ -125,6 +130,209 @@ impl SlackChat {
                 return Ok(None);
             }
         }
+    }
+}
+
+/// What the bridge put into a thread, as [`ChatAdapter::send_attachment`] returns it: an
+/// uploaded file, or a message with a link.
+fn file_item(id: &str) -> String {
+    format!("file:{id}")
+}
+
+fn message_item(ts: &str) -> String {
+    format!("msg:{ts}")
+}
+
+impl SlackChat {
+    /// The three-step external upload, shared into the thread of `root`
+    /// (docs/platforms/slack.md §2.12). Returns the file's id.
+    async fn upload(
+        &self,
+        channel: &str,
+        root: &MessageId,
+        file: &FileContent,
+    ) -> Result<String, Failure> {
+        let form = vec![
+            ("filename".to_string(), file.name.clone()),
+            ("length".to_string(), file.bytes.len().to_string()),
+        ];
+        // Creates nothing anyone sees: safe to repeat.
+        let grant = self
+            .api
+            .call(
+                "files.getUploadURLExternal",
+                Some(channel),
+                Body::Form(form),
+                Repeat::Safe,
+            )
+            .await
+            .map_err(|e| upload_failure(&e))?;
+        let (Some(url), Some(id)) = (
+            grant.get("upload_url").and_then(Value::as_str),
+            grant.get("file_id").and_then(Value::as_str),
+        ) else {
+            return Err(Failure::transient(
+                "files.getUploadURLExternal: no upload_url or file_id",
+            ));
+        };
+        self.api
+            .upload_bytes(url, file.bytes.clone())
+            .await
+            .map_err(|e| e.to_failure())?;
+        let files = json!([{ "id": id, "title": file.name }]).to_string();
+        let form = vec![
+            ("files".to_string(), files),
+            ("channel_id".to_string(), channel.to_string()),
+            ("thread_ts".to_string(), root.as_str().to_string()),
+        ];
+        self.api
+            .call(
+                "files.completeUploadExternal",
+                Some(channel),
+                Body::Form(form),
+                Repeat::OnlyIfRejected,
+            )
+            .await
+            .map_err(|e| upload_failure(&e))?;
+        Ok(id.to_string())
+    }
+
+    /// A message in the thread of `root` linking to the post, for a file too large to upload.
+    async fn post_link(
+        &self,
+        channel: &str,
+        root: &MessageId,
+        name: &str,
+        size: u64,
+        url: &str,
+        feed: &str,
+    ) -> Result<String, Failure> {
+        let body = json!({
+            "channel": channel,
+            "thread_ts": root.as_str(),
+            "text": mrkdwn::render(&file_link(name, size, url, feed)),
+            "unfurl_links": false,
+            "unfurl_media": false,
+            "metadata": {
+                "event_type": FILE_METADATA_EVENT,
+                "event_payload": { "name": name },
+            },
+        });
+        let resp = self
+            .api
+            .call(
+                "chat.postMessage",
+                Some(channel),
+                Body::Json(body),
+                Repeat::OnlyIfRejected,
+            )
+            .await
+            .map_err(|e| e.to_failure())?;
+        resp.get("ts")
+            .and_then(Value::as_str)
+            .map(message_item)
+            .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
+    }
+
+    /// The bot's file (or link) named `name` in the thread of `root`, since `since_ms`.
+    async fn find_in_thread(
+        &self,
+        channel: &str,
+        root: &MessageId,
+        name: &str,
+        since_ms: i64,
+        taken: &[String],
+    ) -> Result<Option<String>, Failure> {
+        let oldest = (since_ms - RECONCILE_SLACK.as_millis() as i64).max(0) as f64 / 1000.0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut form = vec![
+                ("channel".to_string(), channel.to_string()),
+                ("ts".into(), root.as_str().to_string()),
+                ("oldest".into(), format!("{oldest:.6}")),
+                ("include_all_metadata".into(), "true".into()),
+                ("limit".into(), "200".into()),
+            ];
+            if let Some(c) = &cursor {
+                form.push(("cursor".into(), c.clone()));
+            }
+            let page = self
+                .api
+                .call(
+                    "conversations.replies",
+                    Some(channel),
+                    Body::Form(form),
+                    Repeat::Safe,
+                )
+                .await
+                .map_err(|e| e.to_failure())?;
+            let own =
+                |m: &&Value| m.get("bot_id").and_then(Value::as_str) == Some(self.bot_id.as_str());
+            for m in page
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(own)
+            {
+                let files = m
+                    .get("files")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten();
+                for f in files {
+                    let named = f.get("name").and_then(Value::as_str) == Some(name)
+                        || f.get("title").and_then(Value::as_str) == Some(name);
+                    if let Some(id) = f.get("id").and_then(Value::as_str)
+                        && named
+                        && !taken.contains(&file_item(id))
+                    {
+                        return Ok(Some(file_item(id)));
+                    }
+                }
+                let meta = m.get("metadata");
+                let link_for = meta
+                    .filter(|x| {
+                        x.get("event_type").and_then(Value::as_str) == Some(FILE_METADATA_EVENT)
+                    })
+                    .and_then(|x| x.get("event_payload"))
+                    .and_then(|p| p.get("name"))
+                    .and_then(Value::as_str);
+                if let (Some(found), Some(ts)) = (link_for, m.get("ts").and_then(Value::as_str))
+                    && found == name
+                    && !taken.contains(&message_item(ts))
+                {
+                    return Ok(Some(message_item(ts)));
+                }
+            }
+            cursor = page
+                .get("response_metadata")
+                .and_then(|r| r.get("next_cursor"))
+                .and_then(Value::as_str)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            if cursor.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Uploads a workspace refuses for good (disabled, a type it blocks, no room left) are
+/// permanent for that file, not a credentials problem of the whole side.
+fn upload_failure(e: &super::api::SlackError) -> Failure {
+    const REFUSED: [&str; 6] = [
+        "file_uploads_disabled",
+        "file_upload_size_restricted",
+        "file_type_not_allowed",
+        "file_uploads_except_images_disabled",
+        "storage_limit_reached",
+        "missing_scope",
+    ];
+    if REFUSED.iter().any(|c| e.is(c)) {
+        Failure::permanent(e.to_string())
+    } else {
+        e.to_failure()
     }
 }
 
@@ -268,6 +476,78 @@ impl ChatAdapter for SlackChat {
                 }
                 Err(e) => Err(e.to_failure()),
             }
+        })
+    }
+
+    fn send_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        _key: &'a str,
+        attachment: &'a Attachment,
+    ) -> BoxFuture<'a, Result<String, Failure>> {
+        Box::pin(async move {
+            match attachment {
+                Attachment::File(file) => {
+                    self.upload(room, root, file).await.map(|id| file_item(&id))
+                }
+                Attachment::Link {
+                    name,
+                    size,
+                    url,
+                    feed,
+                } => self.post_link(room, root, name, *size, url, feed).await,
+            }
+        })
+    }
+
+    fn find_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        name: &'a str,
+        since_ms: i64,
+        taken: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+        Box::pin(self.find_in_thread(room, root, name, since_ms, taken))
+    }
+
+    fn delete_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        item: &'a str,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let (method, body, gone) = if let Some(id) = item.strip_prefix("file:") {
+                let form = vec![("file".to_string(), id.to_string())];
+                ("files.delete", Body::Form(form), "file_not_found")
+            } else {
+                let ts = item.strip_prefix("msg:").unwrap_or(item);
+                let body = json!({ "channel": room, "ts": ts });
+                ("chat.delete", Body::Json(body), "message_not_found")
+            };
+            match self.api.call(method, Some(room), body, Repeat::Safe).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is(gone) || e.is("file_deleted") => Ok(()),
+                Err(e) => Err(e.to_failure()),
+            }
+        })
+    }
+
+    fn fetch_file<'a>(
+        &'a self,
+        file: &'a ChatFile,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Fetched, Failure>> {
+        Box::pin(async move {
+            let Some(request) = self.api.file_request(&file.source) else {
+                return Err(Failure::permanent(format!(
+                    "Slack file {}: its address is not Slack's; the bot token is not sent there",
+                    file.name
+                )));
+            };
+            let what = format!("Slack file {}", file.name);
+            download::fetch(request, &file.name, max_bytes, &what).await
         })
     }
 

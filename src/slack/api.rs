@@ -296,6 +296,60 @@ impl SlackApi {
         }
     }
 
+    // -- files (docs/platforms/slack.md §2.12) ------------------------------------------------
+
+    /// Step 2 of an upload: the raw bytes to the `upload_url` Slack handed out, without the
+    /// token (the URL itself authorises).
+    pub async fn upload_bytes(&self, upload_url: &str, bytes: Vec<u8>) -> Result<(), SlackError> {
+        let method = "files.upload_url";
+        let sent = self
+            .http
+            .post(upload_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await;
+        let outcome = match &sent {
+            Ok(r) if r.status().is_success() => "ok",
+            Ok(_) => "error",
+            Err(_) => OUTCOME_NETWORK_ERROR,
+        };
+        self.metrics.api_call(PLATFORM.as_str(), method, outcome);
+        let response = sent.map_err(|e| self.transport_error(method, e))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        Err(SlackError {
+            method: method.into(),
+            error: format!("HTTP {status}"),
+            class: if status == 429 || status >= 500 {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Permanent
+            },
+            retry_after: None,
+        })
+    }
+
+    /// A GET for a file's `url_private_download` with the bot token, or `None` when the URL is
+    /// not Slack's own (or the configured API's host): the token goes nowhere else, whatever an
+    /// event says.
+    pub fn file_request(&self, url: &str) -> Option<reqwest::RequestBuilder> {
+        let host = |u: &str| {
+            url::Url::parse(u)
+                .ok()?
+                .host_str()
+                .map(str::to_ascii_lowercase)
+        };
+        let target = host(url)?;
+        let trusted = target == "files.slack.com"
+            || target.ends_with(".slack.com")
+            || host(&self.base).is_some_and(|api| api == target);
+        let https_or_local = url.starts_with("https://") || host(&self.base) == Some(target);
+        (trusted && https_or_local).then(|| self.http.get(url).bearer_auth(self.bot_token.expose()))
+    }
+
     // -- the methods the bridge uses --------------------------------------------------------
 
     /// Who the bot token belongs to.

@@ -273,6 +273,7 @@ impl CatchUp {
         }
         let text = m["text"].as_str().unwrap_or_default();
         let (author, body) = (self.people.known(user), self.people.parse(text));
+        let files = super::intake::files_of(m);
         Ok(match store.comment_for_reply(room, &reply)? {
             None => Some(ChatEvent::ReplyPosted {
                 room: room.clone(),
@@ -280,6 +281,7 @@ impl CatchUp {
                 reply,
                 author,
                 body,
+                files,
             }),
             Some(_) if m.get("edited").is_some() => Some(ChatEvent::ReplyEdited {
                 room: room.clone(),
@@ -287,6 +289,7 @@ impl CatchUp {
                 reply,
                 author,
                 body,
+                files,
             }),
             Some(_) => None,
         })

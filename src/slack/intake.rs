@@ -12,7 +12,7 @@ use serde_json::Value;
 use tracing::debug;
 
 use livefeed_core::journal::{Batch, Journal};
-use livefeed_core::model::{ChatEvent, Inbound, Person, ReplyId, Room, ThreadId};
+use livefeed_core::model::{ChatEvent, ChatFile, Inbound, Person, ReplyId, Room, ThreadId};
 use livefeed_core::richtext::Doc;
 use livefeed_core::route::Served;
 use livefeed_core::store::{StoreError, now_ms};
@@ -57,6 +57,8 @@ pub enum Incoming {
         user: String,
         /// Its mrkdwn text.
         text: String,
+        /// The files it carries.
+        files: Vec<ChatFile>,
     },
     /// A person edited their reply.
     Edited {
@@ -70,6 +72,8 @@ pub enum Incoming {
         user: String,
         /// The new mrkdwn text.
         text: String,
+        /// The files it carries.
+        files: Vec<ChatFile>,
     },
     /// A message was deleted.
     Deleted {
@@ -82,6 +86,27 @@ pub enum Incoming {
     },
     /// Nothing for the bridge, and why.
     Ignored(&'static str),
+}
+
+/// The files a message carries (`file_share`, docs/platforms/slack.md §3.1): the ones the
+/// bot can download. Files Slack hides (`mode` `hidden_by_limit`, `tombstone`) have no URL.
+pub fn files_of(msg: &Value) -> Vec<ChatFile> {
+    let list = msg.get("files").and_then(Value::as_array);
+    list.into_iter()
+        .flatten()
+        .filter_map(|f| {
+            let url = s(f, "url_private_download").or_else(|| s(f, "url_private"))?;
+            Some(ChatFile {
+                name: s(f, "name")
+                    .or_else(|| s(f, "title"))
+                    .unwrap_or("file")
+                    .to_string(),
+                size: f.get("size").and_then(Value::as_u64).unwrap_or(0),
+                mime: s(f, "mimetype").unwrap_or_default().to_string(),
+                source: url.to_string(),
+            })
+        })
+        .collect()
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -128,6 +153,7 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
                     ts: ts.into(),
                     user: user.into(),
                     text: s(event, "text").unwrap_or_default().into(),
+                    files: files_of(event),
                 },
                 _ => Incoming::Ignored("top-level message"),
             }
@@ -161,8 +187,10 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
                 return Incoming::Ignored("change of a top-level message");
             };
             let text = s(msg, "text").unwrap_or_default();
-            let before = event.get("previous_message").and_then(|p| s(p, "text"));
-            if before == Some(text) {
+            let files = files_of(msg);
+            let previous = event.get("previous_message");
+            let before = previous.and_then(|p| s(p, "text"));
+            if before == Some(text) && previous.map(files_of) == Some(files.clone()) {
                 // Unfurls, reply counts, language detection: not an edit.
                 return Incoming::Ignored("change without new text");
             }
@@ -172,6 +200,7 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
                 ts: ts.into(),
                 user: user.into(),
                 text: text.into(),
+                files,
             }
         }
         Some("message_deleted") => {
@@ -260,12 +289,14 @@ impl SlackIntake {
                 ts,
                 user,
                 text,
+                files,
             } => ChatEvent::ReplyPosted {
                 room: Room::new(PLATFORM, channel),
                 thread: ThreadId(thread),
                 reply: ReplyId(ts),
                 author: self.person(&user),
                 body: self.parse_text(&text),
+                files,
             },
             Incoming::Edited {
                 channel,
@@ -273,12 +304,14 @@ impl SlackIntake {
                 ts,
                 user,
                 text,
+                files,
             } => ChatEvent::ReplyEdited {
                 room: Room::new(PLATFORM, channel),
                 thread: ThreadId(thread),
                 reply: ReplyId(ts),
                 author: self.person(&user),
                 body: self.parse_text(&text),
+                files,
             },
             Incoming::Deleted {
                 channel,
@@ -364,12 +397,34 @@ mod tests {
                 thread: "1700000000.000100".into(),
                 ts: "1700000100.000200".into(),
                 user: "U2".into(),
-                text: "Looks good".into()
+                text: "Looks good".into(),
+                files: Vec::new(),
             }
         );
         let mut b = ev.clone();
         b["subtype"] = json!("thread_broadcast");
         assert!(matches!(classify(&b, &own()), Incoming::Reply { .. }));
+        // A reply with a file (docs/platforms/slack.md §3.1); a file Slack hides has no URL.
+        let mut f = ev.clone();
+        f["subtype"] = json!("file_share");
+        f["files"] = json!([
+            {"id": "F1", "name": "chart.png", "title": "Chart", "mimetype": "image/png", "size": 812,
+             "url_private": "https://files.slack.com/files-pri/T1-F1/chart.png",
+             "url_private_download": "https://files.slack.com/files-pri/T1-F1/download/chart.png"},
+            {"id": "F2", "mode": "hidden_by_limit"}
+        ]);
+        let Incoming::Reply { files, .. } = classify(&f, &own()) else {
+            panic!("a file_share reply is a reply");
+        };
+        assert_eq!(
+            files,
+            vec![ChatFile {
+                name: "chart.png".into(),
+                size: 812,
+                mime: "image/png".into(),
+                source: "https://files.slack.com/files-pri/T1-F1/download/chart.png".into(),
+            }]
+        );
     }
 
     #[test]
@@ -441,7 +496,8 @@ mod tests {
                 thread: "1.0".into(),
                 ts: "2.0".into(),
                 user: "U2".into(),
-                text: "Looks great".into()
+                text: "Looks great".into(),
+                files: Vec::new(),
             }
         );
         let mut noop = edit.clone();

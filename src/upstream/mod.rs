@@ -3,6 +3,7 @@
 //! `outcome` label of the `api_calls` metric. Written once here so the Bitrix24, Slack and
 //! Matrix clients say the same thing in the same words.
 
+pub mod download;
 pub mod ratelimit;
 
 use std::time::Duration;

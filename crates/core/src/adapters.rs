@@ -5,7 +5,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::model::{CommentId, Failure, MessageId, Person, Platform, PostId};
+use super::model::{
+    Attachment, ChatFile, CommentId, Failure, FeedFile, Fetched, FileContent, MessageId, Person,
+    Platform, PostId,
+};
 use super::richtext::{Block, Doc, Inline, Mention};
 
 /// A boxed future that can cross threads: what the adapter traits' methods return.
@@ -82,6 +85,54 @@ pub trait ChatAdapter: Send + Sync {
         message: &'a MessageId,
         pinned: bool,
     ) -> BoxFuture<'a, Result<(), Failure>>;
+    /// Put a post's file (or the link standing in for one too large) into the thread of the
+    /// root message `root`; returns an id of what was sent, for
+    /// [`ChatAdapter::delete_attachment`]. Not idempotent: the engine guards it with an intent
+    /// and reconciles with [`ChatAdapter::find_attachment`]. `key` names the file within the
+    /// thread and is the same on every try (a platform that deduplicates sends builds its
+    /// transaction id from it).
+    fn send_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        key: &'a str,
+        attachment: &'a Attachment,
+    ) -> BoxFuture<'a, Result<String, Failure>> {
+        let _ = (room, root, key, attachment);
+        Box::pin(async { Err(Failure::permanent("this platform does not take files")) })
+    }
+    /// Find an attachment named `name` that the bridge may have sent into `root`'s thread since
+    /// `since_ms` before it stopped, other than the ones in `taken` (recorded for other
+    /// files). `None` lets the engine send again.
+    fn find_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        name: &'a str,
+        since_ms: i64,
+        taken: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+        let _ = (room, root, name, since_ms, taken);
+        Box::pin(async { Ok(None) })
+    }
+    /// Remove an attachment the bridge sent; one that is already gone counts as removed.
+    fn delete_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        item: &'a str,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = (room, item);
+        Box::pin(async { Ok(()) })
+    }
+    /// Fetch a file a person attached to a reply, up to `max_bytes`.
+    fn fetch_file<'a>(
+        &'a self,
+        file: &'a ChatFile,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Fetched, Failure>> {
+        let _ = (file, max_bytes);
+        Box::pin(async { Err(Failure::permanent("this platform does not give files")) })
+    }
     /// Fill in the names of a reply's author and of the people it mentions. Intakes journal
     /// an event before they ask a directory (a slow or rate-limited directory must not delay
     /// the acknowledgement), so they may leave ids where names belong; the engine asks here
@@ -132,13 +183,21 @@ pub trait FeedAdapter: Send + Sync {
     fn platform(&self) -> Platform;
     /// The feed's name for people (`Bitrix24`), e.g. "Open in Bitrix24".
     fn display_name(&self) -> &str;
-    /// Add a comment (already attributed) to a post; a duplicate of the bridge's own latest
-    /// comment counts as added and returns that comment's id.
+    /// Add a comment (already attributed) to a post, with `files` attached; a duplicate of
+    /// the bridge's own latest comment counts as added and returns that comment's id.
     fn add_comment<'a>(
         &'a self,
         post: PostId,
         doc: &'a Doc,
+        files: &'a [FileContent],
     ) -> BoxFuture<'a, Result<CommentId, Failure>>;
+    /// Fetch one of a post's files, up to `max_bytes`.
+    fn fetch_file<'a>(
+        &'a self,
+        post: PostId,
+        file: &'a FeedFile,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Fetched, Failure>>;
     /// Find the bridge's own comment with this content on `post`, written since `since_ms`.
     fn find_comment<'a>(
         &'a self,

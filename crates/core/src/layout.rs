@@ -79,6 +79,46 @@ pub fn attributed_comment(author: &Person, platform: &str, body: &Doc) -> Doc {
     Doc::new(blocks).normalize()
 }
 
+/// The line a chat thread gets for a post's file larger than the limit: its name and size,
+/// linking to the post.
+pub fn file_link(name: &str, size: u64, url: &str, feed: &str) -> Doc {
+    Doc::new(vec![Block::Paragraph(vec![
+        Inline::Text("📎 ".into()),
+        Inline::Link {
+            url: url.to_string(),
+            text: vec![Inline::Text(name.to_string())],
+        },
+        Inline::Text(format!(
+            " ({}): too large to attach here; open the post in {feed}",
+            human_size(size)
+        )),
+    ])])
+    .normalize()
+}
+
+/// The note a comment gets for a reply's file larger than the limit.
+pub fn file_note(name: &str, size: u64, platform: &str) -> Block {
+    Block::Paragraph(vec![Inline::Italic(vec![Inline::Text(format!(
+        "📎 {name} ({}) was too large to attach; it is in the {platform} thread.",
+        human_size(size)
+    ))])])
+}
+
+/// Bytes for people: `812 B`, `14.2 KB`, `25.0 MB`.
+pub fn human_size(bytes: u64) -> String {
+    const KB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KB {
+        format!("{bytes} B")
+    } else if b < KB * KB {
+        format!("{:.1} KB", b / KB)
+    } else if b < KB * KB * KB {
+        format!("{:.1} MB", b / KB / KB)
+    } else {
+        format!("{:.1} GB", b / KB / KB / KB)
+    }
+}
+
 /// A stable 64-bit hash of anything serializable (what was sent, to detect real changes).
 pub fn content_hash<T: Serialize>(value: &T) -> u64 {
     let bytes = serde_json::to_vec(value).expect("hashable values serialize");

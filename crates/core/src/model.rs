@@ -165,6 +165,76 @@ pub struct FeedPost {
     pub published_at: i64,
     /// All comments on the post, including the ones the bridge wrote.
     pub num_comments: u32,
+    /// The files attached to the post, in the feed's order.
+    #[serde(default)]
+    pub files: Vec<FeedFile>,
+}
+
+/// A file attached to a feed post (or an image its text shows), as the bridge mirrors it into
+/// each room's thread. The content is fetched when a room needs it, never kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FeedFile {
+    /// The feed's id for the file: stable while the file stays attached, unique in the post.
+    pub id: String,
+    /// The file's name.
+    pub name: String,
+    /// Its size in bytes, where the feed said (0: unknown until fetched).
+    pub size: u64,
+}
+
+/// A file a person attached to a chat reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChatFile {
+    /// The file's name.
+    pub name: String,
+    /// Its size in bytes, where the platform said (0: unknown until fetched).
+    pub size: u64,
+    /// Its media type, where the platform said.
+    pub mime: String,
+    /// Where the chat adapter fetches it from; opaque to the core (not a secret: fetching
+    /// needs the adapter's credentials).
+    pub source: String,
+}
+
+/// A file's content, fetched to be attached elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileContent {
+    /// The file's name.
+    pub name: String,
+    /// Its media type (`application/octet-stream` when nobody said).
+    pub mime: String,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What fetching a file up to a size limit found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The file, within the limit.
+    Content(FileContent),
+    /// Larger than the limit (`size` bytes, or more when the download was cut).
+    TooLarge {
+        /// The size, as far as known.
+        size: u64,
+    },
+}
+
+/// What the bridge puts into a post's chat thread for one of its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    /// The file itself.
+    File(FileContent),
+    /// A link to the post, for a file larger than the limit.
+    Link {
+        /// The file's name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The post in the feed.
+        url: String,
+        /// The feed's name for people ("open in Bitrix24").
+        feed: String,
+    },
 }
 
 /// A change the feed intake noticed.
@@ -291,6 +361,9 @@ pub enum ChatEvent {
         author: Person,
         /// What they wrote.
         body: Doc,
+        /// The files they attached.
+        #[serde(default)]
+        files: Vec<ChatFile>,
     },
     /// A person edited their reply.
     ReplyEdited {
@@ -304,6 +377,9 @@ pub enum ChatEvent {
         author: Person,
         /// The new text.
         body: Doc,
+        /// The files the reply carries.
+        #[serde(default)]
+        files: Vec<ChatFile>,
     },
     /// A reply was deleted.
     ReplyDeleted {

@@ -114,6 +114,34 @@ pub enum MentionKind {
 }
 
 impl Doc {
+    /// Call `f` on every inline of the document, depth first (a parent before its children).
+    pub fn for_each_inline_mut(&mut self, f: &mut dyn FnMut(&mut Inline)) {
+        fn inlines(list: &mut [Inline], f: &mut dyn FnMut(&mut Inline)) {
+            for inline in list {
+                f(inline);
+                match inline {
+                    Inline::Bold(c)
+                    | Inline::Italic(c)
+                    | Inline::Underline(c)
+                    | Inline::Strike(c)
+                    | Inline::Link { text: c, .. } => inlines(c, f),
+                    _ => {}
+                }
+            }
+        }
+        fn blocks(list: &mut [Block], f: &mut dyn FnMut(&mut Inline)) {
+            for block in list {
+                match block {
+                    Block::Paragraph(i) => inlines(i, f),
+                    Block::Quote(b) => blocks(b, f),
+                    Block::List { items, .. } => items.iter_mut().for_each(|b| blocks(b, f)),
+                    Block::Code(_) => {}
+                }
+            }
+        }
+        blocks(&mut self.blocks, f);
+    }
+
     /// A document of these blocks.
     pub fn new(blocks: Vec<Block>) -> Self {
         Doc { blocks }

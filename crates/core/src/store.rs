@@ -8,6 +8,7 @@
 //! |---------------|---------------------------------------|-----------------------|
 //! | `posts`       | post id (u64 BE)                      | [`PostRecord`]        |
 //! | `posts`       | post id (u64 BE) ++ room key          | [`Mirror`]            |
+//! | `files`       | post id (u64 BE) ++ room key ++ file id | [`FileMirror`]      |
 //! | `chat_index`  | room key ++ message id                | [`IndexEntry`]        |
 //! | `comments`    | `r` ++ room key ++ reply id           | [`CommentRecord`]     |
 //! | `comments`    | `c` ++ comment id (u64 BE)            | room key ++ reply id  |
@@ -119,6 +120,13 @@ pub struct Mirror {
     pub pinned: bool,
 }
 
+/// A post's file as the bridge put it into one room's thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMirror {
+    /// What the chat adapter sent (a Slack file id, a Matrix event id), to remove it later.
+    pub item: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 /// What a chat message mirrors (the `chat_index` tree).
 pub struct IndexEntry {
@@ -192,6 +200,7 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     posts: sled::Tree,
+    files: sled::Tree,
     chat_index: sled::Tree,
     comments: sled::Tree,
     cursors: sled::Tree,
@@ -303,6 +312,11 @@ pub fn post_intent_key(post: PostId, room: &Room) -> String {
     format!("post/{}/{}/{}", room.platform, room.id, post.0)
 }
 
+/// The intent guarding the sending of `post`'s file `file` into `room`'s thread.
+pub fn file_intent_key(post: PostId, room: &Room, file: &str) -> String {
+    format!("file/{}/{}/{}/{file}", room.platform, room.id, post.0)
+}
+
 /// The intent guarding the comment for `reply`.
 pub fn comment_intent_key(room: &Room, reply: &ReplyId) -> String {
     format!("comment/{}/{}/{}", room.platform, room.id, reply)
@@ -375,6 +389,7 @@ impl Store {
         let tree = |name: &str| db.open_tree(name);
         let inner = Inner {
             posts: tree("posts")?,
+            files: tree("files")?,
             chat_index: tree("chat_index")?,
             comments: tree("comments")?,
             cursors: tree("cursors")?,
@@ -579,6 +594,47 @@ impl Store {
         self.inner
             .posts
             .insert(mirror_key(post, room), enc(mirror))?;
+        Ok(())
+    }
+
+    /// The files of `post` the bridge put into `room`'s thread: file id → what it sent.
+    pub fn file_mirrors(&self, post: PostId, room: &Room) -> Result<Vec<(String, FileMirror)>> {
+        let prefix = mirror_key(post, room);
+        let mut out = Vec::new();
+        for item in self.inner.files.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push((id, dec("files", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Record a file sent into `room`'s thread of `post` and close its intent, atomically.
+    pub fn record_file_mirror(
+        &self,
+        post: PostId,
+        room: &Room,
+        file: &str,
+        mirror: &FileMirror,
+        intent: &str,
+    ) -> Result<()> {
+        let mut key = mirror_key(post, room);
+        key.extend_from_slice(file.as_bytes());
+        let i = &self.inner;
+        (&i.files, &i.intents)
+            .transaction(|(files, intents)| {
+                files.insert(key.as_slice(), enc(mirror))?;
+                intents.remove(intent.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(StoreError::from)
+    }
+
+    /// Forget a file removed from `room`'s thread of `post`.
+    pub fn remove_file_mirror(&self, post: PostId, room: &Room, file: &str) -> Result<()> {
+        let mut key = mirror_key(post, room);
+        key.extend_from_slice(file.as_bytes());
+        self.inner.files.remove(key)?;
         Ok(())
     }
 

@@ -12,7 +12,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::adapters::{BoxFuture, ChatAdapter, FeedAdapter, LayoutOptions, RootMessage};
-use crate::model::{CommentId, Failure, MessageId, Platform, PostId};
+use crate::model::{
+    Attachment, ChatFile, CommentId, Failure, FeedFile, Fetched, FileContent, MessageId, Platform,
+    PostId,
+};
 use crate::richtext::{Block, Doc, Inline};
 
 /// The chat platform of [`MemoryChat`].
@@ -117,6 +120,10 @@ pub struct ChatState {
     pub gated: usize,
     /// Pins and unpins asked for.
     pub pin_changes: usize,
+    /// Files in threads: (room, item id) → (root message id, file name or link text).
+    pub attachments: BTreeMap<(String, String), (String, String)>,
+    /// Attachments sent, including ones deleted since.
+    pub attachments_sent: usize,
 }
 
 /// A chat platform in memory.
@@ -287,6 +294,49 @@ impl ChatAdapter for MemoryChat {
         })
     }
 
+    fn send_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        key: &'a str,
+        attachment: &'a Attachment,
+    ) -> BoxFuture<'a, Result<String, Failure>> {
+        Box::pin(async move {
+            let label = match attachment {
+                Attachment::File(f) => f.name.clone(),
+                Attachment::Link { name, .. } => format!("link:{name}"),
+            };
+            Ok(self.inner.change(|s| {
+                s.attachments_sent += 1;
+                let item = format!("{root}/{key}/{}", s.attachments_sent);
+                s.attachments
+                    .insert((room.to_string(), item.clone()), (root.0.clone(), label));
+                item
+            }))
+        })
+    }
+
+    fn delete_attachment<'a>(
+        &'a self,
+        room: &'a str,
+        item: &'a str,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            self.inner.change(|s| {
+                s.attachments.remove(&(room.to_string(), item.to_string()));
+            });
+            Ok(())
+        })
+    }
+
+    fn fetch_file<'a>(
+        &'a self,
+        file: &'a ChatFile,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Fetched, Failure>> {
+        Box::pin(async move { Ok(memory_file(&file.name, &file.source, file.size, max_bytes)) })
+    }
+
     fn set_pinned<'a>(
         &'a self,
         room: &'a str,
@@ -315,6 +365,8 @@ pub struct FeedState {
     pub next_id: u64,
     /// Comments added.
     pub adds: usize,
+    /// The names of the files attached to each comment.
+    pub comment_files: BTreeMap<u64, Vec<String>>,
 }
 
 /// A feed in memory (comments only: posts come in through the journal).
@@ -366,6 +418,7 @@ impl FeedAdapter for MemoryFeed {
         &'a self,
         post: PostId,
         doc: &'a Doc,
+        files: &'a [FileContent],
     ) -> BoxFuture<'a, Result<CommentId, Failure>> {
         Box::pin(async move {
             let script = self.inner.next_script();
@@ -376,6 +429,10 @@ impl FeedAdapter for MemoryFeed {
                 s.next_id += 1;
                 s.adds += 1;
                 s.comments.insert(s.next_id, (post, doc.plain_text()));
+                if !files.is_empty() {
+                    let names = files.iter().map(|f| f.name.clone()).collect();
+                    s.comment_files.insert(s.next_id, names);
+                }
                 s.next_id
             });
             if let Some(Script::HangAfterEffect) = script {
@@ -410,6 +467,29 @@ impl FeedAdapter for MemoryFeed {
             Ok(())
         })
     }
+
+    /// A file's content is its id repeated to the size the feed gave (10 bytes when none).
+    fn fetch_file<'a>(
+        &'a self,
+        _post: PostId,
+        file: &'a FeedFile,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Fetched, Failure>> {
+        Box::pin(async move { Ok(memory_file(&file.name, &file.id, file.size, max_bytes)) })
+    }
+}
+
+fn memory_file(name: &str, seed: &str, size: u64, max_bytes: u64) -> Fetched {
+    let size = if size == 0 { 10 } else { size };
+    if size > max_bytes {
+        return Fetched::TooLarge { size };
+    }
+    let bytes = seed.bytes().cycle().take(size as usize).collect();
+    Fetched::Content(FileContent {
+        name: name.to_string(),
+        mime: "application/octet-stream".into(),
+        bytes,
+    })
 }
 
 /// Nesting depth as [`crate::richtext::MAX_DEPTH`] counts it: each quote, list, style and link
@@ -479,6 +559,7 @@ pub mod fixtures {
             url: format!("https://feed.example/posts/{id}"),
             published_at: 0,
             num_comments: 0,
+            files: Vec::new(),
         }
     }
 

@@ -127,6 +127,7 @@ fn reply(thread: &str, reply: &str, text: &str) -> Inbound {
         reply: ReplyId::from(reply),
         author: fixtures::person("U2", "Anna Smirnova"),
         body: Doc::plain(text),
+        files: Vec::new(),
     })
 }
 
@@ -320,6 +321,7 @@ async fn replies_become_one_comment_each_and_follow_edits_and_deletes() {
         reply: ReplyId::from("r1"),
         author: fixtures::person("U2", "Anna Smirnova"),
         body: Doc::plain("Looks great"),
+        files: Vec::new(),
     }))
     .await;
     h.feed
@@ -486,6 +488,7 @@ async fn replies_in_rooms_without_replies_are_not_written_back() {
         reply: ReplyId::from("r1"),
         author: fixtures::person("U2", "Anna"),
         body: Doc::plain("no"),
+        files: Vec::new(),
     }))
     .await;
     h.settle().await;
@@ -619,4 +622,98 @@ async fn a_deleted_reply_that_shows_up_again_stays_deleted() {
     h.settle().await;
     let f = h.feed.state();
     assert_eq!((f.adds, f.comments.len()), (1, 0), "not written again");
+}
+
+fn file(id: &str, name: &str, size: u64) -> livefeed_core::model::FeedFile {
+    livefeed_core::model::FeedFile {
+        id: id.into(),
+        name: name.into(),
+        size,
+    }
+}
+
+#[tokio::test]
+async fn a_posts_files_follow_it_into_the_thread_and_out_again() {
+    let mut h = Harness::new();
+    h.start().await;
+    let mut p = post(1, &[Audience::All], "with files");
+    p.files = vec![
+        file("505", "rules.pdf", 2_000),
+        file("506", "plan.png", 300),
+        // Over the 20 MB limit: a link, not an upload.
+        file("507", "video.mp4", 30 * 1024 * 1024),
+    ];
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(p.clone())))
+        .await;
+    h.chat.wait(|s| s.attachments.len() == 3).await;
+    h.settle().await;
+    let state = h.chat.state();
+    let root = state.messages.keys().next().unwrap().1.clone();
+    let mut labels: Vec<(String, String)> = state.attachments.values().cloned().collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        vec![
+            (root.clone(), "link:video.mp4".to_string()),
+            (root.clone(), "plan.png".to_string()),
+            (root.clone(), "rules.pdf".to_string()),
+        ]
+    );
+
+    // The same post again changes nothing; a file taken off the post leaves the thread.
+    h.accept(Inbound::Feed(FeedEvent::PostEdited(p.clone())))
+        .await;
+    p.files.remove(1);
+    h.accept(Inbound::Feed(FeedEvent::PostEdited(p.clone())))
+        .await;
+    h.chat.wait(|s| s.attachments.len() == 2).await;
+    h.settle().await;
+    assert_eq!(h.chat.state().attachments_sent, 3, "nothing sent twice");
+
+    // The post's deletion takes its files along.
+    h.accept(Inbound::Feed(FeedEvent::PostDeleted(PostId(1))))
+        .await;
+    h.chat.wait(|s| s.attachments.is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_replys_files_are_attached_to_its_comment_and_a_large_one_is_noted() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.accept(Inbound::Feed(FeedEvent::PostCreated(post(
+        3,
+        &[Audience::All],
+        "post",
+    ))))
+    .await;
+    h.chat.wait(|s| s.sent == 1).await;
+    h.settle().await;
+    let root = h.chat.state().messages.keys().next().unwrap().1.clone();
+    let chat_file = |name: &str, size: u64| livefeed_core::model::ChatFile {
+        name: name.into(),
+        size,
+        mime: "image/png".into(),
+        source: format!("src-{name}"),
+    };
+    h.accept(Inbound::Chat(ChatEvent::ReplyPosted {
+        room: Room::new(CHAT, NEWS),
+        thread: ThreadId::from(root.as_str()),
+        reply: ReplyId::from("r1"),
+        author: fixtures::person("U2", "Anna Smirnova"),
+        body: Doc::plain("See attached"),
+        files: vec![
+            chat_file("chart.png", 1_000),
+            chat_file("huge.zip", 21 * 1024 * 1024),
+        ],
+    }))
+    .await;
+    h.feed.wait(|s| s.adds == 1).await;
+    let f = h.feed.state();
+    let (id, (_, text)) = f.comments.iter().next().unwrap();
+    assert_eq!(f.comment_files[id], vec!["chart.png".to_string()]);
+    assert_eq!(
+        text,
+        "Anna Smirnova (Chat): See attached\n\n\
+         📎 huge.zip (21.0 MB) was too large to attach; it is in the Chat thread."
+    );
 }

@@ -1,13 +1,17 @@
 //! Mirror sync: make one room's root message match a post's latest record: create it, edit it
 //! when its content changed, delete it when the post is gone.
 
+use std::collections::BTreeMap;
+
 use tracing::{info, warn};
 
 use super::{Begin, Inner, IntentState, UNKNOWN_CONTENT, store_failure};
 use crate::adapters::{ChatAdapter, RootMessage};
 use crate::layout::{content_hash, root_message};
-use crate::model::{Failure, FailureKind, MessageId, PostId, Room};
-use crate::store::{Mirror, post_intent_key};
+use crate::model::{
+    Attachment, Failure, FailureKind, FeedFile, FeedPost, Fetched, MessageId, PostId, Room,
+};
+use crate::store::{FileMirror, Mirror, file_intent_key, post_intent_key};
 
 impl Inner {
     /// Make `room`'s message for `post` match the post's latest record.
@@ -44,8 +48,163 @@ impl Inner {
                     .await?
             }
         }
+        self.sync_files(&record.post, room, chat.as_ref()).await?;
         let pin = self.cfg.pin_important && record.post.important;
         self.sync_pin(post, room, chat.as_ref(), pin).await
+    }
+
+    /// Make the files in the post's thread in `room` match the post's: send the ones not
+    /// there yet (each guarded by an intent, like a root message), remove the ones the post
+    /// no longer has.
+    async fn sync_files(
+        &self,
+        post: &FeedPost,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+    ) -> Result<(), Failure> {
+        let Some(m) = self.store.mirror(post.id, room).map_err(store_failure)? else {
+            return Ok(());
+        };
+        if m.deleted {
+            return Ok(());
+        }
+        let mut sent: BTreeMap<String, FileMirror> = self
+            .store
+            .file_mirrors(post.id, room)
+            .map_err(store_failure)?
+            .into_iter()
+            .collect();
+        let gone: Vec<String> = sent
+            .keys()
+            .filter(|id| !post.files.iter().any(|f| &f.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(f) = sent.remove(&id) {
+                if !f.item.is_empty() {
+                    chat.delete_attachment(&room.id, &f.item).await?;
+                }
+                self.store
+                    .remove_file_mirror(post.id, room, &id)
+                    .map_err(store_failure)?;
+                self.metrics
+                    .effect(room.platform.as_str(), "file_delete", "ok");
+                info!(post = %post.id, %room, file = %id, "file removed from the thread");
+            }
+        }
+        for file in &post.files {
+            if sent.contains_key(&file.id) {
+                continue;
+            }
+            let key = file_intent_key(post.id, room, &file.id);
+            let taken: Vec<String> = sent.values().map(|f| f.item.clone()).collect();
+            let (item, effect) = match self
+                .send_file(post, file, room, chat, &m.message_id, &key, &taken)
+                .await
+            {
+                Ok(sent) => sent,
+                // A file this room will never take (uploads disabled, a type it refuses) must
+                // not hold up the post: it is logged, counted and left out.
+                Err(f) if f.kind == FailureKind::Permanent => {
+                    warn!(post = %post.id, %room, file = %file.id, error = %f.reason, "file not put into the thread");
+                    (String::new(), "file_refused")
+                }
+                Err(f) => return Err(f),
+            };
+            crate::crashpoint::hit("engine.file_sent");
+            let record = FileMirror { item };
+            self.store
+                .record_file_mirror(post.id, room, &file.id, &record, &key)
+                .map_err(store_failure)?;
+            self.set_intent_state(&key, None);
+            self.metrics.effect(room.platform.as_str(), effect, "ok");
+            info!(post = %post.id, %room, file = %file.id, "file put into the thread");
+            sent.insert(file.id.clone(), record);
+        }
+        Ok(())
+    }
+
+    /// Send one file into the thread of `root`, once, guarded by the intent `key`; returns
+    /// what was sent and its metric label.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_file(
+        &self,
+        post: &FeedPost,
+        file: &FeedFile,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+        root: &MessageId,
+        key: &str,
+        taken: &[String],
+    ) -> Result<(String, &'static str), Failure> {
+        let attachment = self.attachment(post, file).await?;
+        let effect = match attachment {
+            Attachment::File(_) => "file",
+            Attachment::Link { .. } => "file_link",
+        };
+        let item = match self.begin(key).await? {
+            Begin::Send => {
+                chat.send_attachment(&room.id, root, &file.id, &attachment)
+                    .await?
+            }
+            Begin::Reconcile { since_ms } => {
+                match chat
+                    .find_attachment(&room.id, root, &file.name, since_ms, taken)
+                    .await?
+                {
+                    Some(found) => {
+                        info!(post = %post.id, %room, file = %file.id, "found the file sent before");
+                        found
+                    }
+                    None => {
+                        chat.send_attachment(&room.id, root, &file.id, &attachment)
+                            .await?
+                    }
+                }
+            }
+        };
+        Ok((item, effect))
+    }
+
+    /// The file's content, or a link to the post when it is larger than the limit.
+    async fn attachment(&self, post: &FeedPost, file: &FeedFile) -> Result<Attachment, Failure> {
+        let too_large = |size: u64| Attachment::Link {
+            name: file.name.clone(),
+            size,
+            url: post.url.clone(),
+            feed: self.feed.display_name().to_string(),
+        };
+        if file.size > self.cfg.max_file_bytes {
+            return Ok(too_large(file.size));
+        }
+        Ok(
+            match self
+                .feed
+                .fetch_file(post.id, file, self.cfg.max_file_bytes)
+                .await?
+            {
+                Fetched::Content(c) => Attachment::File(c),
+                Fetched::TooLarge { size } => too_large(size),
+            },
+        )
+    }
+
+    /// Remove the files the bridge put into a thread whose root is being deleted.
+    async fn delete_files(
+        &self,
+        post: PostId,
+        room: &Room,
+        chat: &dyn ChatAdapter,
+    ) -> Result<(), Failure> {
+        for (id, f) in self.store.file_mirrors(post, room).map_err(store_failure)? {
+            if !f.item.is_empty() {
+                chat.delete_attachment(&room.id, &f.item).await?;
+            }
+            self.store
+                .remove_file_mirror(post, room, &id)
+                .map_err(store_failure)?;
+        }
+        Ok(())
     }
 
     /// Pin the room's message while the post is important, unpin it after. Pins are
@@ -147,6 +306,7 @@ impl Inner {
     ) -> Result<(), Failure> {
         match mirror {
             Some(mut m) if !m.deleted => {
+                self.delete_files(post, room, chat).await?;
                 chat.delete_message(&room.id, &m.message_id).await?;
                 m.deleted = true;
                 self.store

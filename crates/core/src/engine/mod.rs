@@ -56,6 +56,9 @@ pub struct EngineConfig {
     pub retry_max: Duration,
     /// Pin the root messages of important posts while they are important.
     pub pin_important: bool,
+    /// Files up to this size are carried across; larger ones become a link (feed → chat) or
+    /// a note in the comment (chat → feed).
+    pub max_file_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +68,7 @@ impl Default for EngineConfig {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             pin_important: true,
+            max_file_bytes: 20 * 1024 * 1024,
         }
     }
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use super::{Begin, Inner, store_failure};
-use crate::layout::{attributed_comment, content_hash};
-use crate::model::{ChatEvent, Failure, Person, PostId, ReplyId, Room, ThreadId};
+use crate::layout::{attributed_comment, content_hash, file_note};
+use crate::model::{
+    ChatEvent, ChatFile, Failure, Fetched, FileContent, Person, PostId, ReplyId, Room, ThreadId,
+};
 use crate::richtext::Doc;
 use crate::store::{CommentRecord, comment_intent_key};
 
@@ -20,9 +22,11 @@ impl Inner {
                 reply,
                 author,
                 body,
+                files,
             } => {
                 let (author, body) = self.resolved(room, author, body).await?;
-                self.add_comment(room, thread, reply, &author, &body).await
+                self.add_comment(room, thread, reply, &author, &body, files)
+                    .await
             }
             ChatEvent::ReplyEdited {
                 room,
@@ -30,6 +34,7 @@ impl Inner {
                 reply,
                 author,
                 body,
+                files,
             } => {
                 let (author, body) = self.resolved(room, author, body).await?;
                 let chat = self.chat(&room.platform)?;
@@ -39,13 +44,14 @@ impl Inner {
                     .comment_for_reply(room, reply)
                     .map_err(store_failure)?
                 {
-                    if existing.content_hash == content_hash(&doc) {
+                    if existing.content_hash == comment_hash(&doc, files) {
                         return Ok(());
                     }
                     // Feed comments cannot be edited through the API: replace the comment.
                     self.remove_comment(room, reply, &existing).await?;
                 }
-                self.add_comment(room, thread, reply, &author, &body).await
+                self.add_comment(room, thread, reply, &author, &body, files)
+                    .await
             }
             ChatEvent::ReplyDeleted { room, reply, .. } => {
                 let existing = self
@@ -90,21 +96,24 @@ impl Inner {
         reply: &ReplyId,
         author: &Person,
         body: &Doc,
+        files: &[ChatFile],
     ) -> Result<(), Failure> {
         let Some(post) = self.comment_target(room, thread, reply).await? else {
             return Ok(());
         };
-        let doc = attributed_comment(author, self.chat(&room.platform)?.display_name(), body);
+        let chat = self.chat(&room.platform)?;
+        let (contents, with_notes) = self.fetch_files(room, body, files).await?;
+        let doc = attributed_comment(author, chat.display_name(), &with_notes);
         let key = comment_intent_key(room, reply);
         let comment = match self.begin(&key).await? {
-            Begin::Send => self.feed.add_comment(post, &doc).await?,
+            Begin::Send => self.feed.add_comment(post, &doc, &contents).await?,
             Begin::Reconcile { since_ms } => {
                 match self.feed.find_comment(post, &doc, since_ms).await? {
                     Some(found) => {
                         info!(%post, %room, "found the comment written before");
                         found
                     }
-                    None => self.feed.add_comment(post, &doc).await?,
+                    None => self.feed.add_comment(post, &doc, &contents).await?,
                 }
             }
         };
@@ -113,7 +122,10 @@ impl Inner {
             post,
             comment,
             thread: thread.clone(),
-            content_hash: content_hash(&doc),
+            content_hash: comment_hash(
+                &attributed_comment(author, chat.display_name(), body),
+                files,
+            ),
         };
         self.store
             .record_comment(room, reply, &record, &key)
@@ -125,6 +137,34 @@ impl Inner {
             .effect(self.feed_platform.as_str(), "comment_add", "ok");
         info!(%post, %room, comment = %comment, "reply added as a feed comment");
         Ok(())
+    }
+
+    /// The reply's files, fetched up to the size limit; a file over it is left out and named
+    /// in a note added to the body.
+    async fn fetch_files(
+        &self,
+        room: &Room,
+        body: &Doc,
+        files: &[ChatFile],
+    ) -> Result<(Vec<FileContent>, Doc), Failure> {
+        let chat = self.chat(&room.platform)?;
+        let mut body = body.clone();
+        let mut contents = Vec::new();
+        for file in files {
+            let fetched = if file.size > self.cfg.max_file_bytes {
+                Fetched::TooLarge { size: file.size }
+            } else {
+                chat.fetch_file(file, self.cfg.max_file_bytes).await?
+            };
+            match fetched {
+                Fetched::Content(c) => contents.push(c),
+                Fetched::TooLarge { size } => {
+                    body.blocks
+                        .push(file_note(&file.name, size, chat.display_name()));
+                }
+            }
+        }
+        Ok((contents, body))
     }
 
     /// The live post a new reply should be a comment on; `None` when it should not become
@@ -189,5 +229,15 @@ impl Inner {
             .effect(self.feed_platform.as_str(), "comment_delete", "ok");
         info!(post = %existing.post, comment = %existing.comment, "feed comment deleted");
         Ok(())
+    }
+}
+
+/// What an edit is compared with: the comment as attributed, and the reply's files (a reply
+/// without files hashes as before files were carried, so older records stay comparable).
+fn comment_hash(doc: &Doc, files: &[ChatFile]) -> u64 {
+    if files.is_empty() {
+        content_hash(doc)
+    } else {
+        content_hash(&(doc, files))
     }
 }
