@@ -1287,6 +1287,36 @@ mod tests {
     }
 
     #[test]
+    fn a_posts_files_come_from_files_or_the_user_field() {
+        let base = json!({ "ID": "7", "AUTHOR_ID": "1", "DETAIL_TEXT": "x" });
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            RawPost::parse(&v).unwrap().files
+        };
+        assert_eq!(with(json!({ "FILES": [505, "506", 505] })), vec![505, 506]);
+        assert_eq!(
+            with(json!({ "UF_BLOG_POST_FILE": { "VALUE": [507] } })),
+            vec![507]
+        );
+        assert_eq!(
+            with(json!({ "UF_BLOG_POST_FILE": { "VALUE": false } })),
+            Vec::<u64>::new()
+        );
+        assert_eq!(with(json!({})), Vec::<u64>::new());
+        // A post without files hashes as it did before files were read.
+        let plain = RawPost::parse(&base).unwrap();
+        assert_eq!(
+            plain.hash(),
+            content_hash(&(&plain.title, plain.micro, &plain.text, plain.important))
+        );
+        assert_eq!(image_name("https://a.example/img/plan.png?x=1"), "plan.png");
+        assert_eq!(image_name("https://a.example/render"), "image.png");
+    }
+
+    #[test]
     fn raw_post_accepts_string_numbers_and_importance() {
         let v = json!({
             "ID": "217", "AUTHOR_ID": "1269", "TITLE": "Новый регламент", "MICRO": "N",

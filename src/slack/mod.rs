@@ -157,6 +157,37 @@ pub async fn connect(
     Ok(side)
 }
 
+/// What the bot token's scopes allow, for `check`: each optional feature and the scope it
+/// needs (slack-app-manifest.yaml asks for all of them).
+fn scopes_report(granted: &[String], report: &mut Report) {
+    const FEATURES: [(&str, &str, &str); 3] = [
+        (
+            "pins:write",
+            "important posts are pinned",
+            "important posts are not pinned",
+        ),
+        (
+            "files:write",
+            "a post's files are uploaded into its thread",
+            "a post's files are not uploaded",
+        ),
+        (
+            "files:read",
+            "files in replies are attached to their comments",
+            "files in replies stay in Slack (comments carry their text only)",
+        ),
+    ];
+    for (scope, works, missing) in FEATURES {
+        if granted.iter().any(|s| s == scope) {
+            report.ok(format!("Slack: {scope} granted: {works}"));
+        } else {
+            report.warn(format!(
+                "Slack: the bot token lacks {scope}, so {missing} — add the scope (slack-app-manifest.yaml has it) and reinstall the app"
+            ));
+        }
+    }
+}
+
 /// `check`: the bot token, the intake's credentials, and every mapped channel (exists, bot is
 /// a member, not archived).
 pub async fn probe(
@@ -176,14 +207,8 @@ pub async fn probe(
                 "Slack: bot {} ({}) in team {}",
                 a.user, a.user_id, a.team
             ));
-            match api.scopes() {
-                Some(s) if s.iter().any(|s| s == "pins:write") => {
-                    report.ok("Slack: pins:write granted: important posts are pinned")
-                }
-                Some(_) => report.warn(
-                    "Slack: the bot token lacks pins:write, so important posts are not pinned — add the scope (slack-app-manifest.yaml has it) and reinstall the app",
-                ),
-                None => {}
+            if let Some(granted) = api.scopes() {
+                scopes_report(&granted, report);
             }
         }
         Err(e) => {

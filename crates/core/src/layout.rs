@@ -96,12 +96,17 @@ pub fn file_link(name: &str, size: u64, url: &str, feed: &str) -> Doc {
     .normalize()
 }
 
-/// The note a comment gets for a reply's file larger than the limit.
-pub fn file_note(name: &str, size: u64, platform: &str) -> Block {
-    Block::Paragraph(vec![Inline::Italic(vec![Inline::Text(format!(
-        "📎 {name} ({}) was too large to attach; it is in the {platform} thread.",
-        human_size(size)
-    ))])])
+/// The note a comment gets for a reply's file it does not carry: one larger than the limit
+/// (`size` known), or one the bridge could not fetch.
+pub fn file_note(name: &str, size: Option<u64>, platform: &str) -> Block {
+    let text = match size {
+        Some(size) => format!(
+            "📎 {name} ({}) was too large to attach; it is in the {platform} thread.",
+            human_size(size)
+        ),
+        None => format!("📎 {name} could not be attached; it is in the {platform} thread."),
+    };
+    Block::Paragraph(vec![Inline::Italic(vec![Inline::Text(text)])])
 }
 
 /// Bytes for people: `812 B`, `14.2 KB`, `25.0 MB`.
@@ -214,6 +219,27 @@ fn take_chars(text: &str, budget: &mut usize) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn file_lines_name_the_file_and_its_size() {
+        assert_eq!(human_size(812), "812 B");
+        assert_eq!(human_size(10_000), "9.8 KB");
+        assert_eq!(human_size(30 * 1024 * 1024), "30.0 MB");
+        assert_eq!(
+            file_link("video.mp4", 30 * 1024 * 1024, "https://p/1/", "Bitrix24").plain_text(),
+            "📎 video.mp4 (30.0 MB): too large to attach here; open the post in Bitrix24"
+        );
+        let note = |size| Doc::new(vec![file_note("a.zip", size, "Slack")]).plain_text();
+        assert_eq!(
+            note(Some(2048)),
+            "📎 a.zip (2.0 KB) was too large to attach; it is in the Slack thread."
+        );
+        assert_eq!(
+            note(None),
+            "📎 a.zip could not be attached; it is in the Slack thread."
+        );
+    }
+
     use super::*;
     use crate::testing::fixtures;
 

@@ -62,18 +62,21 @@ impl Inner {
         room: &Room,
         chat: &dyn ChatAdapter,
     ) -> Result<(), Failure> {
-        let Some(m) = self.store.mirror(post.id, room).map_err(store_failure)? else {
-            return Ok(());
-        };
-        if m.deleted {
-            return Ok(());
-        }
         let mut sent: BTreeMap<String, FileMirror> = self
             .store
             .file_mirrors(post.id, room)
             .map_err(store_failure)?
             .into_iter()
             .collect();
+        if sent.is_empty() && post.files.is_empty() {
+            return Ok(());
+        }
+        let Some(m) = self.store.mirror(post.id, room).map_err(store_failure)? else {
+            return Ok(());
+        };
+        if m.deleted {
+            return Ok(());
+        }
         let gone: Vec<String> = sent
             .keys()
             .filter(|id| !post.files.iter().any(|f| &f.id == *id))

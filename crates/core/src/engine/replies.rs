@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Begin, Inner, store_failure};
 use crate::layout::{attributed_comment, content_hash, file_note};
@@ -152,15 +152,25 @@ impl Inner {
         let mut contents = Vec::new();
         for file in files {
             let fetched = if file.size > self.cfg.max_file_bytes {
-                Fetched::TooLarge { size: file.size }
+                Ok(Fetched::TooLarge { size: file.size })
             } else {
-                chat.fetch_file(file, self.cfg.max_file_bytes).await?
+                chat.fetch_file(file, self.cfg.max_file_bytes).await
             };
             match fetched {
-                Fetched::Content(c) => contents.push(c),
-                Fetched::TooLarge { size } => {
+                Ok(Fetched::Content(c)) => contents.push(c),
+                Ok(Fetched::TooLarge { size }) => {
                     body.blocks
-                        .push(file_note(&file.name, size, chat.display_name()));
+                        .push(file_note(&file.name, Some(size), chat.display_name()));
+                }
+                Err(f) if f.is_transient() => return Err(f),
+                // A file the bridge may not fetch (a missing scope, a refused download) must
+                // not hold back the reply's text: the comment names it instead.
+                Err(f) => {
+                    warn!(%room, file = %file.name, error = %f.reason, "file not attached to the comment");
+                    self.metrics
+                        .effect(self.feed_platform.as_str(), "file_refused", "ok");
+                    body.blocks
+                        .push(file_note(&file.name, None, chat.display_name()));
                 }
             }
         }
