@@ -97,6 +97,11 @@ pub struct PostRecord {
     pub deleted: bool,
     /// Comments the bridge wrote on this post that still exist.
     pub bridge_comments: u32,
+    /// The journal sequence of the entry `post` came from. A replayed older entry (one
+    /// still in the journal after a restart while a newer one was done) must not put its
+    /// older snapshot back: files would be taken out of threads and put in again.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// One chat message mirroring a post.
@@ -1092,6 +1097,7 @@ mod tests {
                     post: post(7),
                     deleted: false,
                     bridge_comments: 0,
+                    seq: 0,
                 })
             })
             .unwrap();
@@ -1137,6 +1143,7 @@ mod tests {
                     post: post(7),
                     deleted: false,
                     bridge_comments: 0,
+                    seq: 0,
                 })
             })
             .unwrap();

@@ -245,7 +245,7 @@ impl Inner {
         workers: &mut JoinSet<()>,
     ) -> Result<(), StoreError> {
         let tasks = match &entry.event {
-            Inbound::Feed(event) => self.plan_feed(event)?,
+            Inbound::Feed(event) => self.plan_feed(seq, event)?,
             Inbound::Refresh(post) => self
                 .live_mirror_rooms(*post)?
                 .into_iter()
@@ -277,40 +277,48 @@ impl Inner {
         Ok(())
     }
 
-    fn plan_feed(&self, event: &FeedEvent) -> Result<Vec<(LaneKey, Task)>, StoreError> {
+    fn plan_feed(&self, seq: u64, event: &FeedEvent) -> Result<Vec<(LaneKey, Task)>, StoreError> {
         let id = event.post_id();
+        // Every change keeps the newest snapshot: an entry older than the record's (replayed
+        // after a restart) changes nothing, and its tasks sync the rooms to the newest.
         let record = match event {
             FeedEvent::PostCreated(post)
             | FeedEvent::PostEdited(post)
             | FeedEvent::CommentsChanged(post) => {
                 self.store.update_post(id, |current| match current {
                     // A deleted post stays deleted: a stale snapshot must not bring it back.
-                    Some(rec) if rec.deleted => None,
+                    Some(rec) if rec.deleted || rec.seq > seq => None,
                     Some(mut rec) => {
                         rec.post = post.clone();
+                        rec.seq = seq;
                         Some(rec)
                     }
                     None => Some(PostRecord {
                         post: post.clone(),
                         deleted: false,
                         bridge_comments: 0,
+                        seq,
                     }),
                 })?
             }
             FeedEvent::ImportanceChanged {
                 important, readers, ..
             } => self.store.update_post(id, |current| {
-                current.filter(|r| !r.deleted).map(|mut rec| {
-                    rec.post.important = *important;
-                    if readers.is_some() {
-                        rec.post.readers = *readers;
-                    }
-                    rec
-                })
+                current
+                    .filter(|r| !r.deleted && r.seq <= seq)
+                    .map(|mut rec| {
+                        rec.post.important = *important;
+                        if readers.is_some() {
+                            rec.post.readers = *readers;
+                        }
+                        rec.seq = seq;
+                        rec
+                    })
             })?,
             FeedEvent::PostDeleted(_) => self.store.update_post(id, |current| {
                 current.filter(|r| !r.deleted).map(|mut rec| {
                     rec.deleted = true;
+                    rec.seq = rec.seq.max(seq);
                     rec
                 })
             })?,
