@@ -11,6 +11,7 @@
 //!   (rate-limit answers, refused connections); anything else goes back to the engine, which
 //!   reconciles before sending again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +114,10 @@ pub struct SlackApi {
     blocks: Arc<Blocks>,
     /// The bot token's scopes as Slack last named them (`x-oauth-scopes`).
     scopes: Arc<std::sync::Mutex<Option<Vec<String>>>>,
+    /// One call at a time per method and channel: a `Retry-After` one caller is given holds
+    /// the next caller (a catch-up and a lane both reading a channel's threads), instead of
+    /// both being in flight when it comes.
+    in_flight: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl SlackApi {
@@ -154,6 +159,7 @@ impl SlackApi {
             post_pacing: post_rate.map(|rate| Arc::new(KeyedBuckets::new(rate))),
             blocks: Arc::new(Blocks::new()),
             scopes: Arc::default(),
+            in_flight: Arc::default(),
         })
     }
 
@@ -187,6 +193,11 @@ impl SlackApi {
         token: &Secret,
     ) -> Result<Value, SlackError> {
         let key = format!("{method}/{}", channel.unwrap_or_default());
+        let serial = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let _turn = serial.lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
