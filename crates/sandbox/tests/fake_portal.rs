@@ -1401,7 +1401,7 @@ async fn self_check_methods() {
     );
     assert_eq!(
         ok(&p, "scope", json!({})).await["result"],
-        json!(["log", "user", "department", "sonet_group"])
+        json!(["log", "user", "department", "sonet_group", "disk"])
     );
     let full = get(&p, "scope?full=true").await.body["result"].clone();
     assert!(full.as_array().unwrap().contains(&json!("im")));
@@ -1827,4 +1827,120 @@ async fn malformed_requests_get_envelopes_not_panics() {
     assert_eq!(r.status, 200);
     let deep_key = format!("a{}=1", "[x]".repeat(100));
     assert_eq!(form(&p, "log.blogpost.get", &deep_key).await.status, 200);
+}
+
+/// `disk.attachedObject.get` (docs/platforms/bitrix24.md §8): string numbers, inside `batch`,
+/// `ERROR_NOT_FOUND` for unknown ids; `DOWNLOAD_URL` serves the bytes only with its token
+/// and a `User-Agent`, and nginx's 404 page without one.
+#[tokio::test]
+async fn attached_files_are_described_and_downloaded() {
+    let p = start().await;
+    let bytes = b"%PDF-1.4 a regulation".to_vec();
+    let post = p.create_post(
+        1,
+        NewPost {
+            files: vec![livefeed_sandbox::bitrix::NewFile {
+                name: "rules.pdf".into(),
+                bytes: bytes.clone(),
+            }],
+            ..ua_post("with a file")
+        },
+    );
+    let listed = ok(&p, "log.blogpost.get", json!({ "POST_ID": post })).await["result"].clone();
+    let attached = listed[0]["FILES"][0]
+        .as_u64()
+        .unwrap_or_else(|| panic!("FILES holds numbers: {listed}"));
+    assert_eq!(
+        p.post_files(post),
+        vec![(attached, "rules.pdf".to_string())]
+    );
+
+    let obj = ok(&p, "disk.attachedObject.get", json!({ "id": attached })).await["result"].clone();
+    assert_eq!(obj["ID"], json!(attached.to_string()));
+    assert_eq!(obj["NAME"], json!("rules.pdf"));
+    assert_eq!(obj["SIZE"], json!(bytes.len().to_string()));
+    assert!(obj["OBJECT_ID"].is_string() && obj["CREATED_BY"] == json!("1"));
+    let url = obj["DOWNLOAD_URL"].as_str().expect("a URL").to_string();
+    assert!(url.starts_with(&p.portal_url()) && url.contains("attachedId="));
+
+    let in_batch = ok(
+        &p,
+        "batch",
+        json!({ "halt": 0, "cmd": { "a": format!("disk.attachedObject.get?id={attached}"), "b": "disk.attachedObject.get?id=999999" } }),
+    )
+    .await["result"]
+    .clone();
+    assert_eq!(in_batch["result"]["a"]["NAME"], json!("rules.pdf"));
+    assert_eq!(
+        in_batch["result_error"]["b"]["error"],
+        json!("ERROR_NOT_FOUND")
+    );
+    let (status, e) = err(&p, "disk.attachedObject.get", json!({ "id": 999999 })).await;
+    assert_eq!(
+        (status, e["error"].clone()),
+        (400, json!("ERROR_NOT_FOUND"))
+    );
+
+    let http = reqwest::Client::new();
+    let good = http
+        .get(&url)
+        .header("User-Agent", "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(good.status().as_u16(), 200);
+    assert_eq!(good.headers()["content-type"], "application/pdf");
+    assert!(
+        good.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("rules.pdf")
+    );
+    assert_eq!(good.bytes().await.unwrap().to_vec(), bytes);
+    let no_agent = reqwest::Client::builder()
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_agent.status().as_u16(), 404);
+    assert!(no_agent.text().await.unwrap().contains("nginx"));
+    let forged = url.replace("auth%5Bauth%5D=", "auth%5Bauth%5D=x");
+    let refused = http
+        .get(&forged)
+        .header("User-Agent", "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(p.downloads(), 1);
+    assert!(
+        p.requests()
+            .iter()
+            .all(|r| !format!("{r:?}").contains(SECRET)),
+        "the request log never holds credentials"
+    );
+
+    // Files attached and taken off later, as a person edits the post.
+    let second = p.add_post_file(post, "plan.png", &png(4, 4));
+    assert_eq!(p.post_files(post).len(), 2);
+    p.remove_post_file(post, second);
+    assert_eq!(
+        p.post_files(post),
+        vec![(attached, "rules.pdf".to_string())]
+    );
+
+    // A comment's FILES are stored and readable back.
+    let id = ok(
+        &p,
+        "log.blogcomment.add",
+        json!({ "POST_ID": post, "TEXT": "see attached", "FILES": [["desk.png", base64(b"PNGDATA")]] }),
+    )
+    .await;
+    let id = id["result"].as_u64().expect("comment id");
+    assert_eq!(
+        p.comment_files(id),
+        vec![("desk.png".to_string(), b"PNGDATA".to_vec())]
+    );
 }

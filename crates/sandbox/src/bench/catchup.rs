@@ -133,6 +133,7 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
                 text: format!("written while the bridge was down ({i})"),
                 dest: vec![format!("SG{}", groups[i % CHANNELS])],
                 important: false,
+                files: Vec::new(),
             },
         ));
     }

@@ -119,6 +119,7 @@ pub async fn measure(mode: &str, scale: u32, seconds: u64) -> IdleCost {
                 text: "to track".into(),
                 dest: vec!["UA".into()],
                 important: false,
+                files: Vec::new(),
             },
         );
     }

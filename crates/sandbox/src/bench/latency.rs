@@ -51,6 +51,7 @@ pub async fn measure(posts: usize) -> Vec<i64> {
                 text: "how long until it is in Slack".into(),
                 dest: vec!["UA".into()],
                 important: false,
+                files: Vec::new(),
             },
         );
         let tag = id.to_string();

@@ -81,6 +81,7 @@ pub async fn measure(posts: usize) -> Scale {
                     text: format!("one of many ({i})"),
                     dest: vec!["UA".into()],
                     important: false,
+                    files: Vec::new(),
                 },
             );
         }

@@ -64,7 +64,7 @@ impl Default for PortalConfig {
         Self {
             webhook_user: 1,
             webhook_secret: "k3yS3cr3t0000001".to_owned(),
-            scopes: ["log", "user", "department", "sonet_group"]
+            scopes: ["log", "user", "department", "sonet_group", "disk"]
                 .map(str::to_owned)
                 .to_vec(),
             rate_limit: Some(LeakyBucket {
@@ -222,6 +222,15 @@ pub struct NewPost {
     /// Destination codes (`UA`, `U7`, `SG3`, `DR2`); empty means `["UA"]`.
     pub dest: Vec<String>,
     pub important: bool,
+    /// Files attached when the post is written (stored in the author's Disk).
+    pub files: Vec<NewFile>,
+}
+
+/// A file a person attaches in the UI.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
 }
 
 /// Injected failure modes.

@@ -210,6 +210,7 @@ async fn create_post(State(s): AppState, Json(b): Json<PostBody>) -> Response {
         text: b.text,
         dest: b.dest,
         important: b.important,
+        files: Vec::new(),
     };
     done(
         s.write(|p| p.ui_create_post(b.author, new))

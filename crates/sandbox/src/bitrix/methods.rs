@@ -57,6 +57,8 @@ pub(crate) const METHODS: &[MethodSpec] = &[
         scopes: LOG,
         private: true,
     },
+    spec("disk.attachedobject.get", &["disk"]),
+    spec("disk.file.get", &["disk"]),
     spec("event.bind", GLOBAL),
     spec("event.unbind", GLOBAL),
     spec("event.get", GLOBAL),
@@ -283,6 +285,8 @@ pub(crate) fn run(
         "log.blogcomment.add" => comment_add(p, ctx, params),
         "log.blogcomment.delete" => comment_delete(p, ctx, params),
         "log.blogcomment.user.get" => Ok(comment_user_get(p, ctx, params)),
+        "disk.attachedobject.get" => attached_object_get(p, params),
+        "disk.file.get" => disk_file_get(p, params),
         n if n.starts_with("event") => events::call(p, ctx, n, params, start),
         _ => Err(ApiError::method_not_found()),
     }
@@ -1498,6 +1502,88 @@ fn comment_user_get(p: &Portal, ctx: &Ctx, params: &Arr) -> Output {
         ("comments", "files")
     };
     Output::value(map([(ck, comments), (fk, Value::Arr(files))]))
+}
+
+// ---- Disk ---------------------------------------------------------------------------
+
+/// How downloads appear in the request log (never with their token).
+pub(crate) const DOWNLOAD_METHOD: &str = "disk.download";
+
+/// The credential `DOWNLOAD_URL`s carry: derived from the webhook secret, so it is a
+/// secret too, and stable for the portal's life (webhook download links never expire).
+pub(crate) fn download_token(p: &Portal) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("download:{}", p.cfg.webhook_secret).as_bytes());
+    hex::encode(&digest[..16])
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::bad(
+        "ERROR_NOT_FOUND",
+        &format!("Could not find entity with id `{id}`"),
+    )
+}
+
+/// `disk.attachedObject.get {id}` (docs/platforms/bitrix24.md §8): every number a string.
+fn attached_object_get(p: &Portal, params: &Arr) -> Result<Output, ApiError> {
+    let raw = param_str(params, "id").unwrap_or_default();
+    let id: u64 = raw.trim().parse().map_err(|_| not_found(&raw))?;
+    let disk_id = *p.attachments.get(&id).ok_or_else(|| not_found(&raw))?;
+    let f = p.disk.get(&disk_id).ok_or_else(|| not_found(&raw))?;
+    let (entity_type, entity_id) = match p.posts.values().find(|x| x.files.contains(&id)) {
+        Some(post) => ("Bitrix\\Disk\\Uf\\BlogPostConnector", post.id),
+        None => (
+            "Bitrix\\Disk\\Uf\\BlogPostCommentConnector",
+            p.comments
+                .values()
+                .find(|c| c.files.contains(&id))
+                .map_or(0, |c| c.id),
+        ),
+    };
+    let url = format!(
+        "{}/bitrix/tools/disk/uf.php?attachedId={id}&auth%5Bauth%5D={}&action=download&ncc=1",
+        p.base_url,
+        download_token(p)
+    );
+    Ok(Output::value(map([
+        ("ID", Value::num_str(id)),
+        ("OBJECT_ID", Value::num_str(f.id)),
+        ("MODULE_ID", Value::from("blog")),
+        ("ENTITY_TYPE", Value::from(entity_type)),
+        ("ENTITY_ID", Value::num_str(entity_id)),
+        ("CREATE_TIME", Value::Str(p.iso(f.created))),
+        ("CREATED_BY", Value::num_str(f.created_by)),
+        ("DOWNLOAD_URL", Value::Str(url)),
+        ("NAME", Value::from(f.name.as_str())),
+        ("SIZE", Value::num_str(f.size)),
+    ])))
+}
+
+/// `disk.file.get {id}` with a Disk object id (docs/platforms/bitrix24.md §8).
+fn disk_file_get(p: &Portal, params: &Arr) -> Result<Output, ApiError> {
+    let raw = param_str(params, "id").unwrap_or_default();
+    let id: u64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::bad("ERROR_ARGUMENT", "Invalid value of parameter { id }"))?;
+    let f = p.disk.get(&id).ok_or_else(|| not_found(&raw))?;
+    // The real answer points at `/rest/download.json?auth=…&token=disk|…`; the fake serves
+    // every download from one endpoint.
+    let url = format!(
+        "{}/bitrix/tools/disk/uf.php?objectId={id}&auth%5Bauth%5D={}&action=download&ncc=1",
+        p.base_url,
+        download_token(p)
+    );
+    Ok(Output::value(map([
+        ("ID", Value::num_str(f.id)),
+        ("NAME", Value::from(f.name.as_str())),
+        ("TYPE", Value::from("file")),
+        ("SIZE", Value::num_str(f.size)),
+        ("CREATE_TIME", Value::Str(p.iso(f.created))),
+        ("CREATED_BY", Value::num_str(f.created_by)),
+        ("DELETED_TYPE", Value::from("0")),
+        ("DOWNLOAD_URL", Value::Str(url)),
+    ])))
 }
 
 fn file_data(p: &Portal, f: &super::state::DiskFile) -> Value {

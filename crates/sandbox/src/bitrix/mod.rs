@@ -48,8 +48,13 @@
 //!   stores them; `HAS_SOCNET_ALL` says whether a post is for everyone.
 //! - Administrators (the webhook user by default) see only what their destinations
 //!   allow in `log.blogpost.get`, but may comment on, edit and delete any post.
-//! - Files are stored only as far as posts and comments need them (ids, names,
-//!   sizes); there is no Disk API.
+//! - Files (docs/platforms/bitrix24.md §8): `FILES` uploads keep their bytes in the author's
+//!   Disk; posts and comments list attached-object ids; `disk.attachedObject.get` and
+//!   `disk.file.get` answer with string numbers and a `DOWNLOAD_URL` on this listener
+//!   (`/bitrix/tools/disk/uf.php`, token derived from the webhook secret), which serves the
+//!   bytes only with that token and a `User-Agent` (nginx's 404 page otherwise). No other Disk
+//!   method. `disk.file.get`'s real URL is `/rest/download.json`; the fake serves every
+//!   download from one endpoint.
 //!
 //! Choices for the OAuth app and events (sources: the rest module in
 //! `avshatalov48/bitrix-core-business`, the official Python SDK `bitrix24/b24pysdk`):
@@ -135,7 +140,7 @@ mod time;
 mod value;
 
 pub use config::{
-    CommentView, EventBinding, Fault, FaultKind, LeakyBucket, NewPost, NewUser, OAuthApp,
+    CommentView, EventBinding, Fault, FaultKind, LeakyBucket, NewFile, NewPost, NewUser, OAuthApp,
     OfflineRow, PortalConfig, PostView, PushRecord, RequestRecord, SubCallRecord,
 };
 pub use portal::FakePortal;

@@ -11,6 +11,7 @@ use super::config::{
     PortalConfig, PostView, PushRecord, RequestRecord,
 };
 use super::events;
+use super::methods::DOWNLOAD_METHOD;
 use super::server::{self, Shared};
 use super::state::{Portal, SandboxError};
 
@@ -336,6 +337,31 @@ impl FakePortal {
         )
     }
 
+    /// The author attaches a file to a post (an edit: the post moves up the feed). Returns
+    /// the attached-object id.
+    ///
+    /// # Panics
+    /// If the post does not exist or `bytes` is empty.
+    #[track_caller]
+    pub fn add_post_file(&self, post: u64, name: &str, bytes: &[u8]) -> u64 {
+        expect(
+            "add_post_file",
+            self.write(|p| p.ui_add_post_file(post, name, bytes)),
+        )
+    }
+
+    /// The author takes a file off a post (an edit).
+    ///
+    /// # Panics
+    /// If the post does not exist.
+    #[track_caller]
+    pub fn remove_post_file(&self, post: u64, attached_id: u64) {
+        expect(
+            "remove_post_file",
+            self.write(|p| p.ui_remove_post_file(post, attached_id)),
+        );
+    }
+
     /// # Panics
     /// If the comment does not exist or is already deleted.
     #[track_caller]
@@ -395,6 +421,47 @@ impl FakePortal {
 
     pub fn comments(&self, post: u64) -> Vec<CommentView> {
         self.read(|p| p.comment_views(post))
+    }
+
+    /// Name and bytes of each file attached to a blog comment, in order.
+    pub fn comment_files(&self, comment_id: u64) -> Vec<(String, Vec<u8>)> {
+        self.read(|p| {
+            let Some(c) = p.comments.get(&comment_id) else {
+                return Vec::new();
+            };
+            c.files
+                .iter()
+                .filter_map(|a| p.attachments.get(a))
+                .filter_map(|d| p.disk.get(d))
+                .map(|f| (f.name.clone(), f.content.clone()))
+                .collect()
+        })
+    }
+
+    /// A post's attached files: (attached-object id, name), in order.
+    pub fn post_files(&self, post: u64) -> Vec<(u64, String)> {
+        self.read(|p| {
+            let Some(x) = p.posts.get(&post) else {
+                return Vec::new();
+            };
+            x.files
+                .iter()
+                .filter_map(|a| {
+                    let disk = p.attachments.get(a)?;
+                    Some((*a, p.disk.get(disk)?.name.clone()))
+                })
+                .collect()
+        })
+    }
+
+    /// Successful file downloads (`DOWNLOAD_URL` fetches).
+    pub fn downloads(&self) -> usize {
+        self.read(|p| {
+            p.requests
+                .iter()
+                .filter(|r| r.method == DOWNLOAD_METHOD && r.status == 200)
+                .count()
+        })
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {

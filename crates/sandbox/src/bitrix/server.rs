@@ -225,9 +225,88 @@ fn router(shared: Arc<Shared>) -> Router {
     control::routes()
         .merge(oauth::routes())
         .route("/rest/{*path}", any(rest))
+        .route("/bitrix/tools/disk/uf.php", axum::routing::get(download))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared)
+}
+
+// ---- file downloads ---------------------------------------------------------------------
+
+/// `GET DOWNLOAD_URL` (docs/platforms/bitrix24.md §8): the file with a valid token and a
+/// `User-Agent`; without a `User-Agent`, nginx's 404 page (with a `Content-Disposition`, as
+/// observed); with a wrong token, a 401 HTML page. Logged as `disk.download`, never with the
+/// token.
+async fn download(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().is_empty());
+    shared.write(|p| {
+        let token_ok = get("auth[auth]").is_some_and(|t| {
+            let want = methods::download_token(p);
+            constant_time_eq(t.as_bytes(), want.as_bytes())
+        });
+        let file = get("attachedId")
+            .and_then(|a| a.parse::<u64>().ok())
+            .and_then(|a| p.attachments.get(&a).copied())
+            .or_else(|| get("objectId").and_then(|o| o.parse::<u64>().ok()))
+            .and_then(|d| p.disk.get(&d))
+            .map(|f| (f.name.clone(), f.content.clone()));
+        let (status, response) = match (agent, token_ok, file) {
+            (false, _, _) => {
+                let mut r = html_error(404);
+                r.headers_mut().insert(
+                    HeaderName::from_static("content-disposition"),
+                    HeaderValue::from_static("inline"),
+                );
+                (404, r)
+            }
+            (true, false, _) => (401, html_error(401)),
+            (true, true, None) => (404, html_error(404)),
+            (true, true, Some((name, bytes))) => {
+                let mut r = (StatusCode::OK, Body::from(bytes)).into_response();
+                let h = r.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&name)));
+                let disposition = format!(
+                    "attachment; filename=\"{}\"",
+                    name.replace(['"', '\\', '\r', '\n'], "_")
+                );
+                if let Ok(v) = HeaderValue::from_str(&disposition) {
+                    h.insert(HeaderName::from_static("content-disposition"), v);
+                }
+                (200, r)
+            }
+        };
+        record(p, methods::DOWNLOAD_METHOD, "GET", status, None, Vec::new());
+        response
+    })
+}
+
+/// The media type the portal's web server sends for a file name.
+fn content_type(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        _ => "application/octet-stream",
+    }
 }
 
 // ---- REST pipeline ----------------------------------------------------------------------

@@ -113,6 +113,8 @@ pub(crate) struct DiskFile {
     pub id: u64,
     pub name: String,
     pub size: u64,
+    /// The bytes, served by the download endpoint.
+    pub content: Vec<u8>,
     pub created_by: u64,
     pub created: i64,
     pub image: Option<(u32, u32)>,
@@ -610,6 +612,11 @@ impl Portal {
             return None;
         }
         let bytes = decode_base64_lenient(base64);
+        self.store_bytes(author, name, bytes)
+    }
+
+    /// Stores `bytes` as a file in the author's Disk; `None` for no bytes.
+    pub(crate) fn store_bytes(&mut self, author: u64, name: &str, bytes: Vec<u8>) -> Option<u64> {
         if bytes.is_empty() {
             return None;
         }
@@ -628,6 +635,7 @@ impl Portal {
                 id,
                 name,
                 size: bytes.len() as u64,
+                content: bytes,
                 created_by: author,
                 created,
                 image,
@@ -827,6 +835,12 @@ impl Portal {
         } else {
             p.dest
         };
+        let mut files = Vec::new();
+        for f in p.files {
+            if let Some(disk) = self.store_bytes(author, &f.name, f.bytes) {
+                files.push(self.attach(disk));
+            }
+        }
         let id = self.insert_post(
             author,
             p.title.as_deref(),
@@ -835,10 +849,55 @@ impl Portal {
             p.important,
             None,
             Vec::new(),
-            Vec::new(),
+            files,
         );
         self.ui_event(PostEvent::Add, id, author);
         Ok(id)
+    }
+
+    /// The author attaches a file to a post in the UI (an edit of the post).
+    pub(crate) fn ui_add_post_file(
+        &mut self,
+        id: u64,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<u64, SandboxError> {
+        let author = self
+            .live_post(id)
+            .ok_or(SandboxError::UnknownPost(id))?
+            .author;
+        let disk = self
+            .store_bytes(author, name, bytes.to_vec())
+            .ok_or(SandboxError::EmptyText)?;
+        let attached = self.attach(disk);
+        let now = self.stamp();
+        if let Some(post) = self.posts.get_mut(&id) {
+            post.files.push(attached);
+            post.has_props = true;
+            post.log_update = now;
+        }
+        self.ui_event(PostEvent::Update, id, author);
+        Ok(attached)
+    }
+
+    /// The author takes a file off a post in the UI (an edit of the post).
+    pub(crate) fn ui_remove_post_file(
+        &mut self,
+        id: u64,
+        attached: u64,
+    ) -> Result<(), SandboxError> {
+        let author = self
+            .live_post(id)
+            .ok_or(SandboxError::UnknownPost(id))?
+            .author;
+        let now = self.stamp();
+        if let Some(post) = self.posts.get_mut(&id) {
+            post.files.retain(|f| *f != attached);
+            post.log_update = now;
+        }
+        self.attachments.remove(&attached);
+        self.ui_event(PostEvent::Update, id, author);
+        Ok(())
     }
 
     /// A change made by a person in the UI: attributed to them, never to the app.

@@ -23,7 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::params::{self, BadJson, Params};
 use super::state::{
-    Author, Channel, Custom, Life, Msg, NewMsg, Render, Workspace, is_msg_ts, parse_ts,
+    Author, Channel, Custom, Life, Msg, NewMsg, Render, SlackFile, Workspace, is_msg_ts, mime_of,
+    parse_ts,
 };
 use super::text::b64_decode;
 use super::text::b64_encode;
@@ -139,6 +140,11 @@ pub(crate) async fn serve(sh: Arc<Shared>, listener: TcpListener) {
     let mut stop = sh.shutdown.subscribe();
     let app = Router::new()
         .route("/api/{method}", any(api_handler))
+        .route("/upload/v1/{key}", axum::routing::post(upload_handler))
+        .route(
+            "/files-pri/{file}/{*rest}",
+            axum::routing::get(file_handler),
+        )
         .merge(super::control::routes())
         .with_state(sh.clone());
     let server = axum::serve(
@@ -426,10 +432,15 @@ fn spec(method: &str) -> Option<MethodSpec> {
         | "pins.add"
         | "pins.remove"
         | "reactions.add"
+        | "files.delete"
         | "files.upload" => (true, false),
-        "chat.getPermalink" | "conversations.info" | "conversations.replies" | "users.info" => {
-            (false, false)
-        }
+        "chat.getPermalink"
+        | "conversations.info"
+        | "conversations.replies"
+        | "users.info"
+        | "files.getUploadURLExternal"
+        | "files.completeUploadExternal"
+        | "files.info" => (false, false),
         "apps.connections.open" => (true, true),
         _ => return None,
     };
@@ -487,6 +498,106 @@ fn authenticate(
 
 const HTML_ERROR: &str = "<!DOCTYPE html><html><head><title>Slack</title></head><body>\
 <h1>Something went wrong</h1><p>Slack is having trouble right now. Please try again.</p></body></html>";
+
+/// Step 2 of the external upload: the raw bytes (any or no `Content-Type`, or one multipart
+/// file part), no token; `OK - <length>` with 200.
+async fn upload_handler(
+    State(sh): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = if content_type.starts_with("multipart/form-data") {
+        multipart_file(&content_type, &body).unwrap_or_default()
+    } else {
+        body.to_vec()
+    };
+    let found = {
+        let mut w = sh.lock();
+        let file =
+            w.ws.files
+                .values_mut()
+                .find(|f| !f.upload_key.is_empty() && f.upload_key == key && !f.completed);
+        match file {
+            Some(f) => {
+                let len = bytes.len();
+                f.content = Some(bytes);
+                Some(len)
+            }
+            None => None,
+        }
+    };
+    sh.bump();
+    match found {
+        Some(len) => (StatusCode::OK, format!("OK - {len}")).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+/// The first file part of a multipart body.
+fn multipart_file(content_type: &str, body: &[u8]) -> Option<Vec<u8>> {
+    let boundary = content_type.split("boundary=").nth(1)?.trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let text = body;
+    let start = find(text, delimiter.as_bytes())? + delimiter.len();
+    let rest = &text[start..];
+    let head_end = find(rest, b"\r\n\r\n")? + 4;
+    let content = &rest[head_end..];
+    let end = find(content, format!("\r\n{delimiter}").as_bytes())?;
+    Some(content[..end].to_vec())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `url_private` / `url_private_download`: the bytes to the bot token with `files:read`;
+/// anything else gets Slack's HTML sign-in page with 200 (contract §2.12).
+async fn file_handler(
+    State(sh): State<Arc<Shared>>,
+    Path((file, _rest)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let token = bearer(&headers);
+    let served = {
+        let w = sh.lock();
+        let authorised = token.as_deref().is_some_and(|t| {
+            matches!(authenticate(&w.ws, Some(t), None, false), Ok(Auth::Bot))
+                && w.ws.has_scope("files:read")
+        });
+        let id = file.rsplit('-').next().unwrap_or_default();
+        authorised
+            .then(|| w.ws.files.get(id))
+            .flatten()
+            .filter(|f| !f.deleted)
+            .and_then(|f| Some((f.mimetype.clone(), f.content.clone()?)))
+    };
+    match served {
+        Some((mime, bytes)) => {
+            let mut r = (StatusCode::OK, Body::from(bytes)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&mime) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        None => {
+            let mut r = (StatusCode::OK, SIGN_IN_PAGE).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+    }
+}
+
+const SIGN_IN_PAGE: &str = "<!DOCTYPE html><html><head><title>Sign in | Slack</title></head>\
+<body><h1>Sign in to your workspace</h1></body></html>";
 
 #[allow(clippy::too_many_arguments)]
 async fn api_handler(
@@ -735,6 +846,10 @@ impl Ctx<'_> {
             "reactions.add" => self.reactions_add(),
             "apps.connections.open" => self.connections_open(),
             "files.upload" => Err(err("method_deprecated")),
+            "files.getUploadURLExternal" => self.upload_url(),
+            "files.completeUploadExternal" => self.complete_upload(),
+            "files.delete" => self.delete_file(),
+            "files.info" => self.file_info(),
             _ => Err(err("unknown_method")),
         }
     }
@@ -892,6 +1007,7 @@ impl Ctx<'_> {
                 client_msg_id: None,
                 root,
                 broadcast,
+                files: Vec::new(),
             },
         )?;
         let ch = &self.ws.channels[&channel];
@@ -1023,6 +1139,172 @@ impl Ctx<'_> {
         Ok(ok(
             json!({"channel": channel, "ts": ts, "text": m.text, "message": message}),
         ))
+    }
+
+    // ---- files (docs/platforms/slack.md §2.12) -------------------------------------------
+
+    /// Step 1 of the external upload: a one-time `upload_url` on this fake and a file id.
+    fn upload_url(&mut self) -> MResult {
+        need_scope(self.ws, "files:write")?;
+        let name = self
+            .p
+            .nonempty("filename")
+            .ok_or_else(|| err("invalid_arguments"))?;
+        let length: u64 = self
+            .p
+            .nonempty("length")
+            .and_then(|l| l.trim().parse().ok())
+            .filter(|l| *l > 0)
+            .ok_or_else(|| err("invalid_arguments"))?;
+        if self
+            .p
+            .str("alt_txt")
+            .is_some_and(|a| a.chars().count() > 1000)
+        {
+            return Err(err("alt_txt_too_large"));
+        }
+        let id = self.ws.new_file_id();
+        let key = self.ws.ids.uuid().replace('-', "");
+        let url = format!("{}/upload/v1/{key}", self.ws.base_url);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.ws.files.insert(
+            id.clone(),
+            SlackFile {
+                id: id.clone(),
+                title: name.clone(),
+                mimetype: mime_of(&name).to_owned(),
+                name,
+                length,
+                content: None,
+                user: self.ws.cfg.bot_user_id.clone(),
+                created,
+                upload_key: key,
+                completed: false,
+                deleted: false,
+            },
+        );
+        Ok(ok(json!({"upload_url": url, "file_id": id})))
+    }
+
+    /// Step 3: the uploaded files shared into `channel_id` (a thread with `thread_ts`) as one
+    /// message from the bot; without a channel they stay private.
+    fn complete_upload(&mut self) -> MResult {
+        need_scope(self.ws, "files:write")?;
+        // A JSON string in a form field, or an array in a JSON body.
+        let listed: Value = match self.p.json("files") {
+            Some(Ok(v)) => v,
+            _ => return Err(err("invalid_arguments")),
+        };
+        let entries = listed
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| err("invalid_arguments"))?;
+        let mut ids = Vec::new();
+        for e in entries {
+            let id = e
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err("invalid_arguments"))?;
+            let f = self
+                .ws
+                .files
+                .get(id)
+                .filter(|f| !f.deleted)
+                .ok_or_else(|| err("file_not_found"))?;
+            // Slack checks the uploaded bytes against the announced length.
+            if f.content.as_ref().map(|c| c.len() as u64) != Some(f.length) {
+                return Err(err("file_not_found"));
+            }
+            ids.push((
+                id.to_owned(),
+                e.get("title").and_then(Value::as_str).map(str::to_owned),
+            ));
+        }
+        let channel = match self
+            .p
+            .nonempty("channel_id")
+            .or_else(|| self.p.nonempty("channels"))
+        {
+            None => None,
+            Some(c) => {
+                let key = if self.p.nonempty("channel_id").is_some() {
+                    "channel_id"
+                } else {
+                    "channels"
+                };
+                let ch = self.channel(key, Access::Member)?;
+                if ch.archived {
+                    return Err(err("is_archived"));
+                }
+                let _ = c;
+                Some(ch.id.clone())
+            }
+        };
+        let mut out = Vec::new();
+        for (id, title) in &ids {
+            let f = self.ws.files.get_mut(id).expect("checked above");
+            if let Some(t) = title.as_ref().filter(|t| !t.is_empty()) {
+                f.title = t.clone();
+            }
+            f.completed = true;
+            out.push(json!({"id": f.id, "title": f.title}));
+        }
+        if let Some(channel) = channel {
+            let root = match self.p.nonempty("thread_ts") {
+                None => None,
+                Some(t) => self.thread_root(&channel, &t)?,
+            };
+            let text = self.p.str("initial_comment").unwrap_or_default();
+            self.ws.insert(
+                &channel,
+                NewMsg {
+                    author: Author::App,
+                    text,
+                    blocks: None,
+                    attachments: None,
+                    metadata: None,
+                    custom: None,
+                    client_msg_id: None,
+                    root,
+                    broadcast: false,
+                    files: ids.into_iter().map(|(id, _)| id).collect(),
+                },
+            )?;
+        }
+        Ok(ok(json!({"files": out})))
+    }
+
+    fn delete_file(&mut self) -> MResult {
+        need_scope(self.ws, "files:write")?;
+        let id = self
+            .p
+            .nonempty("file")
+            .ok_or_else(|| err("file_not_found"))?;
+        match self.ws.files.get(&id) {
+            Some(f) if f.user != self.ws.cfg.bot_user_id && !f.deleted => {
+                return Err(err("cant_delete_file"));
+            }
+            _ => {}
+        }
+        self.ws.delete_file(&id)?;
+        Ok(ok(json!({})))
+    }
+
+    fn file_info(&mut self) -> MResult {
+        need_scope(self.ws, "files:read")?;
+        let id = self
+            .p
+            .nonempty("file")
+            .ok_or_else(|| err("file_not_found"))?;
+        let f = self
+            .ws
+            .files
+            .get(&id)
+            .filter(|f| !f.deleted)
+            .ok_or_else(|| err("file_not_found"))?;
+        Ok(ok(json!({"file": self.ws.file_json(f)})))
     }
 
     fn delete(&mut self) -> MResult {

@@ -7,6 +7,12 @@
 //! Every state change — people acting through [`FakeSlack::post`] & co. **and** the bot's own
 //! Web API writes — is emitted as the `event_callback` payload Slack would send.
 //!
+//! Files follow the external upload (`files.getUploadURLExternal`, raw bytes to the
+//! `upload_url` without a token, `files.completeUploadExternal` with `files` as a JSON string)
+//! in the shape the official `slack-sdk` 3.47 `files_upload_v2` sends, as recorded in the
+//! contract; `url_private` serves bytes only to the bot token with `files:read` and a sign-in
+//! page otherwise; people share files as `file_share` messages ([`FakeSlack::reply_with_file`]).
+//!
 //! The fake is deliberately strict where Slack is strict (JSON bodies are ignored by form-only
 //! methods, tokens inside JSON do not authenticate, private channels are invisible to
 //! non-members). Behaviour the contract marks as uncertain is switchable through [`Quirks`].
@@ -282,7 +288,18 @@ pub struct MessageView {
     pub reply_count: usize,
     pub edited: bool,
     pub blocks: Option<Value>,
+    /// The files the message shares.
+    pub files: Vec<FileView>,
     pub raw: Value,
+}
+
+/// A file shared in a message, for assertions (`FakeSlack::file_content` has its bytes).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileView {
+    pub id: String,
+    pub name: String,
+    pub title: String,
+    pub size: u64,
 }
 
 /// One Web API call as received. `params` never contains `token`; `status` is 0 when the
@@ -425,8 +442,10 @@ impl FakeSlack {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .map_err(std::io::Error::other)?;
+        let mut workspace = state::Workspace::new(cfg.clone());
+        workspace.base_url = format!("http://{api_addr}");
         let world = World {
-            ws: state::Workspace::new(cfg.clone()),
+            ws: workspace,
             net: api::Net::default(),
             dl: events::Delivery::default(),
         };
@@ -553,6 +572,42 @@ impl FakeSlack {
         self.with(|w| {
             w.ws.human_post(user, channel, text, Some((thread_ts, broadcast)))
         })
+    }
+
+    /// A person replies in a thread with a file (a `file_share` message, contract §3.3).
+    /// Panics on invalid setup.
+    pub fn reply_with_file(
+        &self,
+        user: &str,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> String {
+        self.with(|w| {
+            w.ws.human_post_file(user, channel, text, Some(thread_ts), name, bytes)
+        })
+        .unwrap_or_else(|e| panic!("reply_with_file: {e}"))
+    }
+
+    /// A person posts a file at the top level of a channel. Panics on invalid setup.
+    pub fn post_with_file(
+        &self,
+        user: &str,
+        channel: &str,
+        text: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> String {
+        self.with(|w| w.ws.human_post_file(user, channel, text, None, name, bytes))
+            .unwrap_or_else(|e| panic!("post_with_file: {e}"))
+    }
+
+    /// A file's bytes (uploaded through the API or shared by a person).
+    pub fn file_content(&self, file_id: &str) -> Option<Vec<u8>> {
+        let w = self.0.lock();
+        w.ws.files.get(file_id).and_then(|f| f.content.clone())
     }
 
     pub fn try_edit(&self, user: &str, channel: &str, ts: &str, text: &str) -> Result<(), String> {

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use super::text::{self, Ids, Mention};
-use super::{MessageView, NewUser, WorkspaceConfig};
+use super::{FileView, MessageView, NewUser, WorkspaceConfig};
 
 pub(crate) struct User {
     pub id: String,
@@ -82,6 +82,29 @@ pub(crate) struct Msg {
     pub life: Life,
     /// Live replies (roots only), ascending.
     pub replies: Vec<String>,
+    /// Files shared in this message (`F…` ids).
+    pub files: Vec<String>,
+}
+
+/// A file in the workspace (docs/platforms/slack.md §2.12): uploaded through the external
+/// upload (or by a person in a client), served at `url_private` to the bot token.
+pub(crate) struct SlackFile {
+    pub id: String,
+    pub name: String,
+    pub title: String,
+    pub mimetype: String,
+    /// The length `files.getUploadURLExternal` was told.
+    pub length: u64,
+    /// The bytes, once uploaded.
+    pub content: Option<Vec<u8>>,
+    /// Who uploaded it.
+    pub user: String,
+    pub created: u64,
+    /// The secret part of its `upload_url`.
+    pub upload_key: String,
+    /// Shared into a channel by `files.completeUploadExternal` (or a client).
+    pub completed: bool,
+    pub deleted: bool,
 }
 
 /// Which subscription an event needs before the app may see it.
@@ -110,6 +133,7 @@ pub(crate) struct NewMsg {
     pub client_msg_id: Option<String>,
     pub root: Option<String>,
     pub broadcast: bool,
+    pub files: Vec<String>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -133,6 +157,10 @@ pub(crate) struct Workspace {
     pub users: BTreeMap<String, User>,
     pub channels: BTreeMap<String, Channel>,
     pub events: Vec<Ev>,
+    pub files: BTreeMap<String, SlackFile>,
+    next_file: u32,
+    /// `http://127.0.0.1:PORT` of the Web API listener: where file URLs point.
+    pub base_url: String,
 }
 
 fn system_micros() -> u64 {
@@ -187,6 +215,9 @@ impl Workspace {
             users: BTreeMap::new(),
             channels: BTreeMap::new(),
             events: Vec::new(),
+            files: BTreeMap::new(),
+            next_file: 0,
+            base_url: String::new(),
         };
         let bot = User {
             id: ws.cfg.bot_user_id.clone(),
@@ -445,6 +476,23 @@ impl Workspace {
         if let Some(e) = &m.edited {
             v.insert("edited".into(), e.clone());
         }
+        if !m.files.is_empty() {
+            let files: Vec<Value> = m
+                .files
+                .iter()
+                .filter_map(|id| self.files.get(id))
+                .map(|f| self.file_json(f))
+                .collect();
+            v.insert("files".into(), json!(files));
+            v.insert("upload".into(), json!(true));
+            if let Author::Human(_) = m.author {
+                // A person's message with files (docs/platforms/slack.md §3.3).
+                if !m.broadcast {
+                    v.insert("subtype".into(), json!("file_share"));
+                }
+                v.insert("display_as_bot".into(), json!(false));
+            }
+        }
         self.thread_fields(ch, m, &mut v);
         if !m.reactions.is_empty() {
             let r: Vec<Value> = m
@@ -508,6 +556,135 @@ impl Workspace {
         }
     }
 
+    /// A file object as Slack renders it in messages and `files.info`.
+    pub(crate) fn file_json(&self, f: &SlackFile) -> Value {
+        let team = &self.cfg.team_id;
+        let base = &self.base_url;
+        let name: String = form_urlencoded::byte_serialize(f.name.as_bytes()).collect();
+        let filetype = f
+            .name
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_else(|| "binary".into());
+        json!({
+            "id": f.id, "created": f.created, "timestamp": f.created,
+            "name": f.name, "title": f.title, "mimetype": f.mimetype, "filetype": filetype,
+            "pretty_type": filetype.to_uppercase(), "user": f.user, "user_team": team,
+            "editable": false, "size": f.content.as_ref().map_or(f.length, |c| c.len() as u64),
+            "mode": "hosted", "is_external": false, "external_type": "", "is_public": true,
+            "public_url_shared": false, "display_as_bot": false, "username": "",
+            "url_private": format!("{base}/files-pri/{team}-{}/{name}", f.id),
+            "url_private_download": format!("{base}/files-pri/{team}-{}/download/{name}", f.id),
+            "permalink": format!("https://{}.slack.com/files/{}/{}/{name}", self.cfg.team_domain, f.user, f.id),
+        })
+    }
+
+    /// A new file id (`F…`), deterministic like the fake's other ids.
+    pub(crate) fn new_file_id(&mut self) -> String {
+        self.next_file += 1;
+        format!("F0FILE{:04}", self.next_file)
+    }
+
+    /// A person shares a file in a message (a reply when `thread` names one).
+    pub(crate) fn human_post_file(
+        &mut self,
+        user: &str,
+        channel: &str,
+        typed: &str,
+        thread: Option<&str>,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<String, String> {
+        self.check_human(user, channel)?;
+        let root = match thread {
+            None => None,
+            Some(t) => {
+                let m = self.channels[channel]
+                    .msgs
+                    .get(t)
+                    .filter(|m| m.life != Life::Deleted)
+                    .ok_or_else(|| format!("no message {t} in {channel}"))?;
+                Some(m.parent.clone().unwrap_or_else(|| m.ts.clone()))
+            }
+        };
+        let id = self.new_file_id();
+        let created = system_micros() / 1_000_000;
+        self.files.insert(
+            id.clone(),
+            SlackFile {
+                id: id.clone(),
+                name: name.to_owned(),
+                title: name.to_owned(),
+                mimetype: mime_of(name).to_owned(),
+                length: bytes.len() as u64,
+                content: Some(bytes.to_vec()),
+                user: user.to_owned(),
+                created,
+                upload_key: String::new(),
+                completed: true,
+                deleted: false,
+            },
+        );
+        let (text, blocks) = if typed.trim().is_empty() {
+            (String::new(), None)
+        } else {
+            let (text, block) = self.human_text(typed);
+            (text, Some(json!([block])))
+        };
+        let client_msg_id = Some(self.ids.uuid());
+        let ts = self
+            .insert(
+                channel,
+                NewMsg {
+                    author: Author::Human(user.to_owned()),
+                    text,
+                    blocks,
+                    attachments: None,
+                    metadata: None,
+                    custom: None,
+                    client_msg_id,
+                    root,
+                    broadcast: false,
+                    files: vec![id.clone()],
+                },
+            )
+            .map_err(str::to_owned)?;
+        // The separate `file_shared` event (contract §3.1), for apps subscribed to it.
+        let event_ts = self.next_ts();
+        self.events.push(Ev {
+            channel: channel.to_owned(),
+            kind: EvKind::Message,
+            event: json!({"type": "file_shared", "channel_id": channel, "file_id": id,
+                "user_id": user, "file": {"id": id}, "event_ts": event_ts}),
+        });
+        Ok(ts)
+    }
+
+    /// Deletes a file; a message left with neither files nor text is deleted with it.
+    pub(crate) fn delete_file(&mut self, id: &str) -> Result<(), &'static str> {
+        let f = self
+            .files
+            .get_mut(id)
+            .filter(|f| !f.deleted)
+            .ok_or("file_not_found")?;
+        f.deleted = true;
+        let mut emptied = Vec::new();
+        for ch in self.channels.values_mut() {
+            for m in ch.msgs.values_mut() {
+                if m.files.iter().any(|f| f == id) {
+                    m.files.retain(|f| f != id);
+                    if m.files.is_empty() && m.text.is_empty() && m.life == Life::Live {
+                        emptied.push((ch.id.clone(), m.ts.clone()));
+                    }
+                }
+            }
+        }
+        for (channel, ts) in emptied {
+            self.delete(&channel, &ts)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn view(&self, ch: &Channel, m: &Msg) -> MessageView {
         let raw = self.render(
             ch,
@@ -536,6 +713,17 @@ impl Workspace {
             reply_count: m.replies.len(),
             edited: m.edited.is_some(),
             blocks: m.blocks.clone(),
+            files: m
+                .files
+                .iter()
+                .filter_map(|id| self.files.get(id))
+                .map(|f| FileView {
+                    id: f.id.clone(),
+                    name: f.name.clone(),
+                    title: f.title.clone(),
+                    size: f.content.as_ref().map_or(f.length, |c| c.len() as u64),
+                })
+                .collect(),
             raw,
         }
     }
@@ -611,6 +799,7 @@ impl Workspace {
             pinned: false,
             life: Life::Live,
             replies: Vec::new(),
+            files: n.files,
         };
         ch.msgs.insert(ts.clone(), m);
         let ch = &self.channels[channel];
@@ -874,6 +1063,7 @@ impl Workspace {
                 client_msg_id,
                 root,
                 broadcast: thread.is_some_and(|(_, b)| b),
+                files: Vec::new(),
             },
         )
         .map_err(str::to_owned)
@@ -945,6 +1135,24 @@ pub(crate) fn avatar(u: &User, size: u32) -> String {
     match &u.image_72 {
         Some(url) => url.clone(),
         None => format!("https://a.slack-edge.com/df10d/img/avatars/ava_0001-{size}.png"),
+    }
+}
+
+/// The media type Slack detects for a file name (the few kinds the tests use).
+pub(crate) fn mime_of(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "mp4" => "video/mp4",
+        _ => "application/octet-stream",
     }
 }
 

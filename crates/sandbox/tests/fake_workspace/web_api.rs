@@ -1474,3 +1474,116 @@ async fn human_composer_formats() {
     let r = s.fake.reply(&s.human2, &s.feed, &ts, "ok", false);
     assert_eq!(s.fake.thread(&s.feed, &r).len(), 2);
 }
+
+/// The external upload as the official SDK's `files_upload_v2` drives it (form bodies, raw
+/// bytes without a token, `files` as a JSON string), shared into a thread; the bot's file is
+/// echoed; `url_private` serves the bytes only to the bot token; `files.delete` takes the
+/// message with it; a person's file reply is a `file_share` message.
+#[tokio::test]
+async fn files_upload_into_a_thread_download_and_delete() {
+    let s = start_default().await;
+    let root = s.fake.post(&s.human, &s.feed, "the post");
+    let r = s
+        .form(
+            "files.getUploadURLExternal",
+            &[("filename", "a.txt"), ("length", "0")],
+        )
+        .await;
+    assert_eq!(r.body["error"], "invalid_arguments", "length 0 is refused");
+    let r = s
+        .form(
+            "files.getUploadURLExternal",
+            &[("filename", "a.txt"), ("length", "10")],
+        )
+        .await;
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+    let id = r.body["file_id"].as_str().unwrap().to_string();
+    let upload = r.body["upload_url"].as_str().unwrap().to_string();
+    assert!(id.starts_with('F') && upload.starts_with(&s.fake.base_url()));
+    let files = json!([{"id": id, "title": "a.txt"}]).to_string();
+    let early = s
+        .form(
+            "files.completeUploadExternal",
+            &[("files", &files), ("channel_id", &s.feed)],
+        )
+        .await;
+    assert_eq!(
+        early.body["error"], "file_not_found",
+        "nothing uploaded yet"
+    );
+    // No Authorization header: the URL authorises.
+    let up = s
+        .http
+        .post(&upload)
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status().as_u16(), 200);
+    assert_eq!(up.text().await.unwrap(), "OK - 10");
+    let done = s
+        .form(
+            "files.completeUploadExternal",
+            &[
+                ("files", &files),
+                ("channel_id", &s.feed),
+                ("thread_ts", &root),
+            ],
+        )
+        .await;
+    assert_eq!(
+        done.body,
+        json!({"ok": true, "files": [{"id": id, "title": "a.txt"}]})
+    );
+    let thread = s.fake.thread(&s.feed, &root);
+    assert_eq!(thread.len(), 2);
+    let shared = &thread[1];
+    assert_eq!(shared.files.len(), 1);
+    assert_eq!(
+        (shared.files[0].name.as_str(), shared.files[0].size),
+        ("a.txt", 10)
+    );
+    assert!(shared.bot_id.is_some(), "shared as the bot");
+    let echo = s.last_event();
+    assert_eq!(echo["event"]["files"][0]["id"], json!(id));
+    assert!(
+        echo["event"]["bot_id"].is_string(),
+        "the echo names the bot"
+    );
+
+    let url = shared.raw["files"][0]["url_private_download"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = s.http.get(&url).bearer_auth(s.bot()).send().await.unwrap();
+    assert_eq!(bytes.bytes().await.unwrap().as_ref(), b"0123456789");
+    let page = s.http.get(&url).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+
+    let r = s.json("files.delete", json!({"file": id})).await;
+    assert_eq!(r.body, json!({"ok": true}));
+    assert!(
+        s.fake.was_deleted(&s.feed, &shared.ts),
+        "a file-only message goes with its file"
+    );
+    let r = s.json("files.delete", json!({"file": id})).await;
+    assert_eq!(r.body["error"], "file_not_found");
+
+    let ts = s
+        .fake
+        .reply_with_file(&s.human2, &s.feed, &root, "my desk", "desk.png", b"PNG");
+    let m = s.fake.message(&s.feed, &ts).unwrap();
+    assert_eq!(m.subtype.as_deref(), Some("file_share"));
+    assert_eq!(m.files[0].name, "desk.png");
+    assert_eq!(s.fake.file_content(&m.files[0].id), Some(b"PNG".to_vec()));
+    assert_eq!(
+        s.form("files.upload", &[]).await.body["error"],
+        "method_deprecated"
+    );
+}
