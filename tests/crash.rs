@@ -96,3 +96,103 @@ async fn crash_suite(
         out.stats.stop_took
     );
 }
+
+/// Killed right after Slack took a file and before the bridge recorded it, the bridge finds
+/// the file on restart instead of uploading it again: the thread has each file once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_right_after_an_upload_sends_no_file_twice() {
+    use livefeed_sandbox::bitrix::{NewFile, NewPost};
+    use support::{Setup, WAIT, World};
+    use tokio::process::Command;
+
+    let w = World::new(Setup::default()).await;
+    w.write_config(&w.config_text("127.0.0.1:0"));
+    let log = w.dir.path().join("bridge.log");
+    let bridge = |crash: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"));
+        cmd.args(["run", "--config"])
+            .arg(w.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            ))
+            .kill_on_drop(true);
+        if crash {
+            // Abort at the first file sent: after Slack has it, before the record.
+            cmd.env("LIVEFEED_CRASHPOINTS", "engine.file_sent:1");
+        }
+        cmd.spawn().unwrap()
+    };
+    let log_says = |text: &'static str| {
+        let log = log.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(text)
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the log never said {text:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let mut first = bridge(true);
+    log_says("first Bitrix24 poll done").await;
+    let file = |name: &str| NewFile {
+        name: name.into(),
+        bytes: name.repeat(50).into_bytes(),
+    };
+    let post = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Files".into()),
+            text: "Two files.".into(),
+            dest: vec!["UA".into()],
+            important: false,
+            files: vec![file("rules.pdf"), file("plan.png")],
+        },
+    );
+    let status = tokio::time::timeout(WAIT, first.wait())
+        .await
+        .expect("the crash point aborts the bridge")
+        .unwrap();
+    assert!(status.code().is_none(), "aborted, not exited: {status}");
+    assert_eq!(w.slack.ok_count("files.completeUploadExternal"), 1);
+
+    let mut second = bridge(false);
+    let news = w.news.clone();
+    let root = w.wait_root(&news, post).await;
+    let bot = w.slack.config().bot_id.clone();
+    let names = |s: &livefeed_sandbox::slack::FakeSlack| -> Vec<String> {
+        let mut n: Vec<String> = s
+            .thread(&news, &root.ts)
+            .into_iter()
+            .filter(|m| m.bot_id.as_deref() == Some(bot.as_str()) && m.ts != root.ts)
+            .flat_map(|m| m.files.into_iter().map(|f| f.name))
+            .collect();
+        n.sort();
+        n
+    };
+    let both = w.slack.wait_until(WAIT, |s| names(s).len() >= 2).await;
+    assert!(both, "files in the thread: {:?}", names(&w.slack));
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    assert_eq!(
+        names(&w.slack),
+        vec!["plan.png".to_string(), "rules.pdf".to_string()]
+    );
+    assert_eq!(
+        w.slack.ok_count("files.completeUploadExternal"),
+        2,
+        "the file sent before the kill was found, not sent again"
+    );
+}

@@ -487,6 +487,7 @@ async fn a_room_the_bot_was_removed_from_is_a_dead_letter_and_the_rest_flows() {
             text: "dev room".into(),
             dest: vec![format!("SG{}", w.group)],
             important: false,
+            files: Vec::new(),
         },
     );
     let dev_room = w.m().dev_room.clone();
@@ -628,6 +629,7 @@ async fn an_important_post_is_pinned_in_the_room_while_it_is_important() {
             text: "Read and confirm.".into(),
             dest: vec!["UA".into()],
             important: true,
+            files: Vec::new(),
         },
     );
     let root = root_of(&w, post, &room, 1).await;
@@ -652,4 +654,110 @@ async fn an_important_post_is_pinned_in_the_room_while_it_is_important() {
         .await;
     w.settle().await;
     assert_eq!(root_of(&w, post, &room, 1).await.event_id, root.event_id);
+}
+
+/// In an encrypted room, a post with a PDF and an image gives exactly those two files in its
+/// thread, encrypted and decryptable by a member; a file a person sends into the thread
+/// becomes one comment carrying it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_cross_an_encrypted_room_both_ways() {
+    let hs = homeserver!("files_cross_an_encrypted_room_both_ways");
+    let mut w = World::with_matrix(
+        Setup {
+            encrypted: true,
+            ..matrix_only()
+        },
+        hs,
+    )
+    .await;
+    w.start().await;
+    let pdf = b"%PDF-1.4\n% a regulation\n".repeat(20);
+    let png = [
+        &[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a][..],
+        &[5; 300],
+    ]
+    .concat();
+    let post = w.portal.create_post(
+        w.ivan,
+        livefeed_sandbox::bitrix::NewPost {
+            title: Some("Regulations".into()),
+            text: "See the files.".into(),
+            dest: vec!["UA".into()],
+            important: false,
+            files: vec![
+                livefeed_sandbox::bitrix::NewFile {
+                    name: "rules.pdf".into(),
+                    bytes: pdf.clone(),
+                },
+                livefeed_sandbox::bitrix::NewFile {
+                    name: "office.png".into(),
+                    bytes: png.clone(),
+                },
+            ],
+        },
+    );
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await;
+    let bot = w.m().bot.clone();
+    let root_id = root.event_id.clone();
+    w.m()
+        .alice
+        .wait("two files in the thread", |p| {
+            p.messages(&room, &bot)
+                .iter()
+                .filter(|m| matches!(&m.content.relates_to, Some(Relation::Thread(t)) if t.event_id == root_id))
+                .count()
+                == 2
+        })
+        .await;
+    let files = w.m().alice.thread_files(&room, &root.event_id, &bot).await;
+    assert_eq!(
+        files,
+        vec![
+            ("office.png".to_string(), png.clone()),
+            ("rules.pdf".to_string(), pdf.clone()),
+        ]
+    );
+    let encrypted = w
+        .m()
+        .alice
+        .messages(&room, &bot)
+        .iter()
+        .filter_map(|m| match &m.content.msgtype {
+            MessageType::File(f) => Some(f.source.clone()),
+            MessageType::Image(f) => Some(f.source.clone()),
+            _ => None,
+        })
+        .all(|s| matches!(s, matrix_sdk::ruma::events::room::MediaSource::Encrypted(_)));
+    assert!(encrypted, "media in an encrypted room is encrypted");
+
+    // Alice answers with a spreadsheet.
+    let sheet = b"name,desk\nalice,12\n".to_vec();
+    w.m()
+        .alice
+        .thread_file(
+            &room,
+            &root.event_id,
+            "desks.csv",
+            "text/csv",
+            sheet.clone(),
+        )
+        .await;
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(comments, vec!["[B]Alice Liddell[/B] (Matrix):".to_string()]);
+    let comment = w.portal.comments(post)[0].comment_id;
+    assert_eq!(
+        w.portal.comment_files(comment),
+        vec![("desks.csv".to_string(), sheet)]
+    );
+    w.settle().await;
+    assert_eq!(w.m().alice.roots(&room, &bot).len(), 1);
+    assert_eq!(
+        w.m()
+            .alice
+            .thread_files(&room, &root.event_id, &bot)
+            .await
+            .len(),
+        2
+    );
 }

@@ -7,7 +7,7 @@
 
 mod support;
 
-use livefeed_sandbox::bitrix::{Fault as B24Fault, FaultKind as B24FaultKind, NewPost};
+use livefeed_sandbox::bitrix::{Fault as B24Fault, FaultKind as B24FaultKind, NewFile, NewPost};
 use livefeed_sandbox::slack::{Fault as SlackFault, FaultKind as SlackFaultKind, SignMode};
 use support::{IVAN_PHOTO, Setup, WAIT, World};
 
@@ -58,6 +58,7 @@ async fn a_group_post_reaches_only_the_group_channel() {
             text: "Friday 15:00".into(),
             dest: vec![format!("SG{}", w.group)],
             important: false,
+            files: Vec::new(),
         },
     );
     let both = w.portal.create_post(
@@ -67,6 +68,7 @@ async fn a_group_post_reaches_only_the_group_channel() {
             text: "For everyone and the developers".into(),
             dest: vec!["UA".into(), format!("SG{}", w.group)],
             important: true,
+            files: Vec::new(),
         },
     );
     w.wait_root(&w.dev.clone(), group_post).await;
@@ -443,6 +445,7 @@ async fn replies_to_one_post_from_two_channels_become_comments_in_order() {
             text: "reply in either".into(),
             dest: vec!["UA".into(), format!("SG{}", w.group)],
             important: false,
+            files: Vec::new(),
         },
     );
     let news_root = w.wait_root(&w.news.clone(), post).await;
@@ -524,6 +527,7 @@ async fn an_important_post_is_pinned_shows_its_readers_and_is_unpinned_when_it_e
             text: "Read and confirm.".into(),
             dest: vec!["UA".into()],
             important: true,
+            files: Vec::new(),
         },
     );
     // The portal counts the author as a reader of their own important post.
@@ -564,6 +568,7 @@ async fn an_important_post_is_pinned_shows_its_readers_and_is_unpinned_when_it_e
             text: "Today only.".into(),
             dest: vec!["UA".into()],
             important: false,
+            files: Vec::new(),
         },
     );
     w.wait_root(&news, until).await;
@@ -585,4 +590,198 @@ async fn an_important_post_is_pinned_shows_its_readers_and_is_unpinned_when_it_e
     assert_eq!(w.slack.request_count("pins.add"), 2);
     assert_eq!(w.slack.request_count("pins.remove"), 2);
     assert_eq!(w.roots(&news).len(), 2, "one root message per post");
+}
+
+/// Bytes that start like a PDF and like a PNG: the fakes and Slack look at names and types,
+/// not at the pictures.
+fn pdf_bytes() -> Vec<u8> {
+    let mut b = b"%PDF-1.4\n% livefeed test\n".to_vec();
+    b.extend((0..1_000u32).map(|i| (i % 251) as u8));
+    b
+}
+
+fn png_bytes() -> Vec<u8> {
+    let mut b = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    b.extend((0..600u32).map(|i| (i % 239) as u8));
+    b
+}
+
+/// The bot's messages in a thread, waiting until there are `n`.
+async fn wait_bot_replies(
+    w: &World,
+    channel: &str,
+    root: &str,
+    what: &str,
+    pred: impl Fn(&[livefeed_sandbox::slack::MessageView]) -> bool,
+) -> Vec<livefeed_sandbox::slack::MessageView> {
+    let bot = w.slack.config().bot_id.clone();
+    let replies =
+        |s: &livefeed_sandbox::slack::FakeSlack| -> Vec<livefeed_sandbox::slack::MessageView> {
+            s.thread(channel, root)
+                .into_iter()
+                .filter(|m| m.ts != root && m.bot_id.as_deref() == Some(bot.as_str()))
+                .collect()
+        };
+    let ok = w.slack.wait_until(WAIT, |s| pred(&replies(s))).await;
+    assert!(ok, "{what}: {:?}", replies(&w.slack));
+    replies(&w.slack)
+}
+
+/// (name, content) of every file in these messages, sorted by name.
+fn files_in(
+    w: &World,
+    messages: &[livefeed_sandbox::slack::MessageView],
+) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .flat_map(|m| m.files.iter())
+        .map(|f| {
+            (
+                f.name.clone(),
+                w.slack.file_content(&f.id).unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A post with a PDF and an image gives exactly those two files in its thread, with their
+/// bytes; a file over `files.max_bytes` becomes one link to the post. A file taken off the
+/// post later leaves the thread, and one added appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posts_files_are_files_in_its_thread_and_a_large_one_is_a_link() {
+    let mut w = World::new(Setup::default()).await;
+    w.extra_config = "files: { max_bytes: 4KB }\n".into();
+    w.start().await;
+    let news = w.news.clone();
+    let post = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Regulations".into()),
+            text: "New rules, see the files.".into(),
+            dest: vec!["UA".into()],
+            important: false,
+            files: vec![
+                NewFile {
+                    name: "rules.pdf".into(),
+                    bytes: pdf_bytes(),
+                },
+                NewFile {
+                    name: "office.png".into(),
+                    bytes: png_bytes(),
+                },
+                NewFile {
+                    name: "recording.zip".into(),
+                    bytes: vec![7; 10_000],
+                },
+            ],
+        },
+    );
+    let root = w.wait_root(&news, post).await;
+    let replies = wait_bot_replies(&w, &news, &root.ts, "two files and a link", |r| {
+        r.len() == 3
+    })
+    .await;
+    assert_eq!(
+        files_in(&w, &replies),
+        vec![
+            ("office.png".to_string(), png_bytes()),
+            ("rules.pdf".to_string(), pdf_bytes()),
+        ]
+    );
+    let links: Vec<&livefeed_sandbox::slack::MessageView> =
+        replies.iter().filter(|m| m.files.is_empty()).collect();
+    assert_eq!(links.len(), 1);
+    let url = format!(
+        "{}company/personal/user/{}/blog/{post}/",
+        w.portal.base_url(),
+        w.ivan
+    );
+    assert_eq!(
+        links[0].text,
+        format!(
+            "📎 <{url}|recording.zip> (9.8 KB): too large to attach here; open the post in Bitrix24"
+        )
+    );
+
+    // The author swaps the picture for an agenda.
+    let png_id = w
+        .portal
+        .post_files(post)
+        .into_iter()
+        .find(|(_, name)| name == "office.png")
+        .expect("attached")
+        .0;
+    w.portal.remove_post_file(post, png_id);
+    w.portal
+        .add_post_file(post, "agenda.txt", b"1. rules\n2. questions\n");
+    let replies = wait_bot_replies(&w, &news, &root.ts, "picture swapped for the agenda", |r| {
+        let names: Vec<&str> = r
+            .iter()
+            .flat_map(|m| m.files.iter())
+            .map(|f| f.name.as_str())
+            .collect();
+        names.len() == 2 && names.contains(&"agenda.txt") && names.contains(&"rules.pdf")
+    })
+    .await;
+    w.settle().await;
+    assert_eq!(
+        files_in(&w, &replies),
+        vec![
+            (
+                "agenda.txt".to_string(),
+                b"1. rules\n2. questions\n".to_vec()
+            ),
+            ("rules.pdf".to_string(), pdf_bytes()),
+        ]
+    );
+    assert_eq!(
+        w.slack.ok_count("files.completeUploadExternal"),
+        3,
+        "no file sent twice"
+    );
+    assert_eq!(w.roots(&news).len(), 1);
+}
+
+/// A Slack reply with an image becomes one comment that carries the image; a file over the
+/// limit stays in Slack and the comment says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_reply_with_an_image_is_one_comment_carrying_it() {
+    let mut w = World::new(Setup::default()).await;
+    w.extra_config = "files: { max_bytes: 4KB }\n".into();
+    w.start().await;
+    let news = w.news.clone();
+    let post = w.post_all("Office move", "Send photos of your desk.");
+    let root = w.wait_root(&news, post).await;
+    w.slack.reply_with_file(
+        &w.anna,
+        &news,
+        &root.ts,
+        "Here is mine",
+        "desk.png",
+        &png_bytes(),
+    );
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(
+        comments,
+        vec!["[B]Anna Smirnova[/B] (Slack): Here is mine".to_string()]
+    );
+    let first = w.portal.comments(post)[0].comment_id;
+    assert_eq!(
+        w.portal.comment_files(first),
+        vec![("desk.png".to_string(), png_bytes())]
+    );
+
+    w.slack
+        .reply_with_file(&w.anna, &news, &root.ts, "", "video.mp4", &[1; 9_000]);
+    let comments = w.wait_comments(post, 2).await;
+    assert_eq!(
+        comments[1],
+        "[B]Anna Smirnova[/B] (Slack): [I]📎 video.mp4 (8.8 KB) was too large to attach; it is in the Slack thread.[/I]"
+    );
+    let second = w.portal.comments(post)[1].comment_id;
+    assert!(w.portal.comment_files(second).is_empty());
+    w.settle().await;
+    assert_eq!(w.portal.comment_count(), 2);
 }

@@ -30,6 +30,7 @@ fn group_post(w: &World, author: u64, text: &str) -> u64 {
             text: text.into(),
             dest: vec![format!("SG{}", w.group)],
             important: false,
+            files: Vec::new(),
         },
     )
 }
@@ -52,6 +53,7 @@ async fn a_user_audience_gets_posts_addressed_to_the_user_not_posts_the_user_wro
             text: "Addressed to user 1".into(),
             dest: vec!["U1".into()],
             important: false,
+            files: Vec::new(),
         },
     );
     w.wait_root(&w.dev.clone(), own).await;
@@ -236,6 +238,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
                 text: text.into(),
                 dest: vec!["UA".into()],
                 important: false,
+                files: Vec::new(),
             },
         )
     };

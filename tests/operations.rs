@@ -66,6 +66,7 @@ async fn a_permanent_failure_is_dead_lettered_and_retried_from_the_cli_while_run
             text: "Friday 15:00".into(),
             dest: vec![format!("SG{}", w.group)],
             important: false,
+            files: Vec::new(),
         },
     );
 

@@ -68,6 +68,7 @@ async fn a_new_mapping_mirrors_from_now_on_and_a_removed_one_stops() {
             text: "for developers".into(),
             dest: vec![format!("SG{}", w.group)],
             important: false,
+            files: Vec::new(),
         },
     );
     w.settle().await;

@@ -328,6 +328,11 @@ async fn probe_rest(
                 verify.join(", ")
             ));
         }
+        if !has("disk") {
+            report.warn(format!(
+                "Bitrix24 {kind} lacks scope disk: a post's attached files cannot be described or downloaded, so they do not reach chat — tick `disk` to carry them"
+            ));
+        }
     } else {
         report.fail(format!(
             "Bitrix24 {kind} lacks scope(s): {} (has: {}) — edit the {kind} and tick them",

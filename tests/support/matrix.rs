@@ -224,6 +224,69 @@ impl Person {
             .event_id
     }
 
+    /// A file sent into the thread of `root`, as Element sends one (encrypted in an
+    /// encrypted room).
+    pub async fn thread_file(
+        &self,
+        room: &OwnedRoomId,
+        root: &EventId,
+        name: &str,
+        mime: &str,
+        bytes: Vec<u8>,
+    ) -> OwnedEventId {
+        use matrix_sdk::attachment::AttachmentConfig;
+        use matrix_sdk::room::reply::{EnforceThread, Reply};
+        let config = AttachmentConfig::new().reply(Some(Reply {
+            event_id: root.to_owned(),
+            enforce_thread: EnforceThread::Threaded(ReplyWithinThread::No),
+            add_mentions: AddMentions::No,
+        }));
+        let mime: mime::Mime = mime.parse().unwrap();
+        self.room(room)
+            .send_attachment(name, &mime, bytes, config)
+            .await
+            .unwrap()
+            .event_id
+    }
+
+    /// The files `sender` sent into the thread of `root`: (name, content), sorted by name.
+    /// Encrypted attachments are decrypted with the keys their events carry.
+    pub async fn thread_files(
+        &self,
+        room: &OwnedRoomId,
+        root: &EventId,
+        sender: &UserId,
+    ) -> Vec<(String, Vec<u8>)> {
+        use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+        use matrix_sdk::ruma::events::room::message::{MessageType, Relation};
+        let mut out = Vec::new();
+        for m in self.messages(room, sender) {
+            let in_thread =
+                matches!(&m.content.relates_to, Some(Relation::Thread(t)) if t.event_id == root);
+            if !in_thread {
+                continue;
+            }
+            let (name, source) = match &m.content.msgtype {
+                MessageType::File(f) => (f.filename().to_string(), f.source.clone()),
+                MessageType::Image(f) => (f.filename().to_string(), f.source.clone()),
+                _ => continue,
+            };
+            let request = MediaRequestParameters {
+                source,
+                format: MediaFormat::File,
+            };
+            let bytes = self
+                .client
+                .media()
+                .get_media_content(&request, false)
+                .await
+                .unwrap();
+            out.push((name, bytes));
+        }
+        out.sort();
+        out
+    }
+
     /// A plain reply (`m.in_reply_to`) outside any thread.
     pub async fn plain_reply(&self, room: &OwnedRoomId, to: &EventId, body: &str) -> OwnedEventId {
         use matrix_sdk::ruma::events::relation::{InReplyTo, Reply};

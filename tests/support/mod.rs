@@ -497,6 +497,7 @@ http: {{ listen: {listen} }}
                 text: text.into(),
                 dest: vec!["UA".into()],
                 important: false,
+                files: Vec::new(),
             },
         )
     }

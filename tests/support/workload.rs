@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use livefeed_sandbox::bitrix::{
-    FakePortal, FaultKind as B24Fault, LeakyBucket, NewPost, NewUser, OAuthApp, PortalConfig,
+    FakePortal, FaultKind as B24Fault, LeakyBucket, NewFile, NewPost, NewUser, OAuthApp,
+    PortalConfig,
 };
 use livefeed_sandbox::slack::{
     self as sl, FakeSlack, FaultKind as SlackFault, PostRate, WorkspaceConfig,
@@ -140,7 +141,7 @@ fn supervise(
                     "LIVEFEED_CRASHPOINTS",
                     // Not `bitrix24.oauth.answered`: the portal has already spent the old refresh
                     // token then, so no client can survive a crash there (see src/bitrix/oauth.rs).
-                    "engine.sent:0.02,engine.commented:0.03,engine.recorded:0.01,journal.appended:0.005,slack.journaled:0.01,bitrix24.offline.journaled:0.05,bitrix24.offline.cleared:0.02,bitrix24.oauth.stored:0.05",
+                    "engine.sent:0.02,engine.commented:0.03,engine.file_sent:0.05,engine.recorded:0.01,journal.appended:0.005,slack.journaled:0.01,bitrix24.offline.journaled:0.05,bitrix24.offline.cleared:0.02,bitrix24.oauth.stored:0.05",
                 )
                 .env("LIVEFEED_CRASH_SEED", (seed + stats.starts as u64).to_string());
             }
@@ -198,6 +199,8 @@ struct Post {
     has_replies: bool,
     /// Marked important: its roots are pinned and marked.
     important: bool,
+    /// The names of its files (each file's content is [`file_bytes`] of its name).
+    files: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +210,25 @@ struct Reply {
     ts: String,
     text: String,
     deleted: bool,
+    /// The file it carries, by name.
+    file: Option<String>,
+}
+
+/// The content of a workload file: its name, repeated (distinct per file, a few hundred bytes).
+fn file_bytes(name: &str) -> Vec<u8> {
+    name.repeat(40).into_bytes()
+}
+
+/// The names of the files the bot put into the thread of `root` in `channel`.
+fn thread_files(slack: &FakeSlack, bot: &str, channel: &str, root: &str) -> Vec<String> {
+    let mut names: Vec<String> = slack
+        .thread(channel, root)
+        .into_iter()
+        .filter(|m| m.ts != root && m.bot_id.as_deref() == Some(bot))
+        .flat_map(|m| m.files.into_iter().map(|f| f.name))
+        .collect();
+    names.sort();
+    names
 }
 
 fn root_of(slack: &FakeSlack, bot: &str, channel: &str, post: u64) -> Vec<sl::MessageView> {
@@ -250,6 +272,14 @@ fn differences(
                     "post {id} in {channel}: stale text {:?}",
                     roots[0].text
                 ));
+            } else if want == 1
+                && thread_files(slack, bot, channel, &roots[0].ts) != sorted(&p.files)
+            {
+                out.push(format!(
+                    "post {id} in {channel}: files {:?} in the thread, want {:?}",
+                    thread_files(slack, bot, channel, &roots[0].ts),
+                    sorted(&p.files)
+                ));
             } else if want == 1 {
                 let marked = roots[0].text.starts_with("❗");
                 let pinned = roots[0].raw.get("pinned_to").is_some();
@@ -267,7 +297,8 @@ fn differences(
         by_post.entry(r.post).or_default().push(r);
     }
     for (post, rs) in by_post {
-        let comments: Vec<String> = portal.comments(post).into_iter().map(|c| c.text).collect();
+        let views = portal.comments(post);
+        let comments: Vec<String> = views.iter().map(|c| c.text.clone()).collect();
         for r in &rs {
             let want = format!("[B]Anna Smirnova[/B] (Slack): {}", r.text);
             let n = comments.iter().filter(|c| **c == want).count();
@@ -277,6 +308,16 @@ fn differences(
                     "reply {:?} on post {post}: {n} comment(s), want {expected}",
                     r.text
                 ));
+            } else if let (1, Some(name)) = (n, &r.file) {
+                let comment = views.iter().find(|c| c.text == want).expect("counted");
+                let files = portal.comment_files(comment.comment_id);
+                if files != vec![(name.clone(), file_bytes(name))] {
+                    let names: Vec<&String> = files.iter().map(|(n, _)| n).collect();
+                    out.push(format!(
+                        "reply {:?} on post {post}: comment files {names:?}, want [{name:?}]",
+                        r.text
+                    ));
+                }
             }
         }
         let live = rs.iter().filter(|r| !r.deleted).count();
@@ -288,6 +329,12 @@ fn differences(
         }
     }
     out
+}
+
+fn sorted(names: &[String]) -> Vec<String> {
+    let mut names = names.to_vec();
+    names.sort();
+    names
 }
 
 fn config_text(
@@ -519,6 +566,12 @@ pub async fn run(o: Options) -> Outcome {
         if posts.len() < o.posts && (roll < 45 || live.is_empty()) {
             let (dest, channels) = audiences[rng.usize(..audiences.len())].clone();
             let label = posts.len();
+            // Every fourth post comes with a file.
+            let files: Vec<String> = if rng.u32(..4) == 0 {
+                vec![format!("post-{label}.pdf")]
+            } else {
+                Vec::new()
+            };
             let id = portal.create_post(
                 ivan,
                 NewPost {
@@ -526,6 +579,13 @@ pub async fn run(o: Options) -> Outcome {
                     text: format!("post {label} v1"),
                     dest,
                     important: false,
+                    files: files
+                        .iter()
+                        .map(|name| NewFile {
+                            name: name.clone(),
+                            bytes: file_bytes(name),
+                        })
+                        .collect(),
                 },
             );
             posts.insert(
@@ -537,8 +597,16 @@ pub async fn run(o: Options) -> Outcome {
                     deleted: false,
                     has_replies: false,
                     important: false,
+                    files,
                 },
             );
+        } else if roll < 49 && !live.is_empty() {
+            // The author attaches another file to a post.
+            let id = live[rng.usize(..live.len())];
+            let post = posts.get_mut(&id).unwrap();
+            let name = format!("post-{}-{}.png", post.label, post.files.len());
+            portal.add_post_file(id, &name, &file_bytes(&name));
+            post.files.push(name);
         } else if roll < 52 && !live.is_empty() {
             // The author marks the post important, or takes the mark off.
             let id = live[rng.usize(..live.len())];
@@ -581,7 +649,19 @@ pub async fn run(o: Options) -> Outcome {
             let channel = post.channels[rng.usize(..post.channels.len())].clone();
             if let Some(root) = root_of(&slack, &bot, &channel, id).into_iter().next() {
                 let text = format!("reply {} on post {id}", replies.len());
-                let ts = slack.reply(&anna, &channel, &root.ts, &text, false);
+                // Every fifth reply carries a file.
+                let file = (rng.u32(..5) == 0).then(|| format!("reply-{}.png", replies.len()));
+                let ts = match &file {
+                    Some(name) => slack.reply_with_file(
+                        &anna,
+                        &channel,
+                        &root.ts,
+                        &text,
+                        name,
+                        &file_bytes(name),
+                    ),
+                    None => slack.reply(&anna, &channel, &root.ts, &text, false),
+                };
                 post.has_replies = true;
                 replies.push(Reply {
                     post: id,
@@ -589,6 +669,7 @@ pub async fn run(o: Options) -> Outcome {
                     ts,
                     text,
                     deleted: false,
+                    file,
                 });
             }
         }
