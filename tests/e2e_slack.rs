@@ -785,3 +785,105 @@ async fn a_slack_reply_with_an_image_is_one_comment_carrying_it() {
     w.settle().await;
     assert_eq!(w.portal.comment_count(), 2);
 }
+
+/// A picture a post shows (`[IMG]`) is fetched from its address and put into the thread as a
+/// file; an inline `[DISK FILE ID=…]` shows the attached file's name in the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_picture_in_a_posts_text_is_a_file_in_its_thread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A web server with one picture on it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = png_bytes();
+    let body = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+            });
+        }
+    });
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let news = w.news.clone();
+    let post = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Floor plan".into()),
+            text: format!("The new floor: [IMG]http://{addr}/img/floor.png[/IMG] and the rules:"),
+            dest: vec!["UA".into()],
+            important: false,
+            files: vec![NewFile {
+                name: "rules.pdf".into(),
+                bytes: pdf_bytes(),
+            }],
+        },
+    );
+    let attached = w.portal.post_files(post)[0].0;
+    w.portal.update_post(
+        post,
+        Some("Floor plan".into()),
+        &format!("The new floor: [IMG]http://{addr}/img/floor.png[/IMG] and the rules: [DISK FILE ID={attached}]"),
+    );
+    let root = w.wait_root(&news, post).await;
+    let replies = wait_bot_replies(&w, &news, &root.ts, "the picture and the PDF", |r| {
+        r.iter().map(|m| m.files.len()).sum::<usize>() == 2
+    })
+    .await;
+    w.settle().await;
+    assert_eq!(
+        files_in(&w, &replies),
+        vec![
+            ("floor.png".to_string(), served),
+            ("rules.pdf".to_string(), pdf_bytes()),
+        ]
+    );
+    let root = w.root_for(&news, post).expect("mirrored");
+    assert!(root.text.contains("📎 rules.pdf"), "{}", root.text);
+    assert_eq!(w.slack.ok_count("files.completeUploadExternal"), 2);
+}
+
+/// A webhook without the `disk` scope cannot describe or download a post's files: the post is
+/// mirrored without them, the side stays up, and later posts flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_disk_scope_posts_are_mirrored_without_their_files() {
+    let mut w = World::new(Setup::default()).await;
+    w.portal
+        .set_scopes(&["log", "user", "department", "sonet_group"]);
+    w.start().await;
+    let news = w.news.clone();
+    let with_file = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Regulations".into()),
+            text: "See the file.".into(),
+            dest: vec!["UA".into()],
+            important: false,
+            files: vec![NewFile {
+                name: "rules.pdf".into(),
+                bytes: pdf_bytes(),
+            }],
+        },
+    );
+    let root = w.wait_root(&news, with_file).await;
+    let later = w.post_all("Later", "Still flowing.");
+    w.wait_root(&news, later).await;
+    w.settle().await;
+    assert!(
+        w.slack.thread(&news, &root.ts).len() == 1,
+        "no file in the thread: {:?}",
+        w.slack.thread(&news, &root.ts)
+    );
+    assert_eq!(w.slack.request_count("files.getUploadURLExternal"), 0);
+    let (status, ready) = w.readyz().await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["sides"]["bitrix24"]["auth_failed"], false);
+}

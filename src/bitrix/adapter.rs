@@ -126,8 +126,13 @@ impl BitrixFeed {
             .await
         {
             Ok(resp) => resp.result,
-            // Taken off the post (or its Disk file deleted) since the post was read.
-            Err(e) if e.code == "ERROR_NOT_FOUND" || e.code == "ACCESS_DENIED" => {
+            // Taken off the post (or its Disk file deleted) since the post was read; or the
+            // credentials lack the `disk` scope, which refuses this file, not the whole side
+            // (an auth failure would stop the feed).
+            Err(e)
+                if ["ERROR_NOT_FOUND", "ACCESS_DENIED", "insufficient_scope"]
+                    .contains(&e.code.as_str()) =>
+            {
                 return Err(Failure::permanent(e.to_string()));
             }
             Err(e) => return Err(e.to_failure()),

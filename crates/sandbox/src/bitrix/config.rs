@@ -125,7 +125,7 @@ impl Default for OAuthApp {
             client_secret: "Zq4tUe7Hs9Kd2Lm5Np8Rv1Wx3Yb6Cf0Gj4Ik7Ol2Pn5Qs8Tu1V".to_owned(),
             application_token: "0f1e2d3c4b5a69788796a5b4c3d2e1f0".to_owned(),
             user: 0,
-            scopes: ["log", "user", "department", "sonet_group"]
+            scopes: ["log", "user", "department", "sonet_group", "disk"]
                 .map(str::to_owned)
                 .to_vec(),
             redirect_uri: "https://bridge.example.invalid/bitrix24/oauth".to_owned(),
