@@ -70,12 +70,17 @@ impl SlackChat {
         body
     }
 
-    async fn find(
+    /// The first of the bot's own messages since `since_ms` (less the clock slack) that
+    /// `pick` recognises, paging through `method` (`conversations.history`, or
+    /// `conversations.replies` with `ts` in `extra`) with metadata.
+    async fn find_own<T>(
         &self,
+        method: &str,
         channel: &str,
-        post: PostId,
+        extra: &[(&str, &str)],
         since_ms: i64,
-    ) -> Result<Option<MessageId>, Failure> {
+        mut pick: impl FnMut(&Value) -> Option<T>,
+    ) -> Result<Option<T>, Failure> {
         let oldest = (since_ms - RECONCILE_SLACK.as_millis() as i64).max(0) as f64 / 1000.0;
         let mut cursor: Option<String> = None;
         loop {
@@ -85,39 +90,25 @@ impl SlackChat {
                 ("include_all_metadata".into(), "true".into()),
                 ("limit".into(), "200".into()),
             ];
+            form.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             if let Some(c) = &cursor {
                 form.push(("cursor".into(), c.clone()));
             }
             let page = self
                 .api
-                .call(
-                    "conversations.history",
-                    Some(channel),
-                    Body::Form(form),
-                    Repeat::Safe,
-                )
+                .call(method, Some(channel), Body::Form(form), Repeat::Safe)
                 .await
                 .map_err(|e| e.to_failure())?;
-            let messages = page.get("messages").and_then(Value::as_array);
-            let found = messages.into_iter().flatten().find(|m| {
-                let meta = m.get("metadata");
-                m.get("bot_id").and_then(Value::as_str) == Some(self.bot_id.as_str())
-                    && meta
-                        .and_then(|x| x.get("event_type"))
-                        .and_then(Value::as_str)
-                        == Some(METADATA_EVENT)
-                    && meta
-                        .and_then(|x| x.get("event_payload"))
-                        .and_then(|p| p.get("b24_post_id"))
-                        .and_then(|id| {
-                            id.as_str()
-                                .map(str::to_string)
-                                .or_else(|| id.as_u64().map(|n| n.to_string()))
-                        })
-                        == Some(post.0.to_string())
-            });
-            if let Some(m) = found {
-                return Ok(m.get("ts").and_then(Value::as_str).map(MessageId::from));
+            let own = page
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|m| m.get("bot_id").and_then(Value::as_str) == Some(self.bot_id.as_str()));
+            for m in own {
+                if let Some(found) = pick(m) {
+                    return Ok(Some(found));
+                }
             }
             cursor = page
                 .get("response_metadata")
@@ -126,11 +117,44 @@ impl SlackChat {
                 .filter(|c| !c.is_empty())
                 .map(str::to_string);
             if cursor.is_none() {
-                debug!(%post, channel, "no earlier root message found");
                 return Ok(None);
             }
         }
     }
+
+    /// The bot's root message for `post` (its metadata names the post).
+    async fn find(
+        &self,
+        channel: &str,
+        post: PostId,
+        since_ms: i64,
+    ) -> Result<Option<MessageId>, Failure> {
+        let found = self
+            .find_own("conversations.history", channel, &[], since_ms, |m| {
+                let payload = metadata_payload(m, METADATA_EVENT)?;
+                let id = payload.get("b24_post_id")?;
+                let id = id
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| id.as_u64().map(|n| n.to_string()))?;
+                (id == post.0.to_string())
+                    .then(|| m.get("ts").and_then(Value::as_str).map(MessageId::from))
+                    .flatten()
+            })
+            .await?;
+        if found.is_none() {
+            debug!(%post, channel, "no earlier root message found");
+        }
+        Ok(found)
+    }
+}
+
+/// The `event_payload` of a message's metadata of type `event_type`.
+fn metadata_payload<'v>(m: &'v Value, event_type: &str) -> Option<&'v Value> {
+    let meta = m.get("metadata")?;
+    (meta.get("event_type").and_then(Value::as_str) == Some(event_type))
+        .then(|| meta.get("event_payload"))
+        .flatten()
 }
 
 /// What the bridge put into a thread, as [`ChatAdapter::send_attachment`] returns it: an
@@ -244,78 +268,34 @@ impl SlackChat {
         since_ms: i64,
         taken: &[String],
     ) -> Result<Option<String>, Failure> {
-        let oldest = (since_ms - RECONCILE_SLACK.as_millis() as i64).max(0) as f64 / 1000.0;
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut form = vec![
-                ("channel".to_string(), channel.to_string()),
-                ("ts".into(), root.as_str().to_string()),
-                ("oldest".into(), format!("{oldest:.6}")),
-                ("include_all_metadata".into(), "true".into()),
-                ("limit".into(), "200".into()),
-            ];
-            if let Some(c) = &cursor {
-                form.push(("cursor".into(), c.clone()));
-            }
-            let page = self
-                .api
-                .call(
-                    "conversations.replies",
-                    Some(channel),
-                    Body::Form(form),
-                    Repeat::Safe,
-                )
-                .await
-                .map_err(|e| e.to_failure())?;
-            let own =
-                |m: &&Value| m.get("bot_id").and_then(Value::as_str) == Some(self.bot_id.as_str());
-            for m in page
-                .get("messages")
+        let extra = [("ts", root.as_str())];
+        self.find_own("conversations.replies", channel, &extra, since_ms, |m| {
+            let files = m
+                .get("files")
                 .and_then(Value::as_array)
                 .into_iter()
-                .flatten()
-                .filter(own)
-            {
-                let files = m
-                    .get("files")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten();
-                for f in files {
-                    let named = f.get("name").and_then(Value::as_str) == Some(name)
-                        || f.get("title").and_then(Value::as_str) == Some(name);
-                    if let Some(id) = f.get("id").and_then(Value::as_str)
-                        && named
-                        && !taken.contains(&file_item(id))
-                    {
-                        return Ok(Some(file_item(id)));
-                    }
-                }
-                let meta = m.get("metadata");
-                let link_for = meta
-                    .filter(|x| {
-                        x.get("event_type").and_then(Value::as_str) == Some(FILE_METADATA_EVENT)
-                    })
-                    .and_then(|x| x.get("event_payload"))
-                    .and_then(|p| p.get("name"))
-                    .and_then(Value::as_str);
-                if let (Some(found), Some(ts)) = (link_for, m.get("ts").and_then(Value::as_str))
-                    && found == name
-                    && !taken.contains(&message_item(ts))
+                .flatten();
+            for f in files {
+                let named = f.get("name").and_then(Value::as_str) == Some(name)
+                    || f.get("title").and_then(Value::as_str) == Some(name);
+                if let Some(id) = f.get("id").and_then(Value::as_str)
+                    && named
+                    && !taken.contains(&file_item(id))
                 {
-                    return Ok(Some(message_item(ts)));
+                    return Some(file_item(id));
                 }
             }
-            cursor = page
-                .get("response_metadata")
-                .and_then(|r| r.get("next_cursor"))
-                .and_then(Value::as_str)
-                .filter(|c| !c.is_empty())
-                .map(str::to_string);
-            if cursor.is_none() {
-                return Ok(None);
+            let link_for = metadata_payload(m, FILE_METADATA_EVENT)
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str);
+            match (link_for, m.get("ts").and_then(Value::as_str)) {
+                (Some(found), Some(ts)) if found == name && !taken.contains(&message_item(ts)) => {
+                    Some(message_item(ts))
+                }
+                _ => None,
             }
-        }
+        })
+        .await
     }
 }
 

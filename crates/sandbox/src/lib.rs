@@ -40,3 +40,22 @@ pub(crate) fn reachable(mut addr: SocketAddr) -> SocketAddr {
     }
     addr
 }
+
+/// The media type both fakes give a file by its name (the kinds the tests use): Slack's
+/// detection and the portal web server's `Content-Type`.
+pub(crate) fn mime_of(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "mp4" => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}

@@ -276,7 +276,10 @@ async fn download(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
             (true, true, Some((name, bytes))) => {
                 let mut r = (StatusCode::OK, Body::from(bytes)).into_response();
                 let h = r.headers_mut();
-                h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&name)));
+                h.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(crate::mime_of(&name)),
+                );
                 let disposition = format!(
                     "attachment; filename=\"{}\"",
                     name.replace(['"', '\\', '\r', '\n'], "_")
@@ -290,23 +293,6 @@ async fn download(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
         record(p, methods::DOWNLOAD_METHOD, "GET", status, None, Vec::new());
         response
     })
-}
-
-/// The media type the portal's web server sends for a file name.
-fn content_type(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "pdf" => "application/pdf",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "txt" => "text/plain",
-        "csv" => "text/csv",
-        _ => "application/octet-stream",
-    }
 }
 
 // ---- REST pipeline ----------------------------------------------------------------------

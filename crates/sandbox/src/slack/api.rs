@@ -23,14 +23,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::params::{self, BadJson, Params};
 use super::state::{
-    Author, Channel, Custom, Life, Msg, NewMsg, Render, SlackFile, Workspace, is_msg_ts, mime_of,
-    parse_ts,
+    Author, Channel, Custom, Life, Msg, NewMsg, Render, SlackFile, Workspace, is_msg_ts, parse_ts,
 };
 use super::text::b64_decode;
 use super::text::b64_encode;
 use super::{
     Fault, FaultKind, LongPost, ReplyThreadTs, RequestRecord, Shared, UnknownThread, World,
 };
+use crate::mime_of;
 
 // ---- transport: a listener whose connections a handler can reset --------------------------
 

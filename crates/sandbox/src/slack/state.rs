@@ -615,7 +615,7 @@ impl Workspace {
                 id: id.clone(),
                 name: name.to_owned(),
                 title: name.to_owned(),
-                mimetype: mime_of(name).to_owned(),
+                mimetype: crate::mime_of(name).to_owned(),
                 length: bytes.len() as u64,
                 content: Some(bytes.to_vec()),
                 user: user.to_owned(),
@@ -1135,24 +1135,6 @@ pub(crate) fn avatar(u: &User, size: u32) -> String {
     match &u.image_72 {
         Some(url) => url.clone(),
         None => format!("https://a.slack-edge.com/df10d/img/avatars/ava_0001-{size}.png"),
-    }
-}
-
-/// The media type Slack detects for a file name (the few kinds the tests use).
-pub(crate) fn mime_of(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "pdf" => "application/pdf",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "txt" => "text/plain",
-        "csv" => "text/csv",
-        "mp4" => "video/mp4",
-        _ => "application/octet-stream",
     }
 }
 
