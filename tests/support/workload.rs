@@ -538,6 +538,9 @@ pub async fn run(o: Options) -> Outcome {
     let mut posts: BTreeMap<u64, Post> = BTreeMap::new();
     let mut replies: Vec<Reply> = Vec::new();
     let (mut edits, mut deletes, mut reply_deletes, mut kills_sent) = (0, 0, 0, 0);
+    // Files added and importance toggled later, bounded like edits: while the workload waits
+    // for roots it keeps rolling, and unbounded they would pile up on a slow run.
+    let (mut files_added, mut toggles) = (0, 0);
     let total_steps = o.posts + o.replies + o.posts / 2;
     let kill_every = (total_steps / o.kills.max(1)).max(1);
     let mut step = 0;
@@ -556,7 +559,8 @@ pub async fn run(o: Options) -> Outcome {
             ));
             break;
         }
-        let steps_before = edits + deletes + reply_deletes + posts.len() + replies.len();
+        let steps_before =
+            edits + deletes + reply_deletes + files_added + toggles + posts.len() + replies.len();
         let roll = rng.u32(..100);
         let live: Vec<u64> = posts
             .iter()
@@ -600,19 +604,21 @@ pub async fn run(o: Options) -> Outcome {
                     files,
                 },
             );
-        } else if roll < 49 && !live.is_empty() {
+        } else if roll < 49 && !live.is_empty() && files_added < posts.len() / 4 + 1 {
             // The author attaches another file to a post.
             let id = live[rng.usize(..live.len())];
             let post = posts.get_mut(&id).unwrap();
             let name = format!("post-{}-{}.png", post.label, post.files.len());
             portal.add_post_file(id, &name, &file_bytes(&name));
             post.files.push(name);
-        } else if roll < 52 && !live.is_empty() {
+            files_added += 1;
+        } else if roll < 52 && !live.is_empty() && toggles < posts.len() / 4 + 1 {
             // The author marks the post important, or takes the mark off.
             let id = live[rng.usize(..live.len())];
             let post = posts.get_mut(&id).unwrap();
             post.important = !post.important;
             portal.set_important(id, post.important);
+            toggles += 1;
         } else if roll < 60 && !live.is_empty() && edits < 2 * posts.len() {
             let id = live[rng.usize(..live.len())];
             let post = posts.get_mut(&id).unwrap();
@@ -673,7 +679,9 @@ pub async fn run(o: Options) -> Outcome {
                 });
             }
         }
-        if edits + deletes + reply_deletes + posts.len() + replies.len() == steps_before {
+        if edits + deletes + reply_deletes + files_added + toggles + posts.len() + replies.len()
+            == steps_before
+        {
             // Nothing to do yet (no root to reply to): wait a moment without counting a step.
             tokio::time::sleep(Duration::from_millis(50)).await; // pacing, not synchronisation
             continue;
