@@ -16,7 +16,7 @@ use livefeed_bridge::bitrix::client::{BitrixClient, Credentials};
 use livefeed_bridge::secret::Secret;
 use livefeed_core::adapters::FeedAdapter;
 use livefeed_core::metrics::Metrics;
-use livefeed_core::model::{CommentId, FailureKind, PostId, ReplyId, Room, ThreadId};
+use livefeed_core::model::{CommentId, FailureKind, FileContent, PostId, ReplyId, Room, ThreadId};
 use livefeed_core::richtext::Doc;
 use livefeed_core::store::{CommentRecord, Store, now_ms};
 use livefeed_sandbox::bitrix::{FakePortal, NewPost, PortalConfig};
@@ -280,12 +280,16 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     // Post C has no such comment: nothing is adopted for it (not A's, not B's). The list
     // names feed entries, not posts, and C's entry is not known.
     assert_eq!(
-        feed.find_comment(PostId(c), &doc, since).await.unwrap(),
+        feed.find_comment(PostId(c), &doc, &[], since)
+            .await
+            .unwrap(),
         None
     );
     // B's entry is not known either, so text alone does not adopt B's comment ...
     assert_eq!(
-        feed.find_comment(PostId(b), &doc, since).await.unwrap(),
+        feed.find_comment(PostId(b), &doc, &[], since)
+            .await
+            .unwrap(),
         None
     );
     // ... but writing it again, the portal answers "Duplicate comment": B has it. The one
@@ -308,15 +312,95 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     let again_a = portal.add_comment(a, 1, &bbcode::render(&doc2));
     let _also_d = portal.add_comment(d, 1, &bbcode::render(&doc2));
     assert_eq!(
-        feed.find_comment(PostId(a), &doc2, since).await.unwrap(),
+        feed.find_comment(PostId(a), &doc2, &[], since)
+            .await
+            .unwrap(),
         Some(CommentId(again_a)),
         "found on A's own entry, although D has the same text"
     );
     // Nothing older than the window.
     assert_eq!(
-        feed.find_comment(PostId(a), &doc2, now_ms() + 3_600_000)
+        feed.find_comment(PostId(a), &doc2, &[], now_ms() + 3_600_000)
             .await
             .unwrap(),
         None
     );
+}
+
+/// A comment with files skips the portal's duplicate rule, so after a crash it is recognised
+/// by its files: the one unrecorded comment with this text and exactly these files (by name
+/// and size) is adopted even while the post's feed entry is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_recovery_recognises_a_comment_with_files_by_its_files() {
+    let portal = FakePortal::start(PortalConfig {
+        rate_limit: None,
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
+    let new_post = |text: &str| {
+        portal.create_post(
+            1,
+            NewPost {
+                title: None,
+                text: text.into(),
+                dest: vec!["UA".into()],
+                important: false,
+                files: Vec::new(),
+            },
+        )
+    };
+    let (b, c) = (new_post("b"), new_post("c"));
+    let dir = tempfile::tempdir().unwrap();
+    let client = BitrixClient::new(
+        Credentials::Webhook(Secret::new(portal.webhook_url()), 1),
+        None,
+        Duration::from_secs(10),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let feed = BitrixFeed::new(client, Store::open(dir.path()).unwrap());
+    let doc = Doc::plain("[B]Anna[/B] (Slack): The plan");
+    let file = |name: &str, bytes: &[u8]| FileContent {
+        name: name.into(),
+        mime: "application/pdf".into(),
+        bytes: bytes.to_vec(),
+    };
+    let plan = vec![file("plan.pdf", b"%PDF-1.4 plan")];
+    let since = now_ms();
+
+    // Written just before a crash, never recorded.
+    let written = feed.add_comment(PostId(b), &doc, &plan).await.unwrap();
+    assert_eq!(
+        feed.find_comment(PostId(b), &doc, &plan, since)
+            .await
+            .unwrap(),
+        Some(written),
+        "the one unrecorded comment with this text and these files"
+    );
+    assert_eq!(
+        feed.find_comment(PostId(b), &doc, &[], since)
+            .await
+            .unwrap(),
+        None,
+        "text alone adopts nothing on an unknown entry"
+    );
+    let other = vec![file("plan.pdf", b"%PDF-1.4 another plan")];
+    assert_eq!(
+        feed.find_comment(PostId(b), &doc, &other, since)
+            .await
+            .unwrap(),
+        None,
+        "a file of another size is another file"
+    );
+
+    // The same text and file on a second post: two candidates, neither is adopted.
+    feed.add_comment(PostId(c), &doc, &plan).await.unwrap();
+    assert_eq!(
+        feed.find_comment(PostId(c), &doc, &plan, since)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(portal.comments(b).len(), 1);
 }

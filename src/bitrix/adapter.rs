@@ -52,6 +52,8 @@ struct OwnComment {
     text: String,
     /// Unix seconds.
     date: Option<i64>,
+    /// Its attached files' names and sizes, sorted.
+    files: Vec<(String, u64)>,
 }
 
 impl BitrixFeed {
@@ -87,7 +89,10 @@ impl BitrixFeed {
             // Our latest comment on this post already says exactly this: it was added before.
             Err(e) if e.says("Duplicate comment") && files.is_empty() => {
                 let since = now_ms() - DUPLICATE_WINDOW_MS;
-                match self.find(post, doc, since, Evidence::PostHasIt).await? {
+                match self
+                    .find(post, doc, &[], since, Evidence::PostHasIt)
+                    .await?
+                {
                     Some(id) => Ok(id),
                     None => Err(Failure::permanent(
                         "Bitrix24 reports a duplicate comment the bridge cannot find among its own",
@@ -168,11 +173,14 @@ impl BitrixFeed {
     /// is adopted when its entry is known to be `post` (or the portal names the post). While
     /// the post's entry is unknown, nothing is adopted on text alone: the same text on another
     /// post must never be taken. Only when the portal itself said the post has this comment
-    /// ("Duplicate comment") is the one unrecorded candidate on an unknown entry taken.
+    /// ("Duplicate comment") is the one unrecorded candidate on an unknown entry taken, or, for
+    /// a comment with files (which that rule skips), when the one candidate carries exactly
+    /// these files, by name and size.
     async fn find(
         &self,
         post: PostId,
         doc: &Doc,
+        files: &[FileContent],
         since_ms: i64,
         evidence: Evidence,
     ) -> Result<Option<CommentId>, Failure> {
@@ -208,6 +216,11 @@ impl BitrixFeed {
                 candidates.iter().filter(|c| post_of(c).is_none()).collect();
             match (evidence, self.post_entry_known(post), unknown.as_slice()) {
                 (Evidence::PostHasIt, false, [only]) => Some(only.comment),
+                (Evidence::MayHaveIt, false, [only])
+                    if !files.is_empty() && only.files == names_and_sizes(files) =>
+                {
+                    Some(only.comment)
+                }
                 _ => None,
             }
         });
@@ -248,13 +261,33 @@ fn post_entry_key(post: PostId) -> String {
     format!("{}/post-entry/{}", PLATFORM.as_str(), post.0)
 }
 
-/// The comments of a `log.blogcomment.user.get` answer (lower- or upper-case keys).
+/// Files as [`OwnComment::files`] lists them.
+fn names_and_sizes(files: &[FileContent]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = files
+        .iter()
+        .map(|f| (f.name.clone(), f.bytes.len() as u64))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The comments of a `log.blogcomment.user.get` answer (lower- or upper-case keys), with the
+/// names and sizes of their files from the answer's `files` map.
 fn own_comments(result: &serde_json::Value) -> Vec<OwnComment> {
     let comments = result
         .get("comments")
         .or_else(|| result.get("COMMENTS"))
         .map(as_list)
         .unwrap_or_default();
+    let described = result.get("files").or_else(|| result.get("FILES"));
+    let file = |id: &serde_json::Value| -> Option<(String, u64)> {
+        let f = described?.get(value_text(id).as_str())?;
+        let field = |k: &str| f.get(k).or_else(|| f.get(k.to_uppercase().as_str()));
+        Some((
+            field("name").map(value_text)?,
+            field("size").and_then(as_u64)?,
+        ))
+    };
     comments
         .into_iter()
         .filter_map(|c| {
@@ -265,6 +298,16 @@ fn own_comments(result: &serde_json::Value) -> Vec<OwnComment> {
                 post: field("post_id").and_then(as_u64).map(PostId),
                 text: field("text").map(value_text).unwrap_or_default(),
                 date: field("date").map(value_text).and_then(|d| parse_date(&d)),
+                files: {
+                    let mut files: Vec<(String, u64)> = field("attach")
+                        .map(as_list)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(&file)
+                        .collect();
+                    files.sort();
+                    files
+                },
             })
         })
         .collect()
@@ -309,9 +352,10 @@ impl FeedAdapter for BitrixFeed {
         &'a self,
         post: PostId,
         doc: &'a Doc,
+        files: &'a [FileContent],
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>> {
-        Box::pin(self.find(post, doc, since_ms, Evidence::MayHaveIt))
+        Box::pin(self.find(post, doc, files, since_ms, Evidence::MayHaveIt))
     }
 
     fn delete_comment<'a>(&'a self, comment: CommentId) -> BoxFuture<'a, Result<(), Failure>> {

@@ -198,11 +198,13 @@ pub trait FeedAdapter: Send + Sync {
         file: &'a FeedFile,
         max_bytes: u64,
     ) -> BoxFuture<'a, Result<Fetched, Failure>>;
-    /// Find the bridge's own comment with this content on `post`, written since `since_ms`.
+    /// Find the bridge's own comment with this content (text and `files`) on `post`, written
+    /// since `since_ms`.
     fn find_comment<'a>(
         &'a self,
         post: PostId,
         doc: &'a Doc,
+        files: &'a [FileContent],
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>>;
     /// Delete a comment; one that is already gone counts as deleted.

@@ -446,6 +446,7 @@ impl FeedAdapter for MemoryFeed {
         &'a self,
         post: PostId,
         doc: &'a Doc,
+        _files: &'a [FileContent],
         _since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>> {
         Box::pin(async move {

@@ -108,7 +108,11 @@ impl Inner {
         let comment = match self.begin(&key).await? {
             Begin::Send => self.feed.add_comment(post, &doc, &contents).await?,
             Begin::Reconcile { since_ms } => {
-                match self.feed.find_comment(post, &doc, since_ms).await? {
+                match self
+                    .feed
+                    .find_comment(post, &doc, &contents, since_ms)
+                    .await?
+                {
                     Some(found) => {
                         info!(%post, %room, "found the comment written before");
                         found
