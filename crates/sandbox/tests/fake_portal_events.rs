@@ -273,7 +273,7 @@ async fn refresh_grant_rotates_strictly() {
         json!(p.portal_url().trim_start_matches("http://"))
     );
     assert_eq!(b["member_id"].as_str().map(str::len), Some(32));
-    assert_eq!(b["scope"], json!("log,user,department,sonet_group"));
+    assert_eq!(b["scope"], json!("log,user,department,sonet_group,disk"));
     assert_eq!(b["status"], json!("L"));
     assert_eq!(b["user_id"], json!(1));
 
@@ -445,7 +445,7 @@ async fn authorize_redirect_and_single_use_code() {
     assert_eq!(field(&q, "state"), "s t8");
     assert_eq!(field(&q, "domain"), domain);
     assert_eq!(field(&q, "server_domain"), domain);
-    assert_eq!(field(&q, "scope"), "log,user,department,sonet_group");
+    assert_eq!(field(&q, "scope"), "log,user,department,sonet_group,disk");
     let code = field(&q, "code").to_owned();
     let exchange = |code: String| {
         let p = p.clone();
@@ -1163,7 +1163,10 @@ async fn pushes_carry_the_documented_form() {
     assert_eq!(field(&f, "event_handler_id"), handler_id.to_string());
     assert!(field(&f, "ts").parse::<u64>().is_ok());
     assert_eq!(field(&f, "auth[expires_in]"), "3600");
-    assert_eq!(field(&f, "auth[scope]"), "log,user,department,sonet_group");
+    assert_eq!(
+        field(&f, "auth[scope]"),
+        "log,user,department,sonet_group,disk"
+    );
     assert_eq!(field(&f, "auth[status]"), "L");
     assert_eq!(
         field(&f, "auth[domain]"),
