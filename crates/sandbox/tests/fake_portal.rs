@@ -271,6 +271,38 @@ async fn credential_status_switch_and_missing_scope() {
     assert_eq!(ok(&p, "user.admin", json!({})).await["result"], json!(true));
 }
 
+/// `user.get` shows `EMAIL` with the `user` scope, and filters by it without case.
+#[tokio::test]
+async fn users_by_email() {
+    let p = start().await;
+    let anna = p.add_user(NewUser {
+        name: "Anna".to_owned(),
+        last_name: "Smirnova".to_owned(),
+        email: Some("anna@example.com".to_owned()),
+        ..Default::default()
+    });
+    let r = ok(
+        &p,
+        "user.get",
+        json!({"FILTER": {"EMAIL": "Anna@Example.com"}}),
+    )
+    .await;
+    let found = r["result"].as_array().unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["ID"], json!(anna.to_string()));
+    assert_eq!(found[0]["EMAIL"], "anna@example.com");
+    let r = ok(
+        &p,
+        "user.get",
+        json!({"FILTER": {"EMAIL": "nobody@example.com"}}),
+    )
+    .await;
+    assert_eq!(r["result"], json!([]));
+    // Users without an address of their own have the portal's default one.
+    let r = ok(&p, "user.get", json!({"ID": 1})).await;
+    assert_eq!(r["result"][0]["EMAIL"], "user1@b24-sandbox.bitrix24.com");
+}
+
 #[tokio::test]
 async fn php_json_quirks() {
     let p = start().await;

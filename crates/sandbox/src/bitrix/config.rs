@@ -198,6 +198,8 @@ pub struct NewUser {
     pub admin: bool,
     pub departments: Vec<u64>,
     pub active: bool,
+    /// Their e-mail address (`user<id>@<portal host>` when `None`).
+    pub email: Option<String>,
 }
 
 impl Default for NewUser {
@@ -209,6 +211,7 @@ impl Default for NewUser {
             admin: false,
             departments: Vec::new(),
             active: true,
+            email: None,
         }
     }
 }

@@ -124,6 +124,8 @@ struct UserBody {
     #[serde(default)]
     departments: Vec<u64>,
     active: Option<bool>,
+    #[serde(default)]
+    email: Option<String>,
 }
 
 async fn create_user(State(s): AppState, Json(b): Json<UserBody>) -> Response {
@@ -134,6 +136,7 @@ async fn create_user(State(s): AppState, Json(b): Json<UserBody>) -> Response {
         admin: b.admin,
         departments: b.departments,
         active: b.active.unwrap_or(true),
+        email: b.email,
     };
     done(s.write(|p| p.add_user(u)).map(|id| json!({ "id": id })))
 }

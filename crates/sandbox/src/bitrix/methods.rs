@@ -482,10 +482,7 @@ fn user_item(p: &Portal, u: &User, ctx: &Ctx) -> Value {
     a.insert("LAST_NAME", Value::from(u.last_name.as_str()));
     a.insert("SECOND_NAME", Value::from(""));
     if full {
-        a.insert(
-            "EMAIL",
-            Value::Str(format!("user{}@{}", u.id, p.cfg.portal_host)),
-        );
+        a.insert("EMAIL", Value::Str(user_email(p, u)));
         a.insert("LAST_LOGIN", Value::Str(registered.clone()));
         a.insert("DATE_REGISTER", Value::Str(registered.clone()));
         a.insert("IS_ONLINE", Value::from("N"));
@@ -556,7 +553,13 @@ fn php_bool_filter(v: &Value) -> bool {
     }
 }
 
-fn user_matches(u: &User, filter: &Arr) -> bool {
+fn user_email(p: &Portal, u: &User) -> String {
+    u.email
+        .clone()
+        .unwrap_or_else(|| format!("user{}@{}", u.id, p.cfg.portal_host))
+}
+
+fn user_matches(p: &Portal, u: &User, filter: &Arr) -> bool {
     filter.iter().all(|(key, wanted)| {
         let (op, field) = filter_op(key);
         match field {
@@ -571,6 +574,7 @@ fn user_matches(u: &User, filter: &Arr) -> bool {
             }
             "NAME" => compare_strings(op, &u.name, wanted),
             "LAST_NAME" => compare_strings(op, &u.last_name, wanted),
+            "EMAIL" => compare_strings(op, &user_email(p, u), wanted),
             "UF_DEPARTMENT" => {
                 let wanted = int_list(wanted);
                 u.departments.iter().any(|d| wanted.contains(&(*d as i64)))
@@ -607,7 +611,7 @@ fn user_get(p: &Portal, ctx: &Ctx, params: &Arr, start: i64) -> Output {
     let mut users: Vec<&User> = p
         .users
         .values()
-        .filter(|u| user_matches(u, &filter))
+        .filter(|u| user_matches(p, u, &filter))
         .collect();
     match sort.as_str() {
         "NAME" => users.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id))),

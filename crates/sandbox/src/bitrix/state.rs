@@ -40,6 +40,8 @@ pub(crate) struct User {
     pub departments: Vec<u64>,
     pub active: bool,
     pub registered: i64,
+    /// `None`: `user<id>@<portal host>`.
+    pub email: Option<String>,
 }
 
 pub(crate) struct Department {
@@ -281,6 +283,7 @@ impl Portal {
                 departments: vec![ROOT_DEPARTMENT],
                 active: true,
                 registered: now,
+                email: None,
             },
         );
         p
@@ -354,6 +357,7 @@ impl Portal {
                 departments: u.departments,
                 active: u.active,
                 registered,
+                email: u.email,
             },
         );
         Ok(id)

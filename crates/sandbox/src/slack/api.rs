@@ -438,6 +438,7 @@ fn spec(method: &str) -> Option<MethodSpec> {
         | "conversations.info"
         | "conversations.replies"
         | "users.info"
+        | "users.lookupByEmail"
         | "files.getUploadURLExternal"
         | "files.completeUploadExternal"
         | "files.info" => (false, false),
@@ -841,6 +842,7 @@ impl Ctx<'_> {
             "conversations.history" => self.history(),
             "conversations.replies" => self.replies(),
             "users.info" => self.users_info(),
+            "users.lookupByEmail" => self.users_lookup_by_email(),
             "pins.add" => self.pin(true),
             "pins.remove" => self.pin(false),
             "reactions.add" => self.reactions_add(),
@@ -1529,17 +1531,35 @@ impl Ctx<'_> {
         })))
     }
 
+    /// `users.lookupByEmail`: the same user object as `users.info`; `users_not_found` for an
+    /// address nobody has (compared without case), and the scope `users:read.email`.
+    fn users_lookup_by_email(&mut self) -> MResult {
+        need_scope(self.ws, "users:read.email")?;
+        let email = self
+            .p
+            .nonempty("email")
+            .ok_or_else(|| err("invalid_arguments"))?;
+        let id = self
+            .ws
+            .users
+            .values()
+            .find(|u| !u.email.is_empty() && u.email.eq_ignore_ascii_case(&email))
+            .map(|u| u.id.clone())
+            .ok_or_else(|| err("users_not_found"))?;
+        self.user_answer(&id)
+    }
+
     fn users_info(&mut self) -> MResult {
         need_scope(self.ws, "users:read")?;
         let id = self
             .p
             .nonempty("user")
             .ok_or_else(|| err("user_not_found"))?;
-        let u = self
-            .ws
-            .users
-            .get(&id)
-            .ok_or_else(|| err("user_not_found"))?;
+        self.user_answer(&id)
+    }
+
+    fn user_answer(&mut self, id: &str) -> MResult {
+        let u = self.ws.users.get(id).ok_or_else(|| err("user_not_found"))?;
         let img = |n: u32| super::state::avatar(u, n);
         let mut profile = json!({
             "real_name": u.real_name, "real_name_normalized": u.real_name,

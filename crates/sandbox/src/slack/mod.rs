@@ -198,6 +198,7 @@ pub const MANIFEST_SCOPES: &[&str] = &[
     "groups:read",
     "channels:join",
     "users:read",
+    "users:read.email",
     "files:read",
     "files:write",
     "pins:write",

@@ -517,8 +517,8 @@ async fn missing_scope_reports_needed_and_provided() {
     assert_eq!(
         r.body["provided"],
         "chat:write,chat:write.customize,channels:history,groups:history,channels:read,\
-         groups:read,channels:join,files:read,files:write,pins:write,reactions:write,\
-         reactions:read"
+         groups:read,channels:join,users:read.email,files:read,files:write,pins:write,\
+         reactions:write,reactions:read"
     );
     s.fake.remove_scope("channels:history");
     // Without the history scope the app also stops hearing messages.
@@ -983,6 +983,7 @@ async fn human_text_is_stored_escaped_with_links() {
 #[tokio::test]
 async fn users_info_shapes() {
     let s = start_default().await;
+    s.fake.remove_scope("users:read.email");
     let r = s.form("users.info", &[("user", &s.human)]).await;
     let u = &r.body["user"];
     assert_eq!(u["id"], json!(s.human));
@@ -1009,6 +1010,23 @@ async fn users_info_shapes() {
     assert_eq!(r.body["user"]["profile"]["bot_id"], "B0B24BOT1");
     let r = s.form("users.info", &[("user", "U0NOBODY")]).await;
     assert_eq!(r.body["error"], "user_not_found");
+
+    // users.lookupByEmail: the same user object, the address compared without case.
+    let r = s
+        .form("users.lookupByEmail", &[("email", "ANNA@example.com")])
+        .await;
+    assert_eq!(r.body["user"]["id"], json!(s.human2));
+    assert_eq!(r.body["user"]["profile"]["email"], "anna@example.com");
+    let r = s
+        .form("users.lookupByEmail", &[("email", "nobody@example.com")])
+        .await;
+    assert_eq!(r.body["error"], "users_not_found");
+    s.fake.remove_scope("users:read.email");
+    let r = s
+        .form("users.lookupByEmail", &[("email", "anna@example.com")])
+        .await;
+    assert_eq!(r.body["error"], "missing_scope");
+    assert_eq!(r.body["needed"], "users:read.email");
 }
 
 #[tokio::test]
