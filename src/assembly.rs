@@ -238,6 +238,7 @@ pub async fn start(config: &Config, options: Options) -> Result<Running, StartEr
         EngineConfig {
             pin_important: config.important.pin,
             max_file_bytes: config.files.max_bytes,
+            people: config.people.clone(),
             ..options.engine.clone()
         },
         shared.cancel.clone(),

@@ -97,6 +97,15 @@ pub async fn probe(config: &Config) -> Report {
         config.mappings.len(),
         config.rooms().len()
     ));
+    report.ok(format!(
+        "people: {} linked in the config; matching by e-mail {}",
+        config.people.links.len(),
+        if config.people.match_by_email {
+            "on (where both sides show addresses; see the scope lines)"
+        } else {
+            "off"
+        }
+    ));
     let metrics = Arc::new(Metrics::new());
     bitrix::probe(&config.bitrix24, &config.store.path, &metrics, &mut report).await;
     if let Some(s) = &config.slack {

@@ -274,5 +274,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     differs("http", old.http != new.http);
     differs("important", old.important != new.important);
     differs("files", old.files != new.files);
+    differs(
+        "people",
+        old.people.match_by_email != new.people.match_by_email
+            || old.people.links != new.people.links
+            || old.people.refresh != new.people.refresh,
+    );
     out
 }

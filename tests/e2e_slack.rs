@@ -887,3 +887,63 @@ async fn without_the_disk_scope_posts_are_mirrored_without_their_files() {
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["sides"]["bitrix24"]["auth_failed"], false);
 }
+
+/// People linked by e-mail (Anna: the same address in both directories, in another case) or
+/// by the config (Olga ⇄ Bob) are mentioned so that they are notified: `<@U…>` in Slack,
+/// `[USER=n]` in the feed. Everyone else stays a plain name, and a channel broadcast never
+/// becomes a mention in the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_of_linked_people_notify_on_the_other_side() {
+    let mut w = World::new(Setup::default()).await;
+    let anna_b24 = w.portal.add_user(livefeed_sandbox::bitrix::NewUser {
+        name: "Anna".into(),
+        last_name: "Smirnova".into(),
+        email: Some("Anna@Example.com".into()),
+        ..Default::default()
+    });
+    let bob = w
+        .slack
+        .add_user(livefeed_sandbox::slack::NewUser::new("bob", "Bob Jones"));
+    let carl = w
+        .slack
+        .add_user(livefeed_sandbox::slack::NewUser::new("carl", "Carl Ray"));
+    w.extra_config = format!(
+        "people:\n  links:\n    - {{ bitrix: {}, slack: {bob} }}\n",
+        w.olga
+    );
+    w.start().await;
+
+    let post = w.post_all(
+        "Rules",
+        &format!(
+            "[USER={anna_b24}]Anna Smirnova[/USER], [USER={olga}]Olga Kuznetsova[/USER] and [USER={ivan}]Ivan Petrov[/USER]: please read",
+            olga = w.olga,
+            ivan = w.ivan
+        ),
+    );
+    let root = w.wait_root(&w.news.clone(), post).await;
+    assert!(
+        root.text.starts_with(&format!(
+            "*Rules*\n\n<@{}>, <@{bob}> and Ivan Petrov: please read\n\n",
+            w.anna
+        )),
+        "{}",
+        root.text
+    );
+
+    w.slack.reply(
+        &w.anna,
+        &w.news,
+        &root.ts,
+        &format!("Done @{} @{bob} @{carl} @channel", w.anna),
+        false,
+    );
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(
+        comments,
+        vec![format!(
+            "[B]Anna Smirnova[/B] (Slack): Done [USER={anna_b24}]Anna Smirnova[/USER] [USER={}]Bob Jones[/USER] @Carl Ray @channel",
+            w.olga
+        )]
+    );
+}

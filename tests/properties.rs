@@ -208,11 +208,19 @@ fn any_doc() -> impl Strategy<Value = Doc> {
         any::<String>().prop_map(Inline::Code),
         (markup_soup(), markup_soup()).prop_map(|(url, alt)| Inline::Image { url, alt }),
         (markup_soup(), any::<String>()).prop_map(|(id, name)| Inline::File { id, name }),
-        (markup_soup(), markup_soup()).prop_map(|(id, name)| Inline::Mention(Mention {
-            kind: MentionKind::User,
-            id,
-            name
-        })),
+        // A target, when there is one, is rendered as a mention that notifies: renderers
+        // must keep any text in it from breaking out.
+        (
+            markup_soup(),
+            markup_soup(),
+            proptest::option::of(markup_soup())
+        )
+            .prop_map(|(id, name, target)| Inline::Mention(Mention {
+                kind: MentionKind::User,
+                id,
+                name,
+                target,
+            })),
         Just(Inline::LineBreak),
     ];
     let inline = leaf.prop_recursive(4, 24, 4, |inner| {

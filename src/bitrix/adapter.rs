@@ -9,9 +9,10 @@ use tracing::debug;
 
 use super::client::{ApiError, BitrixClient, as_list, as_u64, value_text};
 use super::intake::parse_date;
+use super::people::People;
 use super::{DISPLAY_NAME, PLATFORM, bbcode};
 use crate::upstream::{Repeat, download};
-use livefeed_core::adapters::{BoxFuture, FeedAdapter};
+use livefeed_core::adapters::{BoxFuture, Directory, FeedAdapter};
 use livefeed_core::model::{CommentId, Failure, FeedFile, Fetched, FileContent, Platform, PostId};
 use livefeed_core::richtext::Doc;
 use livefeed_core::store::{Store, now_ms};
@@ -22,6 +23,8 @@ const RECONCILE_SLACK: Duration = Duration::from_secs(300);
 /// Comments on feed posts, written and deleted as the webhook's user.
 pub struct BitrixFeed {
     client: BitrixClient,
+    /// The portal's people by e-mail, for identity links.
+    people: Option<People>,
     /// The bridge's own records: which comment is on which post, and which feed entry
     /// (`log_id`) is which post, learned from them.
     store: Store,
@@ -59,7 +62,18 @@ struct OwnComment {
 impl BitrixFeed {
     /// Comments through `client`; `store` holds the bridge's records.
     pub fn new(client: BitrixClient, store: Store) -> Self {
-        BitrixFeed { client, store }
+        BitrixFeed {
+            client,
+            people: None,
+            store,
+        }
+    }
+
+    /// Look people up by e-mail through `people` (identity links).
+    #[must_use]
+    pub fn with_directory(mut self, people: People) -> Self {
+        self.people = Some(people);
+        self
     }
 
     async fn add(
@@ -356,6 +370,10 @@ impl FeedAdapter for BitrixFeed {
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>> {
         Box::pin(self.find(post, doc, files, since_ms, Evidence::MayHaveIt))
+    }
+
+    fn directory(&self) -> Option<&dyn Directory> {
+        self.people.as_ref().map(|p| p as &dyn Directory)
     }
 
     fn delete_comment<'a>(&'a self, comment: CommentId) -> BoxFuture<'a, Result<(), Failure>> {

@@ -488,7 +488,12 @@ impl<'a> Parser<'a> {
                 return self.raw_body(tag, raw, end, |body| {
                     let name = strip_tags(body).trim().to_owned();
                     let name = if name.is_empty() { id.clone() } else { name };
-                    Some(Node::Atom(Inline::Mention(Mention { kind, id, name })))
+                    Some(Node::Atom(Inline::Mention(Mention {
+                        kind,
+                        id,
+                        name,
+                        target: None,
+                    })))
                 });
             }
             Tag::Disk | Tag::Document => {
@@ -1138,6 +1143,17 @@ fn render_inlines(inlines: &[Inline], in_link: bool, out: &mut String) {
                     out.push_str("[/URL]");
                 }
             }
+            // A linked person: a feed mention, which notifies them.
+            Inline::Mention(Mention {
+                kind: MentionKind::User,
+                target: Some(user),
+                name,
+                ..
+            }) if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) => {
+                out.push_str(&format!("[USER={user}]"));
+                push_text(name, out);
+                out.push_str("[/USER]");
+            }
             Inline::Mention(m) => push_text(&mention_label(m), out),
             Inline::Image { url, alt } => {
                 if is_safe_url(url) {
@@ -1319,6 +1335,7 @@ mod tests {
                 kind,
                 id: id.into(),
                 name: name.into(),
+                target: None,
             })
         };
         assert_eq!(
@@ -1505,12 +1522,14 @@ mod tests {
                     kind: MentionKind::User,
                     id: "U1".into(),
                     name: "Anna".into(),
+                    target: None,
                 }),
                 text(" "),
                 Inline::Mention(Mention {
                     kind: MentionKind::Channel,
                     id: "C1".into(),
                     name: "general".into(),
+                    target: None,
                 }),
                 text(" "),
                 Inline::File {

@@ -111,7 +111,7 @@ pub fn connect(
     let poll = Arc::new(PollIntake::new(
         client.clone(),
         shared.journal.clone(),
-        people,
+        people.clone(),
         shared.routing.clone(),
         poll_cfg.clone(),
         cfg,
@@ -181,7 +181,7 @@ pub fn connect(
         }
     });
     Ok(FeedSide {
-        adapter: Arc::new(BitrixFeed::new(client, shared.store.clone())),
+        adapter: Arc::new(BitrixFeed::new(client, shared.store.clone()).with_directory(people)),
         tasks,
         routes,
         retune: Some(retune),
@@ -331,6 +331,11 @@ async fn probe_rest(
         if !has("disk") {
             report.warn(format!(
                 "Bitrix24 {kind} lacks scope disk: a post's attached files cannot be described or downloaded, so they do not reach chat — tick `disk` to carry them"
+            ));
+        }
+        if !has("user") {
+            report.warn(format!(
+                "Bitrix24 {kind} has no full `user` scope, so users' e-mail addresses are hidden: people are linked only by people.links in the config — tick `user` to link by e-mail"
             ));
         }
     } else {

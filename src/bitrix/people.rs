@@ -7,7 +7,8 @@ use tracing::warn;
 use super::PLATFORM;
 use super::client::{BitrixClient, as_list, as_u64, value_text};
 use crate::upstream::Repeat;
-use livefeed_core::model::Person;
+use livefeed_core::adapters::{BoxFuture, Directory};
+use livefeed_core::model::{Failure, Person};
 use livefeed_core::people::PersonCache;
 use livefeed_core::store::Store;
 
@@ -63,6 +64,63 @@ impl People {
             avatar_url: None,
         })
     }
+}
+
+/// People by e-mail, for identity links: `user.get`'s `EMAIL`, which only the `user` scope
+/// shows (`user_brief` and `user_basic` leave it out: then nobody is linked by e-mail).
+impl Directory for People {
+    fn email_of<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+        Box::pin(async move {
+            let Ok(id) = user.parse::<u64>() else {
+                return Ok(None);
+            };
+            let users = self.users(json!({ "FILTER": { "ID": id } })).await?;
+            Ok(users
+                .iter()
+                .find(|u| u.get("ID").and_then(as_u64) == Some(id))
+                .and_then(email))
+        })
+    }
+
+    fn user_by_email<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+        Box::pin(async move {
+            let filter = json!({ "FILTER": { "EMAIL": address, "ACTIVE": true } });
+            // The portal's filter may match loosely: only an exact address counts, and only
+            // when exactly one person has it.
+            let matching: Vec<u64> = self
+                .users(filter)
+                .await?
+                .iter()
+                .filter(|u| email(u).is_some_and(|e| e.eq_ignore_ascii_case(address)))
+                .filter_map(|u| u.get("ID").and_then(as_u64))
+                .collect();
+            Ok(match matching.as_slice() {
+                [only] => Some(only.to_string()),
+                _ => None,
+            })
+        })
+    }
+}
+
+impl People {
+    /// `user.get` items; none when the credentials may not list users.
+    async fn users(&self, params: serde_json::Value) -> Result<Vec<serde_json::Value>, Failure> {
+        match self.client.call("user.get", params, Repeat::Safe).await {
+            Ok(resp) => Ok(as_list(&resp.result).into_iter().cloned().collect()),
+            Err(e) if e.code == "insufficient_scope" => Ok(Vec::new()),
+            Err(e) => Err(e.to_failure()),
+        }
+    }
+}
+
+fn email(user: &serde_json::Value) -> Option<String> {
+    user.get("EMAIL")
+        .map(value_text)
+        .map(|e| e.trim().to_string())
+        .filter(|e| e.contains('@'))
 }
 
 /// A `user.get` item as a person.

@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use livefeed_core::links::{Link, PeopleConfig};
 use livefeed_core::model::{Audience, Platform, Room};
 use livefeed_core::store::StoreOptions;
 use serde::Deserialize;
@@ -79,6 +80,8 @@ pub struct Config {
     pub important: ImportantConfig,
     /// `files:`.
     pub files: FilesConfig,
+    /// `people:`: identity links.
+    pub people: PeopleConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -250,6 +253,30 @@ struct RawConfig {
     important: Option<RawImportant>,
     #[serde(default)]
     files: Option<RawFiles>,
+    #[serde(default)]
+    people: Option<RawPeople>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeople {
+    #[serde(default)]
+    match_by_email: Option<bool>,
+    #[serde(default)]
+    refresh_interval: Option<Str>,
+    #[serde(default)]
+    links: Vec<RawLink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    #[serde(default)]
+    bitrix: Option<Str>,
+    #[serde(default)]
+    slack: Option<Str>,
+    #[serde(default)]
+    matrix: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +362,7 @@ impl Validator<'_> {
         };
 
         let files = self.files(raw.files.as_ref())?;
+        let people = self.people(raw.people.as_ref())?;
 
         if slack.is_none()
             && let Some(m) = raw.mappings.iter().find(|m| m.slack.is_some())
@@ -364,6 +392,103 @@ impl Validator<'_> {
             mappings,
             important,
             files,
+            people,
+        })
+    }
+
+    fn people(&self, raw: Option<&RawPeople>) -> Result<PeopleConfig, ConfigError> {
+        let defaults = PeopleConfig::default();
+        let Some(raw) = raw else {
+            return Ok(defaults);
+        };
+        let refresh = self.duration(
+            "people.refresh_interval",
+            raw.refresh_interval.as_ref(),
+            defaults.refresh,
+        )?;
+        let mut links: Vec<Link> = Vec::new();
+        for (i, l) in raw.links.iter().enumerate() {
+            let mut ids = BTreeMap::new();
+            let mut first: Option<&Str> = None;
+            let sides = [
+                (
+                    bitrix::PLATFORM,
+                    &l.bitrix,
+                    "bitrix",
+                    "a Bitrix24 user id, e.g. 17",
+                ),
+                (
+                    slack::PLATFORM,
+                    &l.slack,
+                    "slack",
+                    "a Slack user id, e.g. U0123456789",
+                ),
+                (
+                    matrix::PLATFORM,
+                    &l.matrix,
+                    "matrix",
+                    "a Matrix user id in quotes, e.g. \"@anna:example.org\"",
+                ),
+            ];
+            for (platform, value, key, what) in sides {
+                let Some(value) = value else { continue };
+                let text = self.expand(&format!("people.links[{i}].{key}"), value)?;
+                let text = text.trim().to_string();
+                let valid = match key {
+                    "bitrix" => text.parse::<u64>().is_ok_and(|n| n > 0),
+                    "slack" => {
+                        text.len() > 1
+                            && (text.starts_with('U') || text.starts_with('W'))
+                            && text
+                                .bytes()
+                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    }
+                    _ => {
+                        text.starts_with('@')
+                            && text.contains(':')
+                            && !text.contains(char::is_whitespace)
+                    }
+                };
+                if !valid {
+                    return Err(self.err(
+                        value,
+                        format!("people.links[{i}].{key}: `{text}` is not {what}"),
+                        Some(format!("write {what}")),
+                    ));
+                }
+                if let Some(other) = links
+                    .iter()
+                    .position(|o| o.ids.get(&platform) == Some(&text))
+                {
+                    return Err(self.err(
+                        value,
+                        format!("people.links[{i}].{key}: `{text}` is already linked in people.links[{other}]"),
+                        Some("list each person once, with all their ids in one entry".into()),
+                    ));
+                }
+                first.get_or_insert(value);
+                ids.insert(platform, text);
+            }
+            if ids.len() < 2 {
+                let hint = Some("write two or three of `bitrix:`, `slack:` and `matrix:` in the entry, e.g. { bitrix: 17, slack: U0123456789 }".into());
+                return Err(match first {
+                    Some(at) => self.err(
+                        at,
+                        format!("people.links[{i}] names only one platform; a link needs two"),
+                        hint,
+                    ),
+                    None => self.top_err(
+                        format!("people.links[{i}] is empty; a link needs two ids"),
+                        hint,
+                    ),
+                });
+            }
+            links.push(Link { ids });
+        }
+        Ok(PeopleConfig {
+            match_by_email: raw.match_by_email.unwrap_or(defaults.match_by_email),
+            links,
+            refresh,
         })
     }
 
@@ -583,6 +708,61 @@ mappings:
         );
         assert!(c.mappings[1].replies, "replies default to true");
         assert_eq!(c.rooms().len(), 2);
+    }
+
+    #[test]
+    fn people_links_name_two_platforms_each_once() {
+        let c = Config::parse(GOOD, "bridge.yaml", &good_env()).unwrap();
+        assert!(c.people.match_by_email && c.people.links.is_empty());
+        let with = |people: &str| format!("{GOOD}{people}");
+        let c = Config::parse(
+            &with("people:\n  match_by_email: false\n  refresh_interval: 1h\n  links:\n    - { bitrix: 17, slack: U0123456789, matrix: \"@anna:example.org\" }\n    - { bitrix: 18, matrix: \"@bob:example.org\" }\n"),
+            "bridge.yaml",
+            &good_env(),
+        )
+        .unwrap();
+        assert!(!c.people.match_by_email);
+        assert_eq!(c.people.refresh, Duration::from_secs(3600));
+        assert_eq!(c.people.links.len(), 2);
+        assert_eq!(c.people.links[0].ids[&slack::PLATFORM], "U0123456789");
+        assert_eq!(c.people.links[1].ids[&bitrix::PLATFORM], "18");
+        let lines = GOOD.lines().count() as u64;
+
+        let e = parse_err(
+            &with("people:\n  links:\n    - { slack: U0123456789 }\n"),
+            &good_env(),
+        );
+        assert_eq!((e.line, e.column), (lines + 3, 16), "{e}");
+        assert!(e.to_string().contains("names only one platform"), "{e}");
+        assert!(e.hint.as_deref().unwrap().contains("bitrix:"), "{e:?}");
+
+        let e = parse_err(
+            &with("people:\n  links:\n    - { bitrix: anna, slack: U0123456789 }\n"),
+            &good_env(),
+        );
+        assert_eq!((e.line, e.column), (lines + 3, 17), "{e}");
+        assert!(
+            e.to_string().contains("`anna` is not a Bitrix24 user id"),
+            "{e}"
+        );
+
+        let e = parse_err(
+            &with("people:\n  links:\n    - { bitrix: 17, matrix: anna }\n"),
+            &good_env(),
+        );
+        assert!(e.to_string().contains("not a Matrix user id"), "{e}");
+
+        let e = parse_err(
+            &with(
+                "people:\n  links:\n    - { bitrix: 17, slack: U0123456789 }\n    - { bitrix: 18, slack: U0123456789 }\n",
+            ),
+            &good_env(),
+        );
+        assert_eq!(e.line, lines + 4, "{e}");
+        assert!(
+            e.to_string().contains("already linked in people.links[0]"),
+            "{e}"
+        );
     }
 
     #[test]

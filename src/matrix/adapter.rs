@@ -13,6 +13,7 @@ use matrix_sdk::Client;
 use matrix_sdk::attachment::AttachmentConfig;
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
 use matrix_sdk::room::reply::{EnforceThread, Reply};
+use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::events::relation::Thread;
 use matrix_sdk::ruma::events::room::MediaSource;
 use matrix_sdk::ruma::events::room::message::Relation;
@@ -20,7 +21,7 @@ use matrix_sdk::ruma::events::room::message::{
     AddMentions, ReplacementMetadata, ReplyWithinThread, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::room::pinned_events::RoomPinnedEventsEventContent;
-use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId};
+use matrix_sdk::ruma::{EventId, OwnedTransactionId, OwnedUserId, RoomId};
 
 use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage};
 use livefeed_core::layout::{content_hash, file_link};
@@ -114,11 +115,17 @@ impl MatrixChat {
         Ok((room, target))
     }
 
+    /// The root message's content; the people it mentions by a link go into `m.mentions`, so
+    /// their clients notify them (pills alone do not, since Matrix 1.7).
     fn content(msg: &RootMessage) -> RoomMessageEventContent {
+        let users = html::mentioned_users(&msg.doc)
+            .into_iter()
+            .filter_map(|u| OwnedUserId::try_from(u).ok());
         RoomMessageEventContent::text_html(
             html::render_plain(&msg.doc),
             html::render_html(&msg.doc),
         )
+        .add_mentions(Mentions::with_user_ids(users))
     }
 }
 

@@ -119,6 +119,20 @@ fn render_inline(inline: &Inline, out: &mut String) {
             }
             out.push_str("</a>");
         }
+        // A linked person: a pill, which clients show as the person and which notifies them
+        // together with `m.mentions` ([`mentioned_users`]).
+        Inline::Mention(Mention {
+            kind: MentionKind::User,
+            target: Some(user),
+            name,
+            ..
+        }) if is_matrix_user_id(user) => {
+            out.push_str("<a href=\"https://matrix.to/#/");
+            push_escaped(user, out);
+            out.push_str("\">");
+            push_escaped(if name.is_empty() { user } else { name }, out);
+            out.push_str("</a>");
+        }
         Inline::Mention(m) => push_escaped(&mention_label(m), out),
         Inline::Image { url, alt } => {
             let label = if alt.trim().is_empty() { "image" } else { alt };
@@ -161,6 +175,28 @@ fn is_safe_url(url: &str) -> bool {
     ]
     .iter()
     .any(|scheme| url.starts_with(scheme))
+}
+
+/// `@localpart:server` with nothing that could break out of an attribute.
+fn is_matrix_user_id(id: &str) -> bool {
+    id.starts_with('@')
+        && id.contains(':')
+        && !id.contains(['"', '<', '>', '&', ' ', '\'', '/', '#', '?'])
+}
+
+/// The users a document mentions by a link (pills), for the event's `m.mentions`.
+pub fn mentioned_users(doc: &Doc) -> Vec<String> {
+    let mut users = Vec::new();
+    let mut doc = doc.clone();
+    for m in livefeed_core::adapters::mentions_mut(&mut doc) {
+        if let (MentionKind::User, Some(user)) = (m.kind, &m.target)
+            && is_matrix_user_id(user)
+            && !users.contains(user)
+        {
+            users.push(user.clone());
+        }
+    }
+    users
 }
 
 fn mention_label(m: &Mention) -> String {
@@ -963,6 +999,7 @@ fn matrix_mention(href: &str) -> Option<Mention> {
         kind,
         id,
         name: String::new(),
+        target: None,
     })
 }
 
@@ -1074,6 +1111,7 @@ mod tests {
             kind: MentionKind::Broadcast,
             id: "channel".into(),
             name: "room".into(),
+            target: None,
         })]);
         assert!(!render_plain(&doc).contains("@room"));
         assert!(!render_html(&doc).contains("@room"));
@@ -1093,6 +1131,7 @@ mod tests {
                     kind: MentionKind::User,
                     id: "@alice:hs".into(),
                     name: "Alice".into(),
+                    target: None,
                 }),
                 text(", "),
                 Inline::Bold(vec![text("bold")]),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tracing::debug;
 
-use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage, mentions_mut};
+use livefeed_core::adapters::{
+    BoxFuture, ChatAdapter, Directory, LayoutOptions, RootMessage, mentions_mut,
+};
 use livefeed_core::layout::file_link;
 use livefeed_core::model::{
     Attachment, ChatFile, Failure, Fetched, FileContent, MessageId, Person, Platform, PostId,
@@ -530,6 +532,10 @@ impl ChatAdapter for SlackChat {
             let what = format!("Slack file {}", file.name);
             download::fetch(request, &file.name, max_bytes, &what).await
         })
+    }
+
+    fn directory(&self) -> Option<&dyn Directory> {
+        Some(&self.people)
     }
 
     fn resolve_people<'a>(

@@ -390,6 +390,17 @@ impl SlackApi {
     }
 
     /// A user's profile.
+    /// `users.lookupByEmail` (scope `users:read.email`).
+    pub async fn users_lookup_by_email(&self, email: &str) -> Result<Value, SlackError> {
+        self.call(
+            "users.lookupByEmail",
+            None,
+            Body::Form(vec![("email".into(), email.into())]),
+            Repeat::Safe,
+        )
+        .await
+    }
+
     pub async fn users_info(&self, user: &str) -> Result<Value, SlackError> {
         self.call(
             "users.info",

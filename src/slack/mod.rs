@@ -160,7 +160,7 @@ pub async fn connect(
 /// What the bot token's scopes allow, for `check`: each optional feature and the scope it
 /// needs (slack-app-manifest.yaml asks for all of them).
 fn scopes_report(granted: &[String], report: &mut Report) {
-    const FEATURES: [(&str, &str, &str); 3] = [
+    const FEATURES: [(&str, &str, &str); 4] = [
         (
             "pins:write",
             "important posts are pinned",
@@ -175,6 +175,11 @@ fn scopes_report(granted: &[String], report: &mut Report) {
             "files:read",
             "files in replies are attached to their comments",
             "files in replies stay in Slack (comments carry their text only)",
+        ),
+        (
+            "users:read.email",
+            "people are linked to Bitrix24 users by e-mail (mentions notify)",
+            "people are linked only by people.links in the config (mentions of others stay names)",
         ),
     ];
     for (scope, works, missing) in FEATURES {

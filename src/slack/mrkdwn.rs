@@ -231,6 +231,12 @@ fn render_inline(inline: &Inline, active: u8) -> Piece {
             let label = one_line(&inlines_plain(text));
             Piece::plain(render_link(url, &label))
         }
+        // A linked person is mentioned so that Slack notifies them.
+        Inline::Mention(Mention {
+            kind: MentionKind::User,
+            target: Some(user),
+            ..
+        }) if is_slack_user_id(user) => Piece::plain(format!("<@{user}>")),
         Inline::Mention(m) => Piece::plain(escape(&mention_label(m))),
         Inline::Image { url, alt } => {
             let label = if alt.trim().is_empty() { "image" } else { alt };
@@ -304,6 +310,15 @@ fn render_link(url: &str, label: &str) -> String {
 
 fn one_line(text: &str) -> String {
     text.replace('\n', " ")
+}
+
+/// `U…`/`W…` and letters and digits only: safe inside `<@…>`.
+fn is_slack_user_id(id: &str) -> bool {
+    id.len() > 1
+        && (id.starts_with('U') || id.starts_with('W'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 fn mention_label(m: &Mention) -> String {
@@ -695,6 +710,7 @@ impl Parser<'_> {
                 kind,
                 id: id.to_owned(),
                 name: name.unwrap_or_else(|| id.to_owned()),
+                target: None,
             })
         };
         if let Some(id) = head.strip_prefix('@') {
@@ -713,6 +729,7 @@ impl Parser<'_> {
                         kind: MentionKind::Broadcast,
                         id: command.to_owned(),
                         name: command.to_owned(),
+                        target: None,
                     })
                 }
                 None => Inline::Text(label.unwrap_or_else(|| unescape(command))),
@@ -926,12 +943,14 @@ mod tests {
                 kind: MentionKind::User,
                 id: "1".into(),
                 name: "Ivan".into(),
+                target: None,
             }),
             text(" "),
             Inline::Mention(Mention {
                 kind: MentionKind::Broadcast,
                 id: "here".into(),
                 name: "here".into(),
+                target: None,
             }),
             text(" "),
             Inline::Code("a`b<".into()),
@@ -981,6 +1000,7 @@ mod tests {
                 kind,
                 id: id.into(),
                 name: name.into(),
+                target: None,
             })
         };
         assert_eq!(

@@ -3,7 +3,8 @@
 //! cache (it must acknowledge Slack without waiting); the adapter asks Slack when the engine
 //! resolves a reply's names before writing its comment.
 
-use livefeed_core::model::Person;
+use livefeed_core::adapters::{BoxFuture, Directory};
+use livefeed_core::model::{Failure, Person};
 use livefeed_core::people::PersonCache;
 use livefeed_core::store::Store;
 use serde_json::Value;
@@ -65,6 +66,61 @@ impl People {
             }
         }
     }
+}
+
+/// Answers that mean "Slack will not say", not "try again": no such person, or no
+/// `users:read.email` scope.
+const NOT_TOLD: [&str; 4] = [
+    "users_not_found",
+    "user_not_found",
+    "user_not_visible",
+    "missing_scope",
+];
+
+/// People by e-mail, for identity links: `users.info`'s `profile.email` and
+/// `users.lookupByEmail`, both needing `users:read.email`. Deleted users and bots are nobody.
+impl Directory for People {
+    fn email_of<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+        Box::pin(async move {
+            match self.api.users_info(user).await {
+                Ok(v) => Ok(live_person(&v["user"]).then(|| email(&v["user"])).flatten()),
+                Err(e) if NOT_TOLD.contains(&e.error.as_str()) => Ok(None),
+                Err(e) => Err(e.to_failure()),
+            }
+        })
+    }
+
+    fn user_by_email<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, Failure>> {
+        Box::pin(async move {
+            match self.api.users_lookup_by_email(address).await {
+                Ok(v) => {
+                    let u = &v["user"];
+                    let exact = email(u).is_some_and(|e| e.eq_ignore_ascii_case(address));
+                    Ok((exact && live_person(u))
+                        .then(|| u["id"].as_str().map(str::to_string))
+                        .flatten())
+                }
+                Err(e) if NOT_TOLD.contains(&e.error.as_str()) => Ok(None),
+                Err(e) => Err(e.to_failure()),
+            }
+        })
+    }
+}
+
+/// A person who can be linked: not deleted, not a bot.
+fn live_person(u: &Value) -> bool {
+    u["deleted"].as_bool() != Some(true) && u["is_bot"].as_bool() != Some(true)
+}
+
+fn email(u: &Value) -> Option<String> {
+    u["profile"]["email"]
+        .as_str()
+        .map(str::trim)
+        .filter(|e| e.contains('@'))
+        .map(str::to_string)
 }
 
 /// A stand-in until the name is known: the id itself.

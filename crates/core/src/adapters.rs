@@ -145,6 +145,24 @@ pub trait ChatAdapter: Send + Sync {
         let _ = (author, body);
         Box::pin(async { Ok(()) })
     }
+    /// Where the platform's people can be looked up by e-mail, for identity links; `None`
+    /// where it cannot (Matrix: a bot cannot read users' addresses).
+    fn directory(&self) -> Option<&dyn Directory> {
+        None
+    }
+}
+
+/// A platform's people by e-mail address, for identity links (`crate::links`). Both answers
+/// are `Ok(None)` when the platform does not say (no such person, no permission to see
+/// addresses); errors are for calls that failed and may work later.
+pub trait Directory: Send + Sync {
+    /// The person's e-mail address.
+    fn email_of<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<String>, Failure>>;
+    /// The one active person with exactly this address (compared without case).
+    fn user_by_email<'a>(
+        &'a self,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, Failure>>;
 }
 
 /// Every mention in `doc`, for [`ChatAdapter::resolve_people`] to name.
@@ -209,4 +227,8 @@ pub trait FeedAdapter: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>>;
     /// Delete a comment; one that is already gone counts as deleted.
     fn delete_comment<'a>(&'a self, comment: CommentId) -> BoxFuture<'a, Result<(), Failure>>;
+    /// The feed's people by e-mail address, where it can say.
+    fn directory(&self) -> Option<&dyn Directory> {
+        None
+    }
 }

@@ -32,6 +32,7 @@ pub mod engine;
 pub mod health;
 pub mod journal;
 pub mod layout;
+pub mod links;
 pub mod metrics;
 pub mod model;
 pub mod people;

@@ -96,6 +96,10 @@ pub struct Mention {
     pub id: String,
     /// What to show.
     pub name: String,
+    /// The person's id on the platform the document is rendered for, when an identity link
+    /// says who they are there: renderers then write a mention that notifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

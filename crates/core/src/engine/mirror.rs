@@ -28,15 +28,18 @@ impl Inner {
             .post
             .num_comments
             .saturating_sub(record.bridge_comments);
+        let mut doc = root_message(
+            &record.post,
+            comments,
+            chat.layout(),
+            self.feed.display_name(),
+        );
+        self.link_mentions(&mut doc, &self.feed_platform, &room.platform)
+            .await;
         let msg = RootMessage {
             post,
             author: record.post.author.clone(),
-            doc: root_message(
-                &record.post,
-                comments,
-                chat.layout(),
-                self.feed.display_name(),
-            ),
+            doc,
         };
         let hash = content_hash(&(&msg.author, &msg.doc));
         match mirror {

@@ -35,13 +35,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::adapters::{ChatAdapter, FeedAdapter};
+use crate::adapters::{ChatAdapter, Directory, FeedAdapter, mentions_mut};
 use crate::health::Health;
 use crate::journal::Journal;
+use crate::links::{Links, PeopleConfig};
 use crate::metrics::Metrics;
 use crate::model::{
     ChatEvent, Failure, FeedEvent, Inbound, MessageId, Platform, PostId, Room, ThreadId,
 };
+use crate::richtext::{Doc, MentionKind};
 use crate::route::Routing;
 use crate::store::{JournalEntry, PostRecord, Store, StoreError};
 
@@ -59,6 +61,8 @@ pub struct EngineConfig {
     /// Files up to this size are carried across; larger ones become a link (feed → chat) or
     /// a note in the comment (chat → feed).
     pub max_file_bytes: u64,
+    /// Identity links, for mentions that notify on the other side.
+    pub people: PeopleConfig,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             retry_max: Duration::from_secs(60),
             pin_important: true,
             max_file_bytes: 20 * 1024 * 1024,
+            people: PeopleConfig::default(),
         }
     }
 }
@@ -84,6 +89,8 @@ struct Inner {
     router: Routing,
     chats: BTreeMap<Platform, Arc<dyn ChatAdapter>>,
     feed: Arc<dyn FeedAdapter>,
+    /// Who is who across the platforms, for mentions.
+    links: Links,
     /// The feed's name, for metric labels and `/readyz` (`feed.platform()`, asked once).
     feed_platform: Platform,
     metrics: Arc<Metrics>,
@@ -165,12 +172,14 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Self {
         let chats = chats.into_iter().map(|c| (c.platform(), c)).collect();
+        let journal_store = journal.store().clone();
         Engine {
             inner: Arc::new(Inner {
                 store: journal.store().clone(),
                 journal,
                 router: router.into(),
                 chats,
+                links: Links::new(journal_store.clone(), cfg.people.clone()),
                 feed_platform: feed.platform(),
                 feed,
                 metrics,
@@ -394,6 +403,41 @@ impl Inner {
             .filter(|(_, m)| !m.deleted)
             .map(|(room, _)| room)
             .collect())
+    }
+
+    /// Where `platform`'s people can be looked up by e-mail, if anywhere.
+    fn directory(&self, platform: &Platform) -> Option<&dyn Directory> {
+        if *platform == self.feed_platform {
+            self.feed.directory()
+        } else {
+            self.chats.get(platform).and_then(|c| c.directory())
+        }
+    }
+
+    /// Give the mentions of people in `doc`, written on `from`, their ids on `to` where an
+    /// identity link knows them: `to`'s renderer then mentions them so that they are notified.
+    /// The others stay plain names.
+    async fn link_mentions(&self, doc: &mut Doc, from: &Platform, to: &Platform) {
+        let mut ids: Vec<String> = mentions_mut(doc)
+            .into_iter()
+            .filter(|m| m.kind == MentionKind::User)
+            .map(|m| m.id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let mut found = HashMap::new();
+        for id in ids {
+            let from_side = (from, self.directory(from));
+            let to_side = (to, self.directory(to));
+            if let Some(target) = self.links.counterpart(from_side, &id, to_side).await {
+                found.insert(id, target);
+            }
+        }
+        for m in mentions_mut(doc) {
+            if m.kind == MentionKind::User {
+                m.target = found.get(&m.id).cloned();
+            }
+        }
     }
 
     fn chat(&self, platform: &Platform) -> Result<&Arc<dyn ChatAdapter>, Failure> {

@@ -102,7 +102,9 @@ impl Inner {
             return Ok(());
         };
         let chat = self.chat(&room.platform)?;
-        let (contents, with_notes) = self.fetch_files(room, body, files).await?;
+        let (contents, mut with_notes) = self.fetch_files(room, body, files).await?;
+        self.link_mentions(&mut with_notes, &room.platform, &self.feed_platform)
+            .await;
         let doc = attributed_comment(author, chat.display_name(), &with_notes);
         let key = comment_intent_key(room, reply);
         let comment = match self.begin(&key).await? {
