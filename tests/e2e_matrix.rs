@@ -761,3 +761,64 @@ async fn files_cross_an_encrypted_room_both_ways() {
         2
     );
 }
+
+/// A person linked in the config is a pill in the root message, with their id in
+/// `m.mentions` so that their client notifies them; a pill in a reply becomes a feed mention.
+/// A person nobody linked stays a name, and `@room` in a reply stays text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_of_linked_people_are_pills_that_notify() {
+    let hs = homeserver!("mentions_of_linked_people_are_pills_that_notify");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    let alice_id = w.m().alice.user.clone();
+    let alice_b24 = w.portal.add_user(livefeed_sandbox::bitrix::NewUser {
+        name: "Alice".into(),
+        last_name: "Liddell".into(),
+        ..Default::default()
+    });
+    w.extra_config =
+        format!("people:\n  links:\n    - {{ bitrix: {alice_b24}, matrix: \"{alice_id}\" }}\n");
+    w.start().await;
+    let post = w.post_all(
+        "Rules",
+        &format!(
+            "[USER={alice_b24}]Alice Liddell[/USER] and [USER={}]Olga Kuznetsova[/USER]: please read",
+            w.olga
+        ),
+    );
+    let room = w.m().news_room.clone();
+    let root = root_of(&w, post, &room, 1).await;
+    let (body, html) = text_of(&root);
+    assert!(
+        html.contains(&format!(
+            "<p><strong>Rules</strong></p><p><a href=\"https://matrix.to/#/{alice_id}\">Alice Liddell</a> and Olga Kuznetsova: please read</p>"
+        )),
+        "{html}"
+    );
+    assert!(
+        body.contains("Alice Liddell and Olga Kuznetsova: please read"),
+        "{body}"
+    );
+    let mentioned = root.content.mentions.as_ref().expect("m.mentions");
+    assert_eq!(
+        mentioned.user_ids.iter().cloned().collect::<Vec<_>>(),
+        vec![alice_id.clone()]
+    );
+    assert!(!mentioned.room);
+
+    w.m()
+        .alice
+        .thread_reply(
+            &room,
+            &root.event_id,
+            "Alice Liddell: read. @room",
+            &format!("<a href=\"https://matrix.to/#/{alice_id}\">Alice Liddell</a>: read. @room"),
+        )
+        .await;
+    let comments = w.wait_comments(post, 1).await;
+    assert_eq!(
+        comments,
+        vec![format!(
+            "[B]Alice Liddell[/B] (Matrix): [USER={alice_b24}]Alice Liddell[/USER]: read. @room"
+        )]
+    );
+}
