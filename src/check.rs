@@ -98,10 +98,15 @@ pub async fn probe(config: &Config) -> Report {
         config.rooms().len()
     ));
     report.ok(format!(
-        "people: {} linked in the config; matching by e-mail {}",
+        "people: {} linked in the config; matching by e-mail {}; comments as their author {}",
         config.people.links.len(),
         if config.people.match_by_email {
             "on (where both sides show addresses; see the scope lines)"
+        } else {
+            "off"
+        },
+        if config.people.comments_as_author {
+            "on where the portal allows it (see the Bitrix24 lines)"
         } else {
             "off"
         }

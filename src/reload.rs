@@ -277,6 +277,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     differs(
         "people",
         old.people.match_by_email != new.people.match_by_email
+            || old.people.comments_as_author != new.people.comments_as_author
             || old.people.links != new.people.links
             || old.people.refresh != new.people.refresh,
     );

@@ -938,12 +938,87 @@ async fn mentions_of_linked_people_notify_on_the_other_side() {
         &format!("Done @{} @{bob} @{carl} @channel", w.anna),
         false,
     );
-    let comments = w.wait_comments(post, 1).await;
+    // Anna is linked and the webhook's user is an administrator: the comment is her own.
+    w.wait_comments(post, 1).await;
+    let comment = &w.portal.comments(post)[0];
     assert_eq!(
-        comments,
-        vec![format!(
-            "[B]Anna Smirnova[/B] (Slack): Done [USER={anna_b24}]Anna Smirnova[/USER] [USER={}]Bob Jones[/USER] @Carl Ray @channel",
+        comment.text,
+        format!(
+            "Done [USER={anna_b24}]Anna Smirnova[/USER] [USER={}]Bob Jones[/USER] @Carl Ray @channel",
             w.olga
-        )]
+        )
+    );
+    assert_eq!(comment.author, anna_b24);
+}
+
+/// With an administrator's webhook, a linked person's reply is written as their own comment,
+/// without the attribution line, and edits and deletions follow it; an unlinked person's
+/// reply keeps the attribution; `people.comments_as_author: false` keeps it for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_persons_reply_is_their_own_comment() {
+    let mut w = World::new(Setup::default()).await;
+    let anna_b24 = w.portal.add_user(livefeed_sandbox::bitrix::NewUser {
+        name: "Anna".into(),
+        last_name: "Smirnova".into(),
+        email: Some("anna@example.com".into()),
+        ..Default::default()
+    });
+    let carl = w
+        .slack
+        .add_user(livefeed_sandbox::slack::NewUser::new("carl", "Carl Ray"));
+    w.start().await;
+    let post = w.post_all("Offsite", "Where shall we go?");
+    let root = w.wait_root(&w.news.clone(), post).await;
+
+    let reply = w.slack.reply(&w.anna, &w.news, &root.ts, "The lake", false);
+    w.wait_comments(post, 1).await;
+    w.slack.reply(&carl, &w.news, &root.ts, "The forest", false);
+    w.wait_comments(post, 2).await;
+    let by = |p: &World| -> Vec<(u64, String)> {
+        p.portal
+            .comments(post)
+            .into_iter()
+            .map(|c| (c.author, c.text))
+            .collect()
+    };
+    assert_eq!(
+        by(&w),
+        vec![
+            (anna_b24, "The lake".to_string()),
+            (1, "[B]Carl Ray[/B] (Slack): The forest".to_string()),
+        ]
+    );
+
+    // Her edit replaces her comment, still as her; her deletion deletes it.
+    w.slack.edit(&w.anna, &w.news, &reply, "The sea");
+    assert!(
+        w.portal
+            .wait_until(WAIT, |p| p
+                .comments(post)
+                .iter()
+                .any(|c| c.text == "The sea"))
+            .await
+    );
+    w.settle().await;
+    assert_eq!(
+        by(&w),
+        vec![
+            (1, "[B]Carl Ray[/B] (Slack): The forest".to_string()),
+            (anna_b24, "The sea".to_string()),
+        ]
+    );
+    w.slack.delete(&w.anna, &w.news, &reply);
+    w.wait_comments(post, 1).await;
+
+    // Switched off, everyone is attributed again.
+    w.stop().await;
+    w.extra_config = "people:\n  comments_as_author: false\n".into();
+    w.start().await;
+    w.slack
+        .reply(&w.anna, &w.news, &root.ts, "Back again", false);
+    w.wait_comments(post, 2).await;
+    assert_eq!(
+        by(&w)[1],
+        (1, "[B]Anna Smirnova[/B] (Slack): Back again".to_string())
     );
 }

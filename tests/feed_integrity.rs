@@ -273,21 +273,21 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     };
 
     // A reply on post A became a comment, recorded as the engine records it.
-    let on_a = feed.add_comment(PostId(a), &doc, &[]).await.unwrap();
+    let on_a = feed.add_comment(PostId(a), &doc, &[], None).await.unwrap();
     record(a, on_a, "r-a");
     // The same text on post B, written just before a crash: never recorded.
     let on_b = portal.add_comment(b, 1, &bbcode::render(&doc));
     // Post C has no such comment: nothing is adopted for it (not A's, not B's). The list
     // names feed entries, not posts, and C's entry is not known.
     assert_eq!(
-        feed.find_comment(PostId(c), &doc, &[], since)
+        feed.find_comment(PostId(c), &doc, &[], None, since)
             .await
             .unwrap(),
         None
     );
     // B's entry is not known either, so text alone does not adopt B's comment ...
     assert_eq!(
-        feed.find_comment(PostId(b), &doc, &[], since)
+        feed.find_comment(PostId(b), &doc, &[], None, since)
             .await
             .unwrap(),
         None
@@ -295,7 +295,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     // ... but writing it again, the portal answers "Duplicate comment": B has it. The one
     // unrecorded candidate is adopted, and no second comment appears.
     assert_eq!(
-        feed.add_comment(PostId(b), &doc, &[]).await.unwrap(),
+        feed.add_comment(PostId(b), &doc, &[], None).await.unwrap(),
         CommentId(on_b)
     );
     assert_eq!(portal.comments(b).len(), 1);
@@ -304,7 +304,10 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     // Two unrecorded copies on posts whose entries are unknown: ambiguous, nothing adopted.
     let _on_c = portal.add_comment(c, 1, &bbcode::render(&doc));
     let _on_d = portal.add_comment(d, 1, &bbcode::render(&doc));
-    let refused = feed.add_comment(PostId(d), &doc, &[]).await.unwrap_err();
+    let refused = feed
+        .add_comment(PostId(d), &doc, &[], None)
+        .await
+        .unwrap_err();
     assert_eq!(refused.kind, FailureKind::Permanent, "{refused}");
 
     // A's entry is known from its recorded comment: a crashed comment there is found by it.
@@ -312,7 +315,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     let again_a = portal.add_comment(a, 1, &bbcode::render(&doc2));
     let _also_d = portal.add_comment(d, 1, &bbcode::render(&doc2));
     assert_eq!(
-        feed.find_comment(PostId(a), &doc2, &[], since)
+        feed.find_comment(PostId(a), &doc2, &[], None, since)
             .await
             .unwrap(),
         Some(CommentId(again_a)),
@@ -320,7 +323,7 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     );
     // Nothing older than the window.
     assert_eq!(
-        feed.find_comment(PostId(a), &doc2, &[], now_ms() + 3_600_000)
+        feed.find_comment(PostId(a), &doc2, &[], None, now_ms() + 3_600_000)
             .await
             .unwrap(),
         None
@@ -370,16 +373,19 @@ async fn comment_recovery_recognises_a_comment_with_files_by_its_files() {
     let since = now_ms();
 
     // Written just before a crash, never recorded.
-    let written = feed.add_comment(PostId(b), &doc, &plan).await.unwrap();
+    let written = feed
+        .add_comment(PostId(b), &doc, &plan, None)
+        .await
+        .unwrap();
     assert_eq!(
-        feed.find_comment(PostId(b), &doc, &plan, since)
+        feed.find_comment(PostId(b), &doc, &plan, None, since)
             .await
             .unwrap(),
         Some(written),
         "the one unrecorded comment with this text and these files"
     );
     assert_eq!(
-        feed.find_comment(PostId(b), &doc, &[], since)
+        feed.find_comment(PostId(b), &doc, &[], None, since)
             .await
             .unwrap(),
         None,
@@ -387,7 +393,7 @@ async fn comment_recovery_recognises_a_comment_with_files_by_its_files() {
     );
     let other = vec![file("plan.pdf", b"%PDF-1.4 another plan")];
     assert_eq!(
-        feed.find_comment(PostId(b), &doc, &other, since)
+        feed.find_comment(PostId(b), &doc, &other, None, since)
             .await
             .unwrap(),
         None,
@@ -395,12 +401,109 @@ async fn comment_recovery_recognises_a_comment_with_files_by_its_files() {
     );
 
     // The same text and file on a second post: two candidates, neither is adopted.
-    feed.add_comment(PostId(c), &doc, &plan).await.unwrap();
+    feed.add_comment(PostId(c), &doc, &plan, None)
+        .await
+        .unwrap();
     assert_eq!(
-        feed.find_comment(PostId(c), &doc, &plan, since)
+        feed.find_comment(PostId(c), &doc, &plan, None, since)
             .await
             .unwrap(),
         None
     );
     assert_eq!(portal.comments(b).len(), 1);
+}
+
+/// Written as a linked person (an administrator's webhook), a comment is found after a crash
+/// through that person's comment list, which shows an administrator no text: only the one
+/// unrecorded comment of theirs on the post's known feed entry is taken, and none when they
+/// also wrote one by hand there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_recovery_as_the_linked_author_takes_only_an_unambiguous_comment() {
+    let portal = FakePortal::start(PortalConfig {
+        rate_limit: None,
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
+    let anna = portal.add_user(livefeed_sandbox::bitrix::NewUser {
+        name: "Anna".into(),
+        last_name: "Smirnova".into(),
+        ..Default::default()
+    });
+    let post = portal.create_post(
+        1,
+        NewPost {
+            title: None,
+            text: "p".into(),
+            dest: vec!["UA".into()],
+            important: false,
+            files: Vec::new(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let client = BitrixClient::new(
+        Credentials::Webhook(Secret::new(portal.webhook_url()), 1),
+        None,
+        Duration::from_secs(10),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let feed = BitrixFeed::new(client, store.clone());
+    assert!(
+        feed.writes_as_others().await,
+        "the webhook's user is an admin"
+    );
+    let who = anna.to_string();
+    let since = now_ms();
+    let first = Doc::plain("The lake");
+    let written = feed
+        .add_comment(PostId(post), &first, &[], Some(&who))
+        .await
+        .unwrap();
+    assert_eq!(portal.comments(post)[0].author, anna);
+    // The post's entry is not known yet: nothing is taken blind.
+    assert_eq!(
+        feed.find_comment(PostId(post), &first, &[], Some(&who), since)
+            .await
+            .unwrap(),
+        None
+    );
+    let room = Room::new(livefeed_bridge::slack::PLATFORM, "C0123456789");
+    store
+        .record_comment(
+            &room,
+            &ReplyId::from("r1"),
+            &CommentRecord {
+                post: PostId(post),
+                comment: written,
+                thread: ThreadId::from("1.0"),
+                content_hash: 1,
+            },
+            "intent",
+        )
+        .unwrap();
+    // Recorded, the comment teaches the entry; a crashed second one is then found.
+    let second = Doc::plain("The sea");
+    feed.find_comment(PostId(post), &second, &[], Some(&who), since)
+        .await
+        .unwrap();
+    let crashed = feed
+        .add_comment(PostId(post), &second, &[], Some(&who))
+        .await
+        .unwrap();
+    assert_eq!(
+        feed.find_comment(PostId(post), &second, &[], Some(&who), since)
+            .await
+            .unwrap(),
+        Some(crashed)
+    );
+    // Anna also comments by hand: two candidates, neither is taken.
+    portal.add_comment(post, anna, "My own words");
+    assert_eq!(
+        feed.find_comment(PostId(post), &second, &[], Some(&who), since)
+            .await
+            .unwrap(),
+        None
+    );
 }

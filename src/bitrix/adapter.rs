@@ -17,6 +17,9 @@ use livefeed_core::model::{CommentId, Failure, FeedFile, Fetched, FileContent, P
 use livefeed_core::richtext::Doc;
 use livefeed_core::store::{Store, now_ms};
 
+/// How long an answer of `user.admin` is trusted.
+const ADMIN_TTL: Duration = Duration::from_secs(600);
+
 /// How far back reconciliation looks before an intent's start (clock skew, slow requests).
 const RECONCILE_SLACK: Duration = Duration::from_secs(300);
 
@@ -25,6 +28,8 @@ pub struct BitrixFeed {
     client: BitrixClient,
     /// The portal's people by e-mail, for identity links.
     people: Option<People>,
+    /// Whether the webhook's user is an administrator, and when that was asked.
+    admin: std::sync::Mutex<Option<(bool, std::time::Instant)>>,
     /// The bridge's own records: which comment is on which post, and which feed entry
     /// (`log_id`) is which post, learned from them.
     store: Store,
@@ -65,6 +70,7 @@ impl BitrixFeed {
         BitrixFeed {
             client,
             people: None,
+            admin: std::sync::Mutex::new(None),
             store,
         }
     }
@@ -81,9 +87,14 @@ impl BitrixFeed {
         post: PostId,
         doc: &Doc,
         files: &[FileContent],
+        author: Option<&str>,
     ) -> Result<CommentId, Failure> {
         let text = bbcode::render(doc);
         let mut params = json!({ "POST_ID": post.0, "TEXT": text });
+        if let Some(user) = author {
+            // Honoured for an administrator's webhook only (`writes_as_others` asked first).
+            params["USER_ID"] = json!(user);
+        }
         if !files.is_empty() {
             // `[[name, base64], …]`, no `data:` prefix (docs/platforms/bitrix24.md §8).
             let base64 = &base64::engine::general_purpose::STANDARD;
@@ -104,7 +115,7 @@ impl BitrixFeed {
             Err(e) if e.says("Duplicate comment") && files.is_empty() => {
                 let since = now_ms() - DUPLICATE_WINDOW_MS;
                 match self
-                    .find(post, doc, &[], since, Evidence::PostHasIt)
+                    .find(post, doc, &[], author, since, Evidence::PostHasIt)
                     .await?
                 {
                     Some(id) => Ok(id),
@@ -195,43 +206,55 @@ impl BitrixFeed {
         post: PostId,
         doc: &Doc,
         files: &[FileContent],
+        author: Option<&str>,
         since_ms: i64,
         evidence: Evidence,
     ) -> Result<Option<CommentId>, Failure> {
         let text = bbcode::render(doc);
+        let mut params = json!({ "LIMIT": 100 });
+        if let Some(user) = author {
+            params["USER_ID"] = json!(user);
+        }
         let resp = self
             .client
-            .call(
-                "log.blogcomment.user.get",
-                json!({ "LIMIT": 100 }),
-                Repeat::Safe,
-            )
+            .call("log.blogcomment.user.get", params, Repeat::Safe)
             .await
             .map_err(|e| e.to_failure())?;
         let comments = own_comments(&resp.result);
         self.learn_entries(&comments);
         let since = (since_ms - RECONCILE_SLACK.as_millis() as i64) / 1000;
+        // An administrator reading another user's comments gets them without their text
+        // (docs/platforms/bitrix24.md §4.9): then only one candidate on the post is taken.
+        let blind = author.is_some() && comments.iter().all(|c| c.text.is_empty());
         let candidates: Vec<&OwnComment> = comments
             .iter()
-            .filter(|c| c.text.trim() == text.trim())
+            .filter(|c| blind || c.text.trim() == text.trim())
             .filter(|c| c.date.is_none_or(|d| d >= since))
             .filter(|c| matches!(self.store.post_of_comment(c.comment), Ok(None)))
             .collect();
         let post_of = |c: &OwnComment| -> Option<PostId> {
             c.post.or_else(|| c.log_id.and_then(|l| self.entry_post(l)))
         };
-        let on_post: Option<CommentId> = candidates
+        let on_post: Vec<CommentId> = candidates
             .iter()
             .filter(|c| post_of(c) == Some(post))
+            .filter(|c| !blind || files.is_empty() || c.files == names_and_sizes(files))
             .map(|c| c.comment)
-            .max();
+            .collect();
+        let on_post = match (blind, on_post.as_slice()) {
+            (true, [only]) => Some(*only),
+            (true, _) => None,
+            (false, found) => found.iter().max().copied(),
+        };
         let found = on_post.or_else(|| {
             let unknown: Vec<&&OwnComment> =
                 candidates.iter().filter(|c| post_of(c).is_none()).collect();
             match (evidence, self.post_entry_known(post), unknown.as_slice()) {
-                (Evidence::PostHasIt, false, [only]) => Some(only.comment),
+                // Blind, a lone comment on an unknown entry may be one the person wrote
+                // themselves on another post: never taken.
+                (Evidence::PostHasIt, false, [only]) if !blind => Some(only.comment),
                 (Evidence::MayHaveIt, false, [only])
-                    if !files.is_empty() && only.files == names_and_sizes(files) =>
+                    if !blind && !files.is_empty() && only.files == names_and_sizes(files) =>
                 {
                     Some(only.comment)
                 }
@@ -240,6 +263,34 @@ impl BitrixFeed {
         });
         debug!(%post, found = ?found, candidates = candidates.len(), "looked for the bridge's own comment");
         Ok(found)
+    }
+
+    /// Whether the webhook's user is a portal administrator (`user.admin`), asked at most
+    /// every [`ADMIN_TTL`]; while the portal cannot say, no.
+    async fn is_admin(&self) -> bool {
+        let cached = *self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((admin, at)) = cached
+            && at.elapsed() < ADMIN_TTL
+        {
+            return admin;
+        }
+        match self
+            .client
+            .call("user.admin", json!({}), Repeat::Safe)
+            .await
+        {
+            Ok(resp) => {
+                let admin = resp.result.as_bool() == Some(true)
+                    || value_text(&resp.result).eq_ignore_ascii_case("true");
+                *self.admin.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((admin, std::time::Instant::now()));
+                admin
+            }
+            Err(e) => {
+                debug!(error = %e, "user.admin failed; comments keep the attribution for now");
+                false
+            }
+        }
     }
 
     /// Remember which feed entry is which post, from the comments the bridge has recorded.
@@ -349,8 +400,13 @@ impl FeedAdapter for BitrixFeed {
         post: PostId,
         doc: &'a Doc,
         files: &'a [FileContent],
+        author: Option<&'a str>,
     ) -> BoxFuture<'a, Result<CommentId, Failure>> {
-        Box::pin(self.add(post, doc, files))
+        Box::pin(self.add(post, doc, files, author))
+    }
+
+    fn writes_as_others(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.is_admin())
     }
 
     fn fetch_file<'a>(
@@ -367,9 +423,10 @@ impl FeedAdapter for BitrixFeed {
         post: PostId,
         doc: &'a Doc,
         files: &'a [FileContent],
+        author: Option<&'a str>,
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>> {
-        Box::pin(self.find(post, doc, files, since_ms, Evidence::MayHaveIt))
+        Box::pin(self.find(post, doc, files, author, since_ms, Evidence::MayHaveIt))
     }
 
     fn directory(&self) -> Option<&dyn Directory> {

@@ -292,6 +292,11 @@ async fn probe_rest(
                 name.trim(),
                 if admin { ", portal admin" } else { "" }
             ));
+            report.ok(if admin {
+                format!("Bitrix24: comments as their author possible: the {kind} user is an administrator, so a linked person's reply becomes their own comment (people.comments_as_author)")
+            } else {
+                format!("Bitrix24: comments carry the chat author's name: the {kind} user is not an administrator, so the bridge cannot write as other users")
+            });
             admin
         }
         Err(e) => {

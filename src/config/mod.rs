@@ -263,6 +263,8 @@ struct RawPeople {
     #[serde(default)]
     match_by_email: Option<bool>,
     #[serde(default)]
+    comments_as_author: Option<bool>,
+    #[serde(default)]
     refresh_interval: Option<Str>,
     #[serde(default)]
     links: Vec<RawLink>,
@@ -487,6 +489,9 @@ impl Validator<'_> {
         }
         Ok(PeopleConfig {
             match_by_email: raw.match_by_email.unwrap_or(defaults.match_by_email),
+            comments_as_author: raw
+                .comments_as_author
+                .unwrap_or(defaults.comments_as_author),
             links,
             refresh,
         })

@@ -201,14 +201,22 @@ pub trait FeedAdapter: Send + Sync {
     fn platform(&self) -> Platform;
     /// The feed's name for people (`Bitrix24`), e.g. "Open in Bitrix24".
     fn display_name(&self) -> &str;
-    /// Add a comment (already attributed) to a post, with `files` attached; a duplicate of
-    /// the bridge's own latest comment counts as added and returns that comment's id.
+    /// Add a comment to a post, with `files` attached: as the bridge's own user (the text is
+    /// already attributed), or, with `author`, as that feed user (see
+    /// [`FeedAdapter::writes_as_others`]). A duplicate of the writer's latest comment counts as
+    /// added and returns that comment's id.
     fn add_comment<'a>(
         &'a self,
         post: PostId,
         doc: &'a Doc,
         files: &'a [FileContent],
+        author: Option<&'a str>,
     ) -> BoxFuture<'a, Result<CommentId, Failure>>;
+    /// Whether the bridge may write comments as other feed users (a Bitrix24 admin webhook).
+    /// Asked before each comment written as someone; a feed that cannot keeps the default.
+    fn writes_as_others(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
     /// Fetch one of a post's files, up to `max_bytes`.
     fn fetch_file<'a>(
         &'a self,
@@ -216,13 +224,14 @@ pub trait FeedAdapter: Send + Sync {
         file: &'a FeedFile,
         max_bytes: u64,
     ) -> BoxFuture<'a, Result<Fetched, Failure>>;
-    /// Find the bridge's own comment with this content (text and `files`) on `post`, written
-    /// since `since_ms`.
+    /// Find the comment with this content (text and `files`) the bridge wrote on `post` since
+    /// `since_ms`, as its own user or as `author`.
     fn find_comment<'a>(
         &'a self,
         post: PostId,
         doc: &'a Doc,
         files: &'a [FileContent],
+        author: Option<&'a str>,
         since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>>;
     /// Delete a comment; one that is already gone counts as deleted.

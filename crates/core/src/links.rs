@@ -23,6 +23,8 @@ use crate::store::{Store, now_ms};
 pub struct PeopleConfig {
     /// Link people whose e-mail addresses match exactly, where both platforms tell them.
     pub match_by_email: bool,
+    /// Write a linked person's reply as their own feed comment, where the feed allows it.
+    pub comments_as_author: bool,
     /// Explicit links.
     pub links: Vec<Link>,
     /// How long an e-mail answer is trusted before the platforms are asked again.
@@ -33,6 +35,7 @@ impl Default for PeopleConfig {
     fn default() -> Self {
         PeopleConfig {
             match_by_email: true,
+            comments_as_author: true,
             links: Vec::new(),
             refresh: Duration::from_secs(6 * 3600),
         }

@@ -419,6 +419,7 @@ impl FeedAdapter for MemoryFeed {
         post: PostId,
         doc: &'a Doc,
         files: &'a [FileContent],
+        _author: Option<&'a str>,
     ) -> BoxFuture<'a, Result<CommentId, Failure>> {
         Box::pin(async move {
             let script = self.inner.next_script();
@@ -447,6 +448,7 @@ impl FeedAdapter for MemoryFeed {
         post: PostId,
         doc: &'a Doc,
         _files: &'a [FileContent],
+        _author: Option<&'a str>,
         _since_ms: i64,
     ) -> BoxFuture<'a, Result<Option<CommentId>, Failure>> {
         Box::pin(async move {

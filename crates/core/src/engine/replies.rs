@@ -105,21 +105,39 @@ impl Inner {
         let (contents, mut with_notes) = self.fetch_files(room, body, files).await?;
         self.link_mentions(&mut with_notes, &room.platform, &self.feed_platform)
             .await;
-        let doc = attributed_comment(author, chat.display_name(), &with_notes);
+        // A linked person's reply is their own comment, without the attribution line; a reply
+        // with no text keeps it, so the comment is never empty.
+        let as_author = match with_notes.plain_text().trim().is_empty() {
+            true => None,
+            false => self.feed_author(room, author).await,
+        };
+        let doc = match as_author {
+            Some(_) => with_notes,
+            None => attributed_comment(author, chat.display_name(), &with_notes),
+        };
+        let as_author = as_author.as_deref();
         let key = comment_intent_key(room, reply);
         let comment = match self.begin(&key).await? {
-            Begin::Send => self.feed.add_comment(post, &doc, &contents).await?,
+            Begin::Send => {
+                self.feed
+                    .add_comment(post, &doc, &contents, as_author)
+                    .await?
+            }
             Begin::Reconcile { since_ms } => {
                 match self
                     .feed
-                    .find_comment(post, &doc, &contents, since_ms)
+                    .find_comment(post, &doc, &contents, as_author, since_ms)
                     .await?
                 {
                     Some(found) => {
                         info!(%post, %room, "found the comment written before");
                         found
                     }
-                    None => self.feed.add_comment(post, &doc, &contents).await?,
+                    None => {
+                        self.feed
+                            .add_comment(post, &doc, &contents, as_author)
+                            .await?
+                    }
                 }
             }
         };
@@ -141,8 +159,20 @@ impl Inner {
         self.journal.wake();
         self.metrics
             .effect(self.feed_platform.as_str(), "comment_add", "ok");
-        info!(%post, %room, comment = %comment, "reply added as a feed comment");
+        info!(%post, %room, comment = %comment, as_author = as_author.is_some(), "reply added as a feed comment");
         Ok(())
+    }
+
+    /// The feed user a chat person's comment is written as: their linked feed user, when
+    /// `people.comments_as_author` is on and the feed lets the bridge write as others.
+    async fn feed_author(&self, room: &Room, author: &Person) -> Option<String> {
+        if !self.cfg.people.comments_as_author {
+            return None;
+        }
+        let from = (&room.platform, self.directory(&room.platform));
+        let to = (&self.feed_platform, self.directory(&self.feed_platform));
+        let linked = self.links.counterpart(from, &author.id, to).await?;
+        self.feed.writes_as_others().await.then_some(linked)
     }
 
     /// The reply's files, fetched up to the size limit; a file over it is left out and named
