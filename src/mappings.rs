@@ -59,6 +59,7 @@ pub fn router_from(
                     audiences: vec![*audience],
                     rooms: vec![room],
                     replies: m.replies,
+                    mirror_replies: m.mirror_replies,
                     since,
                 });
             }

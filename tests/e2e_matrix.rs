@@ -286,6 +286,54 @@ async fn a_post_mapped_to_slack_and_matrix_arrives_once_in_each() {
             "[B]Anna Smirnova[/B] (Slack): from Slack".to_string(),
         ]
     );
+
+    // One conversation: each reply is also copied into the other platform's thread, once.
+    let in_thread = |p: &support::matrix::Person| -> Vec<String> {
+        p.messages(&room, &bot)
+            .into_iter()
+            .filter(|m| matches!(&m.content.relates_to, Some(Relation::Thread(t)) if t.event_id == root.event_id))
+            .map(|m| text_of(&m).0)
+            .collect()
+    };
+    w.m()
+        .alice
+        .wait("the Slack reply copied into the Matrix thread", |p| {
+            !in_thread(p).is_empty()
+        })
+        .await;
+    let bot_id = w.slack.config().bot_id.clone();
+    assert!(
+        w.slack
+            .wait_until(support::WAIT, |s| s
+                .thread(&w.news, &slack_root.ts)
+                .iter()
+                .any(|m| m.bot_id.as_deref() == Some(bot_id.as_str())
+                    && m.thread_ts.is_some()
+                    && m.ts != slack_root.ts))
+            .await,
+        "the Matrix reply copied into the Slack thread"
+    );
+    let slack_copies: Vec<(Option<String>, String)> = w
+        .slack
+        .thread(&w.news, &slack_root.ts)
+        .into_iter()
+        .skip(1)
+        .filter(|m| m.bot_id.as_deref() == Some(bot_id.as_str()))
+        .map(|m| (m.username, m.text))
+        .collect();
+    assert_eq!(
+        slack_copies,
+        vec![(
+            Some("Alice Liddell (Matrix)".to_string()),
+            "from Matrix".to_string()
+        )]
+    );
+    w.settle().await;
+    assert_eq!(
+        in_thread(&w.m().alice),
+        vec!["Anna Smirnova (Slack): from Slack".to_string()]
+    );
+    assert_eq!(w.comments(post).len(), 2, "copies never become comments");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

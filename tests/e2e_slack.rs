@@ -1022,3 +1022,97 @@ async fn a_linked_persons_reply_is_their_own_comment() {
         (1, "[B]Anna Smirnova[/B] (Slack): Back again".to_string())
     );
 }
+
+/// One post in two channels is one conversation: a reply in either thread is copied into the
+/// other, under its author's name and the channel's platform, once; edits and deletions
+/// follow; the feed gets each reply once; a mapping with `mirror_replies: false` keeps its
+/// thread to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_in_one_channel_are_copied_into_the_posts_other_channels() {
+    let mut w = World::new(Setup::default()).await;
+    let all_hands = w.slack.add_channel("all-hands", false, true);
+    let quiet = w.slack.add_channel("quiet", false, true);
+    w.extra_mappings = format!(
+        "  - name: all-hands\n    audience: [all]\n    slack: {{ channel: {all_hands} }}\n  - name: quiet\n    audience: [all]\n    slack: {{ channel: {quiet} }}\n    mirror_replies: false\n"
+    );
+    let carl = w
+        .slack
+        .add_user(livefeed_sandbox::slack::NewUser::new("carl", "Carl Ray"));
+    w.start().await;
+    let post = w.post_all("Offsite", "Where shall we go?");
+    let news_root = w.wait_root(&w.news.clone(), post).await;
+    let hands_root = w.wait_root(&all_hands, post).await;
+    let quiet_root = w.wait_root(&quiet, post).await;
+
+    let bot = w.slack.config().bot_id.clone();
+    let copies = |w: &World, channel: &str, root: &str| -> Vec<(String, String)> {
+        w.slack
+            .thread(channel, root)
+            .into_iter()
+            .skip(1)
+            .filter(|m| m.bot_id.as_deref() == Some(bot.as_str()))
+            .map(|m| (m.username.unwrap_or_default(), m.text))
+            .collect()
+    };
+    let wait_copies = |channel: String, root: String, n: usize| {
+        let bot = bot.clone();
+        let slack = w.slack.clone();
+        async move {
+            assert!(
+                slack
+                    .wait_until(WAIT, |s| s
+                        .thread(&channel, &root)
+                        .iter()
+                        .skip(1)
+                        .filter(|m| m.bot_id.as_deref() == Some(bot.as_str()))
+                        .count()
+                        == n)
+                    .await,
+                "{n} copies in {channel}"
+            );
+        }
+    };
+
+    let reply = w
+        .slack
+        .reply(&w.anna, &w.news, &news_root.ts, "The lake", false);
+    wait_copies(all_hands.clone(), hands_root.ts.clone(), 1).await;
+    w.slack
+        .reply(&carl, &all_hands, &hands_root.ts, "The forest", false);
+    wait_copies(w.news.clone(), news_root.ts.clone(), 1).await;
+    w.wait_comments(post, 2).await;
+    w.settle().await;
+    assert_eq!(
+        copies(&w, &all_hands, &hands_root.ts),
+        vec![("Anna Smirnova (Slack)".to_string(), "The lake".to_string())]
+    );
+    assert_eq!(
+        copies(&w, &w.news, &news_root.ts),
+        vec![("Carl Ray (Slack)".to_string(), "The forest".to_string())]
+    );
+    assert_eq!(
+        copies(&w, &quiet, &quiet_root.ts),
+        vec![],
+        "mirror_replies: false"
+    );
+    assert_eq!(w.comments(post).len(), 2, "each reply once in the feed");
+
+    w.slack.edit(&w.anna, &w.news, &reply, "The sea");
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| s
+                .thread(&all_hands, &hands_root.ts)
+                .iter()
+                .any(|m| m.text == "The sea"))
+            .await
+    );
+    w.slack.delete(&w.anna, &w.news, &reply);
+    wait_copies(all_hands.clone(), hands_root.ts.clone(), 0).await;
+    w.wait_comments(post, 1).await;
+    w.settle().await;
+    assert_eq!(
+        copies(&w, &w.news, &news_root.ts).len(),
+        1,
+        "Carl's copy stays"
+    );
+}

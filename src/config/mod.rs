@@ -147,6 +147,8 @@ pub struct Mapping {
     pub rooms: Vec<Room>,
     /// Whether thread replies become feed comments.
     pub replies: bool,
+    /// Whether thread replies are copied into the post's threads in other rooms.
+    pub mirror_replies: bool,
 }
 
 impl Config {
@@ -328,6 +330,8 @@ struct RawMapping {
     matrix: Option<matrix::config::RawMatrixTarget>,
     #[serde(default)]
     replies: Option<bool>,
+    #[serde(default)]
+    mirror_replies: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,6 +636,7 @@ impl Validator<'_> {
                 audiences,
                 rooms,
                 replies: m.replies.unwrap_or(true),
+                mirror_replies: m.mirror_replies.unwrap_or(true),
             });
         }
         Ok(out)

@@ -23,8 +23,8 @@ use matrix_sdk::ruma::events::room::message::{
 use matrix_sdk::ruma::events::room::pinned_events::RoomPinnedEventsEventContent;
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, OwnedUserId, RoomId};
 
-use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, RootMessage};
-use livefeed_core::layout::{content_hash, file_link};
+use livefeed_core::adapters::{BoxFuture, ChatAdapter, LayoutOptions, MirroredReply, RootMessage};
+use livefeed_core::layout::{attributed_comment, content_hash, file_link};
 use livefeed_core::metrics::Metrics;
 use livefeed_core::model::{
     Attachment, ChatFile, Failure, Fetched, FileContent, MessageId, Platform, PostId,
@@ -195,6 +195,22 @@ impl MatrixChat {
     }
 }
 
+/// One per reply copied into a room: a retried or reconciled send repeats it.
+fn reply_txn(key: &str) -> OwnedTransactionId {
+    format!("lfb-reply-{:016x}", content_hash(&key)).into()
+}
+
+/// The content of a copied reply: the author's name leads (the bot sends it), the room they
+/// wrote in beside it; linked people mentioned in it are in `m.mentions`.
+fn reply_content(reply: &MirroredReply) -> RoomMessageEventContent {
+    let doc = attributed_comment(&reply.author, &reply.from, &reply.body);
+    let users = html::mentioned_users(&doc)
+        .into_iter()
+        .filter_map(|u| OwnedUserId::try_from(u).ok());
+    RoomMessageEventContent::text_html(html::render_plain(&doc), html::render_html(&doc))
+        .add_mentions(Mentions::with_user_ids(users))
+}
+
 fn redact_txn(event: &MessageId) -> OwnedTransactionId {
     format!("lfb-redact-{:016x}", content_hash(&event)).into()
 }
@@ -261,6 +277,52 @@ impl ChatAdapter for MatrixChat {
             let sent = room
                 .send(content)
                 .with_transaction_id(edit_txn(message, edit, msg))
+                .await
+                .map_err(|e| sdk_failure(&e));
+            self.counted("send", sent).await.map(drop)
+        })
+    }
+
+    fn send_reply<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        reply: &'a MirroredReply,
+    ) -> BoxFuture<'a, Result<MessageId, Failure>> {
+        // No `find_reply`: sending again with the same transaction id returns the first event.
+        Box::pin(async move {
+            let (room, root_id) = self.target(room, root).await?;
+            let mut content = reply_content(reply);
+            content.relates_to = Some(Relation::Thread(Thread::plain(root_id.clone(), root_id)));
+            let sent = room
+                .send(content)
+                .with_transaction_id(reply_txn(&reply.key))
+                .await
+                .map_err(|e| sdk_failure(&e));
+            let sent = self.counted("send", sent).await?;
+            Ok(MessageId(sent.response.event_id.to_string()))
+        })
+    }
+
+    fn edit_reply<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        edit: u64,
+        reply: &'a MirroredReply,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let (room, target) = self.target(room, message).await?;
+            let content =
+                reply_content(reply).make_replacement(ReplacementMetadata::new(target, None));
+            let txn: OwnedTransactionId = format!(
+                "lfb-reply-edit-{edit}-{:016x}",
+                content_hash(&(message, &reply.body))
+            )
+            .into();
+            let sent = room
+                .send(content)
+                .with_transaction_id(txn)
                 .await
                 .map_err(|e| sdk_failure(&e));
             self.counted("send", sent).await.map(drop)

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 use livefeed_core::adapters::{
-    BoxFuture, ChatAdapter, Directory, LayoutOptions, RootMessage, mentions_mut,
+    BoxFuture, ChatAdapter, Directory, LayoutOptions, MirroredReply, RootMessage, mentions_mut,
 };
 use livefeed_core::layout::file_link;
 use livefeed_core::model::{
@@ -28,6 +28,9 @@ pub const METADATA_EVENT: &str = "b24_feed_post";
 /// The `event_type` of the metadata a link standing in for a too-large file carries.
 pub const FILE_METADATA_EVENT: &str = "b24_feed_file";
 /// Slack shows up to 4,000 characters of `text` well; leave room for the layout.
+/// Metadata of a reply copied from another room: its `key` finds it after a crash.
+pub const REPLY_METADATA_EVENT: &str = "b24_reply_copy";
+
 const MAX_BODY_CHARS: usize = 3_500;
 /// How far before an intent's start reconciliation looks (clock skew between us and Slack).
 const RECONCILE_SLACK: Duration = Duration::from_secs(120);
@@ -399,6 +402,86 @@ impl ChatAdapter for SlackChat {
             {
                 Ok(_) => Ok(()),
                 // Someone deleted the message: the engine detaches the post from the channel.
+                Err(e) if e.is("message_not_found") => Err(Failure::gone(e.to_string())),
+                Err(e) => Err(e.to_failure()),
+            }
+        })
+    }
+
+    fn send_reply<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        reply: &'a MirroredReply,
+    ) -> BoxFuture<'a, Result<MessageId, Failure>> {
+        Box::pin(async move {
+            // The author's name and picture on the message, the room they wrote in beside it.
+            let mut body = json!({
+                "channel": room,
+                "thread_ts": root.as_str(),
+                "text": mrkdwn::render(&reply.body),
+                "username": format!("{} ({})", reply.author.name, reply.from),
+                "unfurl_links": false,
+                "unfurl_media": false,
+                "metadata": {
+                    "event_type": REPLY_METADATA_EVENT,
+                    "event_payload": { "key": reply.key },
+                },
+            });
+            if let Some(icon) = &reply.author.avatar_url {
+                body["icon_url"] = json!(icon);
+            }
+            let resp = self
+                .api
+                .call(
+                    "chat.postMessage",
+                    Some(room),
+                    Body::Json(body),
+                    Repeat::OnlyIfRejected,
+                )
+                .await
+                .map_err(|e| e.to_failure())?;
+            resp.get("ts")
+                .and_then(Value::as_str)
+                .map(MessageId::from)
+                .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
+        })
+    }
+
+    fn find_reply<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        key: &'a str,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<MessageId>, Failure>> {
+        Box::pin(async move {
+            let extra = [("ts", root.as_str())];
+            self.find_own("conversations.replies", room, &extra, since_ms, |m| {
+                let payload = metadata_payload(m, REPLY_METADATA_EVENT)?;
+                (payload.get("key").and_then(Value::as_str) == Some(key))
+                    .then(|| m.get("ts").and_then(Value::as_str).map(MessageId::from))
+                    .flatten()
+            })
+            .await
+        })
+    }
+
+    fn edit_reply<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        _edit: u64,
+        reply: &'a MirroredReply,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let body = json!({ "channel": room, "ts": message.as_str(), "text": mrkdwn::render(&reply.body) });
+            match self
+                .api
+                .call("chat.update", Some(room), Body::Json(body), Repeat::Safe)
+                .await
+            {
+                Ok(_) => Ok(()),
                 Err(e) if e.is("message_not_found") => Err(Failure::gone(e.to_string())),
                 Err(e) => Err(e.to_failure()),
             }

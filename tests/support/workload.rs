@@ -141,7 +141,7 @@ fn supervise(
                     "LIVEFEED_CRASHPOINTS",
                     // Not `bitrix24.oauth.answered`: the portal has already spent the old refresh
                     // token then, so no client can survive a crash there (see src/bitrix/oauth.rs).
-                    "engine.sent:0.02,engine.commented:0.03,engine.file_sent:0.05,engine.recorded:0.01,journal.appended:0.005,slack.journaled:0.01,bitrix24.offline.journaled:0.05,bitrix24.offline.cleared:0.02,bitrix24.oauth.stored:0.05",
+                    "engine.sent:0.02,engine.commented:0.03,engine.file_sent:0.05,engine.reply_copied:0.05,engine.recorded:0.01,journal.appended:0.005,slack.journaled:0.01,bitrix24.offline.journaled:0.05,bitrix24.offline.cleared:0.02,bitrix24.oauth.stored:0.05",
                 )
                 .env("LIVEFEED_CRASH_SEED", (seed + stats.starts as u64).to_string());
             }
@@ -315,6 +315,34 @@ fn differences(
                     let names: Vec<&String> = files.iter().map(|(n, _)| n).collect();
                     out.push(format!(
                         "reply {:?} on post {post}: comment files {names:?}, want [{name:?}]",
+                        r.text
+                    ));
+                }
+            }
+        }
+        // A reply in one channel of a post in two is copied once into the other.
+        for r in &rs {
+            let Some(p) = posts.get(&post).filter(|p| !p.deleted) else {
+                continue;
+            };
+            for channel in p.channels.iter().filter(|c| **c != r.channel) {
+                let Some(root) = root_of(slack, bot, channel, post).into_iter().next() else {
+                    continue;
+                };
+                let n = slack
+                    .thread(channel, &root.ts)
+                    .iter()
+                    .filter(|m| {
+                        m.bot_id.as_deref() == Some(bot)
+                            && m.metadata.as_ref().map(|md| md["event_type"].clone())
+                                == Some(serde_json::json!("b24_reply_copy"))
+                            && (m.text == r.text || m.text.starts_with(&format!("{}\n", r.text)))
+                    })
+                    .count();
+                let expected = usize::from(!r.deleted);
+                if n != expected {
+                    out.push(format!(
+                        "reply {:?} on post {post}: {n} copies in {channel}, want {expected}",
                         r.text
                     ));
                 }

@@ -48,6 +48,7 @@ async fn main() {
             .map(|r| Room::new(CHAT, format!("C{r:08}")))
             .collect(),
         replies: true,
+        mirror_replies: true,
         since: 0,
     }]);
     let chat = MemoryChat::without_texts();

@@ -26,6 +26,21 @@ pub struct RootMessage {
     pub doc: Doc,
 }
 
+/// A person's reply in one room's thread of a post, as the bridge copies it into another
+/// room's thread of the same post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirroredReply {
+    /// Unique per reply and target room, the same on every try: platforms that deduplicate
+    /// sends build their idempotency key from it, others tag the copy with it to find it.
+    pub key: String,
+    /// Who wrote the reply.
+    pub author: Person,
+    /// Where they wrote it (`Slack`, `Matrix`).
+    pub from: String,
+    /// What they wrote, mentions given their ids on the target platform.
+    pub body: Doc,
+}
+
 /// How a chat platform wants root messages laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LayoutOptions {
@@ -144,6 +159,41 @@ pub trait ChatAdapter: Send + Sync {
     ) -> BoxFuture<'a, Result<(), Failure>> {
         let _ = (author, body);
         Box::pin(async { Ok(()) })
+    }
+    /// Copy a reply from another room into the thread of `root`, as its author where the
+    /// platform allows it. Not idempotent: the engine guards it with an intent and reconciles
+    /// with [`ChatAdapter::find_reply`].
+    fn send_reply<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        reply: &'a MirroredReply,
+    ) -> BoxFuture<'a, Result<MessageId, Failure>> {
+        let _ = (room, root, reply);
+        Box::pin(async { Err(Failure::permanent("this platform cannot copy replies")) })
+    }
+    /// Find a copy sent by [`ChatAdapter::send_reply`] with this `key` since `since_ms`
+    /// (`None` also where sending again is itself idempotent).
+    fn find_reply<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        key: &'a str,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<MessageId>, Failure>> {
+        let _ = (room, root, key, since_ms);
+        Box::pin(async { Ok(None) })
+    }
+    /// Replace a copy's content after its reply was edited (`edit` counts earlier edits).
+    fn edit_reply<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        edit: u64,
+        reply: &'a MirroredReply,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = (room, message, edit, reply);
+        Box::pin(async { Err(Failure::permanent("this platform cannot copy replies")) })
     }
     /// Where the platform's people can be looked up by e-mail, for identity links; `None`
     /// where it cannot (Matrix: a bot cannot read users' addresses).

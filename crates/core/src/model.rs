@@ -393,6 +393,15 @@ pub enum ChatEvent {
 }
 
 impl ChatEvent {
+    /// The reply the event is about.
+    pub fn reply(&self) -> &ReplyId {
+        match self {
+            ChatEvent::ReplyPosted { reply, .. }
+            | ChatEvent::ReplyEdited { reply, .. }
+            | ChatEvent::ReplyDeleted { reply, .. } => reply,
+        }
+    }
+
     /// The room the event happened in.
     pub fn room(&self) -> &Room {
         match self {

@@ -21,6 +21,9 @@ pub struct Route {
     pub rooms: Vec<Room>,
     /// Whether thread replies in these rooms become feed comments.
     pub replies: bool,
+    /// Whether thread replies in these rooms are copied into the post's other rooms, and
+    /// replies there into these.
+    pub mirror_replies: bool,
     /// Only posts published at or after this (unix seconds) take this route: a mapping added
     /// while the bridge runs starts from then, it does not pull older posts into its rooms
     /// when they are edited. 0: every post.
@@ -62,6 +65,14 @@ impl Router {
         self.routes
             .iter()
             .any(|r| r.replies && r.rooms.contains(room))
+    }
+
+    /// Replies in `room` are copied to the post's other rooms, and theirs into it, if any
+    /// mapping naming the room allows it.
+    pub fn mirrors_replies(&self, room: &Room) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.mirror_replies && r.rooms.contains(room))
     }
 
     /// Whether any mapping names `room`.
@@ -154,6 +165,7 @@ mod tests {
                 audiences: vec![Audience::All],
                 rooms: vec![slack("CNEWS0001")],
                 replies: true,
+                mirror_replies: true,
                 since: 0,
             },
             Route {
@@ -161,6 +173,7 @@ mod tests {
                 audiences: vec![Audience::Group(5), Audience::Department(2)],
                 rooms: vec![slack("CDEV00001")],
                 replies: false,
+                mirror_replies: true,
                 since: 0,
             },
             Route {
@@ -168,6 +181,7 @@ mod tests {
                 audiences: vec![Audience::Group(5)],
                 rooms: vec![slack("CNEWS0001"), slack("CDEV00001")],
                 replies: false,
+                mirror_replies: true,
                 since: 0,
             },
         ])
@@ -219,6 +233,7 @@ mod tests {
             audiences: vec![Audience::All],
             rooms: vec![Room::new(CHAT, "CLATE0001")],
             replies: true,
+            mirror_replies: true,
             since: 1_000,
         });
         let mut old = post(&[Audience::All]);

@@ -125,6 +125,19 @@ pub struct Mirror {
     pub pinned: bool,
 }
 
+/// A chat reply as the bridge copied it into another room's thread of the same post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyMirror {
+    /// The post whose threads these are.
+    pub post: PostId,
+    /// The copy.
+    pub message: MessageId,
+    /// Hash of what was last sent, to skip edits that change nothing.
+    pub content_hash: u64,
+    /// Edits applied so far.
+    pub edits: u64,
+}
+
 /// A post's file as the bridge put it into one room's thread.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMirror {
@@ -291,6 +304,20 @@ fn tombstone_key(room: &Room, reply: &ReplyId) -> Vec<u8> {
     k
 }
 
+/// `m` + the source reply's key + `\0` + the target room: a copy of a reply in another room.
+fn reply_mirror_prefix(room: &Room, reply: &ReplyId) -> Vec<u8> {
+    let mut k = vec![b'm'];
+    k.extend(message_key(room, reply.as_str()));
+    k.push(0);
+    k
+}
+
+fn reply_mirror_key(room: &Room, reply: &ReplyId, target: &Room) -> Vec<u8> {
+    let mut k = reply_mirror_prefix(room, reply);
+    k.extend(room_key(target));
+    k
+}
+
 fn comment_key(comment: CommentId) -> Vec<u8> {
     let mut k = vec![b'c'];
     k.extend_from_slice(&comment.0.to_be_bytes());
@@ -320,6 +347,14 @@ pub fn post_intent_key(post: PostId, room: &Room) -> String {
 /// The intent guarding the sending of `post`'s file `file` into `room`'s thread.
 pub fn file_intent_key(post: PostId, room: &Room, file: &str) -> String {
     format!("file/{}/{}/{}/{file}", room.platform, room.id, post.0)
+}
+
+/// The intent guarding the copy of `reply` (in `room`) into `target`'s thread.
+pub fn reply_mirror_intent_key(room: &Room, reply: &ReplyId, target: &Room) -> String {
+    format!(
+        "reply/{}/{}/{}/{}/{}",
+        room.platform, room.id, reply, target.platform, target.id
+    )
 }
 
 /// The intent guarding the comment for `reply`.
@@ -655,6 +690,75 @@ impl Store {
     }
 
     // -- comments ---------------------------------------------------------------------------
+
+    /// The copies of `reply` (in `room`) in other rooms, by target room.
+    pub fn reply_mirrors(&self, room: &Room, reply: &ReplyId) -> Result<Vec<(Room, ReplyMirror)>> {
+        let prefix = reply_mirror_prefix(room, reply);
+        let mut out = Vec::new();
+        for item in self.inner.comments.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            if let Some(target) = room_from_key(&k[prefix.len()..]) {
+                out.push((target, dec("comments", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The copy of `reply` in `target`, if any.
+    pub fn reply_mirror(
+        &self,
+        room: &Room,
+        reply: &ReplyId,
+        target: &Room,
+    ) -> Result<Option<ReplyMirror>> {
+        self.inner
+            .comments
+            .get(reply_mirror_key(room, reply, target))?
+            .map(|v| dec("comments", &v))
+            .transpose()
+    }
+
+    /// Record a copy of `reply` sent into `target` and close its intent, atomically.
+    pub fn record_reply_mirror(
+        &self,
+        room: &Room,
+        reply: &ReplyId,
+        target: &Room,
+        mirror: &ReplyMirror,
+        intent: &str,
+    ) -> Result<()> {
+        let key = reply_mirror_key(room, reply, target);
+        let i = &self.inner;
+        (&i.comments, &i.intents)
+            .transaction(|(comments, intents)| {
+                comments.insert(key.as_slice(), enc(mirror))?;
+                intents.remove(intent.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(StoreError::from)
+    }
+
+    /// Update the record of a copy (after an edit).
+    pub fn put_reply_mirror(
+        &self,
+        room: &Room,
+        reply: &ReplyId,
+        target: &Room,
+        mirror: &ReplyMirror,
+    ) -> Result<()> {
+        self.inner
+            .comments
+            .insert(reply_mirror_key(room, reply, target), enc(mirror))?;
+        Ok(())
+    }
+
+    /// Forget a copy that was deleted.
+    pub fn remove_reply_mirror(&self, room: &Room, reply: &ReplyId, target: &Room) -> Result<()> {
+        self.inner
+            .comments
+            .remove(reply_mirror_key(room, reply, target))?;
+        Ok(())
+    }
 
     /// The comment written for `reply`, if any.
     pub fn comment_for_reply(&self, room: &Room, reply: &ReplyId) -> Result<Option<CommentRecord>> {

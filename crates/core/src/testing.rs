@@ -106,6 +106,8 @@ pub struct ChatMessage {
 /// What [`MemoryChat`] holds.
 #[derive(Default, Clone, Debug)]
 pub struct ChatState {
+    /// Replies copied from other rooms: (room, message id) → (root, text).
+    pub copies: BTreeMap<(String, String), (String, String)>,
     /// (room, message id) → message.
     pub messages: BTreeMap<(String, String), ChatMessage>,
     /// Root messages sent.
@@ -200,6 +202,52 @@ impl ChatAdapter for MemoryChat {
 
     fn layout(&self) -> LayoutOptions {
         LayoutOptions::default()
+    }
+
+    fn send_reply<'a>(
+        &'a self,
+        room: &'a str,
+        root: &'a MessageId,
+        reply: &'a crate::adapters::MirroredReply,
+    ) -> BoxFuture<'a, Result<MessageId, Failure>> {
+        Box::pin(async move {
+            let text = format!(
+                "{} ({}): {}",
+                reply.author.name,
+                reply.from,
+                reply.body.plain_text()
+            );
+            let id = self.inner.change(|s| {
+                let id = format!("c{}", s.copies.len() + 1);
+                s.copies
+                    .insert((room.to_string(), id.clone()), (root.0.clone(), text));
+                id
+            });
+            Ok(MessageId(id))
+        })
+    }
+
+    fn edit_reply<'a>(
+        &'a self,
+        room: &'a str,
+        message: &'a MessageId,
+        _edit: u64,
+        reply: &'a crate::adapters::MirroredReply,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let text = format!(
+                "{} ({}): {}",
+                reply.author.name,
+                reply.from,
+                reply.body.plain_text()
+            );
+            self.inner.change(|s| {
+                if let Some(c) = s.copies.get_mut(&(room.to_string(), message.0.clone())) {
+                    c.1 = text;
+                }
+            });
+            Ok(())
+        })
     }
 
     fn send_root<'a>(

@@ -34,6 +34,7 @@ fn router() -> Router {
             audiences: vec![Audience::All],
             rooms: vec![Room::new(CHAT, NEWS)],
             replies: true,
+            mirror_replies: true,
             since: 0,
         },
         Route {
@@ -41,6 +42,7 @@ fn router() -> Router {
             audiences: vec![Audience::Group(5)],
             rooms: vec![Room::new(CHAT, DEV)],
             replies: false,
+            mirror_replies: true,
             since: 0,
         },
     ])

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::{Inner, IntentState, LANE_BATCH, LaneKey, Task, Ticket};
 use crate::model::{ChatEvent, Failure, FailureKind, Inbound};
-use crate::store::{Intent, comment_intent_key, now_ms, post_intent_key};
+use crate::store::{Intent, comment_intent_key, now_ms, post_intent_key, reply_mirror_intent_key};
 
 impl Inner {
     /// A lane: runs its tasks one after another until the engine stops.
@@ -168,6 +168,7 @@ impl Inner {
             Task::SyncMirror { room, .. } => (room.platform.as_str(), "sync_mirror"),
             Task::Detach { room, .. } => (room.platform.as_str(), "detach"),
             Task::Reply(e) => (self.feed_platform.as_str(), e.kind()),
+            Task::MirrorReply { target, .. } => (target.platform.as_str(), "reply_copy"),
         }
     }
 
@@ -186,6 +187,9 @@ impl Inner {
                     format!("deletion of {room}/{reply} → feed")
                 }
             },
+            Task::MirrorReply { event, target } => {
+                format!("reply {}/{} → {target}", event.room(), event.reply())
+            }
         }
     }
 
@@ -214,6 +218,18 @@ impl Inner {
                     self.set_intent_state(&key, None);
                 }
                 Inbound::Chat(e.clone())
+            }
+            Task::MirrorReply { event, target } => {
+                if let ChatEvent::ReplyPosted { room, reply, .. }
+                | ChatEvent::ReplyEdited { room, reply, .. } = event
+                {
+                    let key = reply_mirror_intent_key(room, reply, target);
+                    let _ = self.store.remove_intent(&key);
+                    self.set_intent_state(&key, None);
+                }
+                // Released, the event runs again: its comment and other copies are recorded,
+                // so only what is missing happens.
+                Inbound::Chat(event.clone())
             }
         };
         let label = self.task_label(task);
@@ -245,6 +261,7 @@ impl Inner {
                 message,
             } => self.detach(*post, room, message).await,
             Task::Reply(event) => self.apply_reply(event).await,
+            Task::MirrorReply { event, target } => self.mirror_reply(event, target).await,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! dead letters); [`mirror`] syncs a post's root message in one room; [`replies`] turns chat
 //! replies into feed comments; [`intents`] guards the non-idempotent effects.
 
+mod conversation;
 mod intents;
 mod lanes;
 mod mirror;
@@ -140,6 +141,11 @@ enum Task {
         message: MessageId,
     },
     Reply(ChatEvent),
+    /// Copy a reply (or its edit or deletion) into another room's thread of the post.
+    MirrorReply {
+        event: ChatEvent,
+        target: Room,
+    },
 }
 
 /// Completion tracking of one journal entry across its tasks.
@@ -378,9 +384,35 @@ impl Inner {
                 None => self.store.comment_for_reply(room, reply)?.map(|c| c.thread),
             },
         };
+        // Copies of the reply in other rooms (those recorded, for a deletion whose thread is
+        // not known any more).
+        let mut copies: Vec<(LaneKey, Task)> = self
+            .store
+            .reply_mirrors(room, event.reply())?
+            .into_iter()
+            .map(|(target, _)| target)
+            .chain(match &thread {
+                Some(t) => match self.store.post_for_thread(room, t)? {
+                    Some(post) => self.reply_targets(room, post)?,
+                    None => Vec::new(),
+                },
+                None => Vec::new(),
+            })
+            .collect::<BTreeSet<Room>>()
+            .into_iter()
+            .map(|target| {
+                let task = Task::MirrorReply {
+                    event: event.clone(),
+                    target: target.clone(),
+                };
+                (LaneKey::Room(target), task)
+            })
+            .collect();
         let Some(thread) = thread else {
-            debug!(%room, "deleted message was never bridged; ignored");
-            return Ok(Vec::new());
+            if copies.is_empty() {
+                debug!(%room, "deleted message was never bridged; ignored");
+            }
+            return Ok(copies);
         };
         // One lane per post, not per thread: comments on a post are written one at a time in
         // journal order, so after a crash the repeated comment is the bridge's latest on that
@@ -392,7 +424,8 @@ impl Inner {
             None => (room, &thread).hash(&mut h),
         }
         let shard = (h.finish() % self.cfg.feed_lanes.max(1) as u64) as usize;
-        Ok(vec![(LaneKey::Feed(shard), Task::Reply(event.clone()))])
+        copies.insert(0, (LaneKey::Feed(shard), Task::Reply(event.clone())));
+        Ok(copies)
     }
 
     fn live_mirror_rooms(&self, post: PostId) -> Result<Vec<Room>, StoreError> {
