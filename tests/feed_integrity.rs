@@ -215,34 +215,15 @@ async fn a_root_a_person_deleted_stays_deleted_and_the_post_is_detached_from_the
     assert_eq!(body["dead_letters"], 0, "{body}");
 }
 
-/// The crash window of a comment: written, its id never recorded. Recovery must find this
-/// post's comment, never another post's comment with the same text.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn comment_recovery_adopts_only_the_right_posts_comment() {
+/// A fake portal without rate limits and the bridge's feed adapter on it, over a fresh store
+/// (kept in the returned directory).
+async fn portal_and_feed() -> (FakePortal, BitrixFeed, Store, tempfile::TempDir) {
     let portal = FakePortal::start(PortalConfig {
         rate_limit: None,
         ..PortalConfig::default()
     })
     .await
     .unwrap();
-    let author = portal.add_user(livefeed_sandbox::bitrix::NewUser {
-        name: "Ivan".into(),
-        last_name: "Petrov".into(),
-        ..Default::default()
-    });
-    let new_post = |text: &str| {
-        portal.create_post(
-            author,
-            NewPost {
-                title: None,
-                text: text.into(),
-                dest: vec!["UA".into()],
-                important: false,
-                files: Vec::new(),
-            },
-        )
-    };
-    let (a, b, c, d) = (new_post("a"), new_post("b"), new_post("c"), new_post("d"));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let client = BitrixClient::new(
@@ -253,6 +234,35 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
     )
     .unwrap();
     let feed = BitrixFeed::new(client, store.clone());
+    (portal, feed, store, dir)
+}
+
+/// A post for everyone by `author`.
+fn post_for_all(portal: &FakePortal, author: u64, text: &str) -> u64 {
+    portal.create_post(
+        author,
+        NewPost {
+            title: None,
+            text: text.into(),
+            dest: vec!["UA".into()],
+            important: false,
+            files: Vec::new(),
+        },
+    )
+}
+
+/// The crash window of a comment: written, its id never recorded. Recovery must find this
+/// post's comment, never another post's comment with the same text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_recovery_adopts_only_the_right_posts_comment() {
+    let (portal, feed, store, _dir) = portal_and_feed().await;
+    let author = portal.add_user(livefeed_sandbox::bitrix::NewUser {
+        name: "Ivan".into(),
+        last_name: "Petrov".into(),
+        ..Default::default()
+    });
+    let new_post = |text: &str| post_for_all(&portal, author, text);
+    let (a, b, c, d) = (new_post("a"), new_post("b"), new_post("c"), new_post("d"));
     let doc = Doc::plain("[B]Anna[/B] (Slack): Sounds good to me");
     let since = now_ms();
     let room = Room::new(livefeed_bridge::slack::PLATFORM, "C0123456789");
@@ -335,34 +345,8 @@ async fn comment_recovery_adopts_only_the_right_posts_comment() {
 /// and size) is adopted even while the post's feed entry is unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_recovery_recognises_a_comment_with_files_by_its_files() {
-    let portal = FakePortal::start(PortalConfig {
-        rate_limit: None,
-        ..PortalConfig::default()
-    })
-    .await
-    .unwrap();
-    let new_post = |text: &str| {
-        portal.create_post(
-            1,
-            NewPost {
-                title: None,
-                text: text.into(),
-                dest: vec!["UA".into()],
-                important: false,
-                files: Vec::new(),
-            },
-        )
-    };
-    let (b, c) = (new_post("b"), new_post("c"));
-    let dir = tempfile::tempdir().unwrap();
-    let client = BitrixClient::new(
-        Credentials::Webhook(Secret::new(portal.webhook_url()), 1),
-        None,
-        Duration::from_secs(10),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap();
-    let feed = BitrixFeed::new(client, Store::open(dir.path()).unwrap());
+    let (portal, feed, _store, _dir) = portal_and_feed().await;
+    let (b, c) = (post_for_all(&portal, 1, "b"), post_for_all(&portal, 1, "c"));
     let doc = Doc::plain("[B]Anna[/B] (Slack): The plan");
     let file = |name: &str, bytes: &[u8]| FileContent {
         name: name.into(),
@@ -419,37 +403,13 @@ async fn comment_recovery_recognises_a_comment_with_files_by_its_files() {
 /// also wrote one by hand there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_recovery_as_the_linked_author_takes_only_an_unambiguous_comment() {
-    let portal = FakePortal::start(PortalConfig {
-        rate_limit: None,
-        ..PortalConfig::default()
-    })
-    .await
-    .unwrap();
+    let (portal, feed, store, _dir) = portal_and_feed().await;
     let anna = portal.add_user(livefeed_sandbox::bitrix::NewUser {
         name: "Anna".into(),
         last_name: "Smirnova".into(),
         ..Default::default()
     });
-    let post = portal.create_post(
-        1,
-        NewPost {
-            title: None,
-            text: "p".into(),
-            dest: vec!["UA".into()],
-            important: false,
-            files: Vec::new(),
-        },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let client = BitrixClient::new(
-        Credentials::Webhook(Secret::new(portal.webhook_url()), 1),
-        None,
-        Duration::from_secs(10),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap();
-    let feed = BitrixFeed::new(client, store.clone());
+    let post = post_for_all(&portal, 1, "p");
     assert!(
         feed.writes_as_others().await,
         "the webhook's user is an admin"

@@ -127,6 +127,21 @@ impl SlackChat {
         }
     }
 
+    /// Replace the text of one of the bot's messages; its metadata and author customisation
+    /// stay as posted. A message someone deleted is gone.
+    async fn update_text(&self, room: &str, message: &MessageId, doc: &Doc) -> Result<(), Failure> {
+        let body = json!({ "channel": room, "ts": message.as_str(), "text": mrkdwn::render(doc) });
+        match self
+            .api
+            .call("chat.update", Some(room), Body::Json(body), Repeat::Safe)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is("message_not_found") => Err(Failure::gone(e.to_string())),
+            Err(e) => Err(e.to_failure()),
+        }
+    }
+
     /// The bot's root message for `post` (its metadata names the post).
     async fn find(
         &self,
@@ -392,20 +407,8 @@ impl ChatAdapter for SlackChat {
         _edit: u64,
         msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            // Metadata and the author customisation stay as posted; only the text changes.
-            let body = json!({ "channel": room, "ts": message.as_str(), "text": mrkdwn::render(&msg.doc) });
-            match self
-                .api
-                .call("chat.update", Some(room), Body::Json(body), Repeat::Safe)
-                .await
-            {
-                Ok(_) => Ok(()),
-                // Someone deleted the message: the engine detaches the post from the channel.
-                Err(e) if e.is("message_not_found") => Err(Failure::gone(e.to_string())),
-                Err(e) => Err(e.to_failure()),
-            }
-        })
+        // Someone deleted the message (gone): the engine detaches the post from the channel.
+        Box::pin(self.update_text(room, message, &msg.doc))
     }
 
     fn send_reply<'a>(
@@ -474,18 +477,7 @@ impl ChatAdapter for SlackChat {
         _edit: u64,
         reply: &'a MirroredReply,
     ) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            let body = json!({ "channel": room, "ts": message.as_str(), "text": mrkdwn::render(&reply.body) });
-            match self
-                .api
-                .call("chat.update", Some(room), Body::Json(body), Repeat::Safe)
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.is("message_not_found") => Err(Failure::gone(e.to_string())),
-                Err(e) => Err(e.to_failure()),
-            }
-        })
+        Box::pin(self.update_text(room, message, &reply.body))
     }
 
     fn delete_message<'a>(
