@@ -127,6 +127,25 @@ impl SlackChat {
         }
     }
 
+    /// `chat.postMessage` (sent once: a lost answer is not repeated, the engine reconciles);
+    /// the new message's `ts`.
+    async fn post_message(&self, channel: &str, body: Value) -> Result<String, Failure> {
+        let resp = self
+            .api
+            .call(
+                "chat.postMessage",
+                Some(channel),
+                Body::Json(body),
+                Repeat::OnlyIfRejected,
+            )
+            .await
+            .map_err(|e| e.to_failure())?;
+        resp.get("ts")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
+    }
+
     /// Replace the text of one of the bot's messages; its metadata and author customisation
     /// stay as posted. A message someone deleted is gone.
     async fn update_text(&self, room: &str, message: &MessageId, doc: &Doc) -> Result<(), Failure> {
@@ -263,20 +282,9 @@ impl SlackChat {
                 "event_payload": { "name": name },
             },
         });
-        let resp = self
-            .api
-            .call(
-                "chat.postMessage",
-                Some(channel),
-                Body::Json(body),
-                Repeat::OnlyIfRejected,
-            )
+        self.post_message(channel, body)
             .await
-            .map_err(|e| e.to_failure())?;
-        resp.get("ts")
-            .and_then(Value::as_str)
-            .map(message_item)
-            .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
+            .map(|ts| message_item(&ts))
     }
 
     /// The bot's file (or link) named `name` in the thread of `root`, since `since_ms`.
@@ -359,25 +367,14 @@ impl ChatAdapter for SlackChat {
         msg: &'a RootMessage,
     ) -> BoxFuture<'a, Result<MessageId, Failure>> {
         Box::pin(async move {
-            let resp = self
-                .api
-                .call(
-                    "chat.postMessage",
-                    Some(room),
-                    Body::Json(self.message_body(room, msg)),
-                    Repeat::OnlyIfRejected,
-                )
-                .await
-                .map_err(|e| e.to_failure())?;
-            let ts = resp
-                .get("ts")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))?;
+            let ts = self
+                .post_message(room, self.message_body(room, msg))
+                .await?;
             // A new thread: catch-up after an outage reads it. The record is written before the
             // engine records the message, so it is durable whenever the message's record is;
             // a crash before that reconciles the message through `find_root`, which writes it.
-            let _ = self.store.put_cursor(&thread_key(room, ts), &now_ms());
-            Ok(MessageId::from(ts))
+            let _ = self.store.put_cursor(&thread_key(room, &ts), &now_ms());
+            Ok(MessageId(ts))
         })
     }
 
@@ -434,20 +431,7 @@ impl ChatAdapter for SlackChat {
             if let Some(icon) = &reply.author.avatar_url {
                 body["icon_url"] = json!(icon);
             }
-            let resp = self
-                .api
-                .call(
-                    "chat.postMessage",
-                    Some(room),
-                    Body::Json(body),
-                    Repeat::OnlyIfRejected,
-                )
-                .await
-                .map_err(|e| e.to_failure())?;
-            resp.get("ts")
-                .and_then(Value::as_str)
-                .map(MessageId::from)
-                .ok_or_else(|| Failure::transient("chat.postMessage returned no ts"))
+            self.post_message(room, body).await.map(MessageId)
         })
     }
 
