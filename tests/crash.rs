@@ -196,3 +196,87 @@ async fn a_kill_right_after_an_upload_sends_no_file_twice() {
         "the file sent before the kill was found, not sent again"
     );
 }
+
+/// Killed right after a reply's copy reached another channel and before the bridge recorded
+/// it, the bridge finds the copy on restart instead of sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_right_after_a_reply_copy_sends_no_copy_twice() {
+    use support::{Setup, WAIT, World};
+    use tokio::process::Command;
+
+    let mut w = World::new(Setup::default()).await;
+    let hands = w.slack.add_channel("all-hands", false, true);
+    w.extra_mappings =
+        format!("  - name: all-hands\n    audience: [all]\n    slack: {{ channel: {hands} }}\n");
+    w.write_config(&w.config_text("127.0.0.1:0"));
+    let log = w.dir.path().join("bridge.log");
+    let bridge = |crash: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"));
+        cmd.args(["run", "--config"])
+            .arg(w.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            ))
+            .kill_on_drop(true);
+        if crash {
+            // Abort at the first copy sent: after Slack has it, before the record.
+            cmd.env("LIVEFEED_CRASHPOINTS", "engine.reply_copied:1");
+        }
+        cmd.spawn().unwrap()
+    };
+    let log_says = |text: &'static str| {
+        let log = log.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(text)
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the log never said {text:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let mut first = bridge(true);
+    log_says("first Bitrix24 poll done").await;
+    let post = w.post_all("Offsite", "Where shall we go?");
+    let news_root = w.wait_root(&w.news.clone(), post).await;
+    let hands_root = w.wait_root(&hands, post).await;
+    w.slack
+        .reply(&w.anna, &w.news, &news_root.ts, "The lake", false);
+    let status = tokio::time::timeout(WAIT, first.wait())
+        .await
+        .expect("the crash point aborts the bridge")
+        .unwrap();
+    assert!(status.code().is_none(), "aborted, not exited: {status}");
+    let bot = w.slack.config().bot_id.clone();
+    let copies = |s: &livefeed_sandbox::slack::FakeSlack| -> Vec<String> {
+        s.thread(&hands, &hands_root.ts)
+            .into_iter()
+            .filter(|m| m.bot_id.as_deref() == Some(bot.as_str()) && m.ts != hands_root.ts)
+            .map(|m| m.text)
+            .collect()
+    };
+    assert_eq!(copies(&w.slack), vec!["The lake".to_string()]);
+
+    let mut second = bridge(false);
+    log_says("found the copied reply sent before").await;
+    w.wait_comments(post, 1).await;
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    assert_eq!(
+        copies(&w.slack),
+        vec!["The lake".to_string()],
+        "the copy sent before the kill was found, not sent again"
+    );
+}
