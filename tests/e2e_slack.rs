@@ -450,6 +450,10 @@ async fn replies_to_one_post_from_two_channels_become_comments_in_order() {
     );
     let news_root = w.wait_root(&w.news.clone(), post).await;
     let dev_root = w.wait_root(&w.dev.clone(), post).await;
+    // Both roots recorded, not only visible in Slack: a reply in a thread whose root is not
+    // recorded yet has a lane of its own until it is, and the order below is the per-post
+    // lane's promise.
+    w.settle().await;
     // The first comment takes a while to be written.
     w.portal.inject(B24Fault {
         method: Some("log.blogcomment.add".into()),
