@@ -60,6 +60,7 @@ pub fn router_from(
                     rooms: vec![room],
                     replies: m.replies,
                     mirror_replies: m.mirror_replies,
+                    posts_from_chat: m.posts_from_chat,
                     since,
                 });
             }

@@ -280,3 +280,85 @@ async fn a_kill_right_after_a_reply_copy_sends_no_copy_twice() {
         "the copy sent before the kill was found, not sent again"
     );
 }
+
+/// Killed right after the portal took a post written from chat and before the bridge recorded
+/// it, the bridge finds the post on restart instead of publishing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_right_after_a_post_from_chat_publishes_it_once() {
+    use support::{Setup, WAIT, World};
+    use tokio::process::Command;
+
+    let mut w = World::new(Setup::default()).await;
+    let board = w.slack.add_channel("board", false, true);
+    w.extra_mappings = format!(
+        "  - name: board\n    audience: [group:{}]\n    slack: {{ channel: {board} }}\n    posts_from_chat: true\n",
+        w.group
+    );
+    w.write_config(&w.config_text("127.0.0.1:0"));
+    let log = w.dir.path().join("bridge.log");
+    let bridge = |crash: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"));
+        cmd.args(["run", "--config"])
+            .arg(w.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            ))
+            .kill_on_drop(true);
+        if crash {
+            // Abort at the first post from chat: after the portal has it, before the record.
+            cmd.env("LIVEFEED_CRASHPOINTS", "engine.posted:1");
+        }
+        cmd.spawn().unwrap()
+    };
+    let log_says = |text: &'static str| {
+        let log = log.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(text)
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the log never said {text:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let mut first = bridge(true);
+    log_says("first Bitrix24 poll done").await;
+    let before = w.portal.posts().len();
+    let ts = w.slack.post(&w.anna, &board, "Release tonight");
+    let status = tokio::time::timeout(WAIT, first.wait())
+        .await
+        .expect("the crash point aborts the bridge")
+        .unwrap();
+    assert!(status.code().is_none(), "aborted, not exited: {status}");
+    assert_eq!(w.portal.posts().len(), before + 1);
+    let post = w.portal.posts().last().unwrap().id;
+
+    let mut second = bridge(false);
+    log_says("found the post written before").await;
+    // The post's thread is the message's: a reply there is a comment on it.
+    let dev_root = w.wait_root(&w.dev.clone(), post).await;
+    w.slack.reply(&w.anna, &board, &ts, "Count me in", false);
+    w.wait_comments(post, 1).await;
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    assert_eq!(w.portal.posts().len(), before + 1, "published once");
+    assert_eq!(
+        w.roots(&board).len(),
+        0,
+        "no root of the bot's where it was written"
+    );
+    assert_eq!(w.roots(&w.dev).len(), 1);
+    assert_eq!(w.roots(&w.dev)[0].ts, dev_root.ts);
+}

@@ -871,3 +871,62 @@ async fn mentions_of_linked_people_are_pills_that_notify() {
     );
     assert_eq!(comment.author, alice_b24);
 }
+
+/// In a room whose mapping has `posts_from_chat`, a person's top-level message becomes a feed
+/// post for the mapping's audience, with their message as its root there; a threaded reply to
+/// it becomes a comment, an edit updates the post and a redaction deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_a_posting_room_becomes_a_feed_post() {
+    let hs = homeserver!("a_message_in_a_posting_room_becomes_a_feed_post");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    w.dev_posts_from_chat = true;
+    w.start().await;
+    let room = w.m().dev_room.clone();
+    let before = w.portal.posts().len();
+    let alice = &w.m().alice;
+    let message = alice.top_level(&room, "Release tonight").await;
+    assert!(
+        w.portal
+            .wait_until(support::WAIT, |p| p.posts().len() == before + 1)
+            .await,
+        "the message became a post"
+    );
+    let post = w.portal.posts().last().unwrap().clone();
+    assert_eq!(post.text, "[B]Alice Liddell[/B] (Matrix): Release tonight");
+    assert_eq!(post.dest, vec![format!("SG{}", w.group)]);
+
+    alice
+        .wait("her own message", |p| {
+            !p.messages(&room, &p.user.clone()).is_empty()
+        })
+        .await;
+    alice
+        .thread_reply(&room, &message, "Count me in", "Count me in")
+        .await;
+    assert_eq!(
+        w.wait_comments(post.id, 1).await,
+        vec!["[B]Alice Liddell[/B] (Matrix): Count me in".to_string()]
+    );
+    alice.edit(&room, &message, "Release tomorrow").await;
+    assert!(
+        w.portal
+            .wait_until(support::WAIT, |p| p.post(post.id).unwrap().text
+                == "[B]Alice Liddell[/B] (Matrix): Release tomorrow")
+            .await,
+        "the edit reached the post"
+    );
+    alice.redact(&room, &message).await;
+    assert!(
+        w.portal
+            .wait_until(support::WAIT, |p| p.post(post.id).unwrap().deleted)
+            .await,
+        "the redaction deleted the post"
+    );
+    w.settle().await;
+    let bot = w.m().bot.clone();
+    assert!(
+        w.m().alice.roots(&room, &bot).is_empty(),
+        "the bot sent no root where the post was written"
+    );
+    assert_eq!(w.portal.posts().len(), before + 1, "one post");
+}

@@ -1120,3 +1120,91 @@ async fn replies_in_one_channel_are_copied_into_the_posts_other_channels() {
         "Carl's copy stays"
     );
 }
+
+/// In a mapping with `posts_from_chat`, a person's top-level message becomes a feed post for
+/// the mapping's audience; the message is its root there (the bot sends none), other mappings of
+/// that audience get a root as usual, replies in its thread become comments, and the message's
+/// edit and deletion follow the post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_a_posting_channel_becomes_a_feed_post() {
+    let mut w = World::new(Setup::default()).await;
+    let board = w.slack.add_channel("board", false, true);
+    w.extra_mappings = format!(
+        "  - name: board\n    audience: [group:{}]\n    slack: {{ channel: {board} }}\n    posts_from_chat: true\n",
+        w.group
+    );
+    w.start().await;
+    let before = w.portal.posts().len();
+    let ts = w.slack.post(&w.anna, &board, "Release *tonight*");
+    assert!(
+        w.portal
+            .wait_until(WAIT, |p| p.posts().len() == before + 1)
+            .await,
+        "the message became a post"
+    );
+    let post = w.portal.posts().last().unwrap().clone();
+    assert_eq!(
+        post.text,
+        "[B]Anna Smirnova[/B] (Slack): Release [B]tonight[/B]"
+    );
+    assert_eq!(post.dest, vec![format!("SG{}", w.group)]);
+    assert_eq!(post.author, 1, "attributed, written by the webhook's user");
+
+    // The group's other channel gets a root; the board keeps the person's message only.
+    let dev_root = w.wait_root(&w.dev.clone(), post.id).await;
+    assert!(
+        dev_root.text.contains("Release *tonight*"),
+        "{}",
+        dev_root.text
+    );
+    w.settle().await;
+    assert_eq!(
+        w.roots(&board).len(),
+        0,
+        "no second root where it was written"
+    );
+    assert!(
+        w.root_for(&w.news, post.id).is_none(),
+        "a group post stays in the group"
+    );
+
+    w.slack.reply(&w.anna, &board, &ts, "Count me in", false);
+    assert_eq!(
+        w.wait_comments(post.id, 1).await,
+        vec!["[B]Anna Smirnova[/B] (Slack): Count me in".to_string()]
+    );
+
+    w.slack.edit(&w.anna, &board, &ts, "Release tomorrow");
+    assert!(
+        w.portal
+            .wait_until(WAIT, |p| p.post(post.id).unwrap().text
+                == "[B]Anna Smirnova[/B] (Slack): Release tomorrow")
+            .await,
+        "the edit reached the post"
+    );
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| s
+                .history(&w.dev)
+                .iter()
+                .any(|m| m.ts == dev_root.ts && m.text.contains("Release tomorrow")))
+            .await,
+        "and the other channel's root"
+    );
+
+    w.slack.delete(&w.anna, &board, &ts);
+    assert!(
+        w.portal
+            .wait_until(WAIT, |p| p.post(post.id).unwrap().deleted)
+            .await,
+        "the deletion reached the post"
+    );
+    assert!(
+        w.slack
+            .wait_until(WAIT, |_| w.root_for(&w.dev, post.id).is_none())
+            .await,
+        "and removed the other channel's root"
+    );
+    w.settle().await;
+    assert_eq!(w.portal.posts().len(), before + 1, "one post, never two");
+}

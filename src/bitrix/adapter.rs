@@ -8,12 +8,14 @@ use serde_json::json;
 use tracing::debug;
 
 use super::client::{ApiError, BitrixClient, as_list, as_u64, value_text};
-use super::intake::parse_date;
+use super::intake::{RawPost, parse_date};
 use super::people::People;
 use super::{DISPLAY_NAME, PLATFORM, bbcode};
 use crate::upstream::{Repeat, download};
 use livefeed_core::adapters::{BoxFuture, Directory, FeedAdapter};
-use livefeed_core::model::{CommentId, Failure, FeedFile, Fetched, FileContent, Platform, PostId};
+use livefeed_core::model::{
+    Audience, CommentId, Failure, FeedFile, Fetched, FileContent, Platform, PostId,
+};
 use livefeed_core::richtext::Doc;
 use livefeed_core::store::{Store, now_ms};
 
@@ -378,6 +380,31 @@ fn own_comments(result: &serde_json::Value) -> Vec<OwnComment> {
         .collect()
 }
 
+/// The `DEST` code a post for `audience` is published with.
+fn dest_code(audience: Audience) -> String {
+    match audience {
+        Audience::All => "UA".into(),
+        Audience::Group(id) => format!("SG{id}"),
+        Audience::Department(id) => format!("DR{id}"),
+        Audience::User(id) => format!("U{id}"),
+    }
+}
+
+/// A post the portal refuses for good: no rights, no such destination or post.
+fn post_failure(e: &ApiError) -> Failure {
+    let refused = [
+        "No write perms",
+        "No post found",
+        "Wrong post ID",
+        "No destination specified",
+        "No permissions",
+    ];
+    if refused.iter().any(|r| e.says(r)) {
+        return Failure::permanent(e.to_string());
+    }
+    e.to_failure()
+}
+
 fn comment_failure(e: &ApiError) -> Failure {
     // The post is gone or closed to us: this comment can never be written.
     if e.says("No post found") || e.says("No permissions") || e.says("No blog found") {
@@ -431,6 +458,103 @@ impl FeedAdapter for BitrixFeed {
 
     fn directory(&self) -> Option<&dyn Directory> {
         self.people.as_ref().map(|p| p as &dyn Directory)
+    }
+
+    fn add_post<'a>(
+        &'a self,
+        audience: Audience,
+        doc: &'a Doc,
+        author: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<PostId, Failure>> {
+        Box::pin(async move {
+            let mut params = json!({
+                "POST_MESSAGE": bbcode::render(doc),
+                "DEST": [dest_code(audience)],
+            });
+            if let Some(user) = author {
+                params["USER_ID"] = json!(user);
+            }
+            let resp = self
+                .client
+                .call("log.blogpost.add", params, Repeat::OnlyIfRejected)
+                .await
+                .map_err(|e| post_failure(&e))?;
+            as_u64(&resp.result)
+                .map(PostId)
+                .ok_or_else(|| Failure::transient("log.blogpost.add returned no post id"))
+        })
+    }
+
+    fn find_post<'a>(
+        &'a self,
+        audience: Audience,
+        doc: &'a Doc,
+        author: Option<&'a str>,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<PostId>, Failure>> {
+        Box::pin(async move {
+            // The audience's newest posts: a post written moments before a crash is among
+            // them. Only one by the writer, with this text, not older than the intent and not
+            // recorded for another message is taken.
+            let text = bbcode::render(doc);
+            let writer = author.and_then(|a| a.parse::<u64>().ok());
+            let since = (since_ms - RECONCILE_SLACK.as_millis() as i64) / 1000;
+            let resp = self
+                .client
+                .call(
+                    "log.blogpost.get",
+                    json!({ "LOG_RIGHTS": [dest_code(audience)] }),
+                    Repeat::Safe,
+                )
+                .await
+                .map_err(|e| e.to_failure())?;
+            let found: Vec<PostId> = as_list(&resp.result)
+                .into_iter()
+                .filter_map(RawPost::parse)
+                .filter(|p| writer.is_none_or(|w| p.author_id == w))
+                .filter(|p| p.text.trim() == text.trim() && p.published_at >= since)
+                .map(|p| PostId(p.id))
+                // Not the post of another message: those have a person's message as a root.
+                .filter(|p| {
+                    matches!(self.store.mirrors(*p), Ok(m) if m.iter().all(|(_, m)| !m.foreign))
+                })
+                .collect();
+            debug!(found = ?found, "looked for the post written from chat");
+            Ok(match found.as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            })
+        })
+    }
+
+    fn update_post<'a>(&'a self, post: PostId, doc: &'a Doc) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let params = json!({ "POST_ID": post.0, "POST_MESSAGE": bbcode::render(doc) });
+            self.client
+                .call("log.blogpost.update", params, Repeat::Safe)
+                .await
+                .map(drop)
+                .map_err(|e| post_failure(&e))
+        })
+    }
+
+    fn delete_post<'a>(&'a self, post: PostId) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            match self
+                .client
+                .call(
+                    "log.blogpost.delete",
+                    json!({ "POST_ID": post.0 }),
+                    Repeat::Safe,
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Gone already.
+                Err(e) if e.says("No post found") || e.says("Wrong post ID") => Ok(()),
+                Err(e) => Err(post_failure(&e)),
+            }
+        })
     }
 
     fn delete_comment<'a>(&'a self, comment: CommentId) -> BoxFuture<'a, Result<(), Failure>> {

@@ -149,6 +149,8 @@ pub struct Mapping {
     pub replies: bool,
     /// Whether thread replies are copied into the post's threads in other rooms.
     pub mirror_replies: bool,
+    /// Whether top-level messages in its rooms become posts for its one audience.
+    pub posts_from_chat: bool,
 }
 
 impl Config {
@@ -332,6 +334,8 @@ struct RawMapping {
     replies: Option<bool>,
     #[serde(default)]
     mirror_replies: Option<bool>,
+    #[serde(default)]
+    posts_from_chat: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,12 +635,24 @@ impl Validator<'_> {
                     Some("add slack: { channel: C0123456789 } and/or matrix: { room: \"!roomid:server\" }".into()),
                 ));
             }
+            let posts_from_chat = m.posts_from_chat.unwrap_or(false);
+            if posts_from_chat && audiences.len() != 1 {
+                return Err(self.err(
+                    &m.name,
+                    format!(
+                        "mapping `{name}` has posts_from_chat: true and {} audiences; a message from chat becomes one post for one audience",
+                        audiences.len()
+                    ),
+                    Some("give this mapping exactly one audience (e.g. audience: [group:12]) or set posts_from_chat: false".into()),
+                ));
+            }
             out.push(Mapping {
                 name,
                 audiences,
                 rooms,
                 replies: m.replies.unwrap_or(true),
                 mirror_replies: m.mirror_replies.unwrap_or(true),
+                posts_from_chat,
             });
         }
         Ok(out)
@@ -718,6 +734,37 @@ mappings:
         );
         assert!(c.mappings[1].replies, "replies default to true");
         assert_eq!(c.rooms().len(), 2);
+    }
+
+    #[test]
+    fn posts_from_chat_needs_exactly_one_audience() {
+        let c = Config::parse(GOOD, "bridge.yaml", &good_env()).unwrap();
+        assert!(
+            c.mappings
+                .iter()
+                .all(|m| !m.posts_from_chat && m.mirror_replies)
+        );
+        let two = GOOD.replace(
+            "    audience: [group:12, department:3]\n",
+            "    audience: [group:12, department:3]\n    posts_from_chat: true\n",
+        );
+        assert_ne!(two, GOOD);
+        let e = parse_err(&two, &good_env());
+        assert!(
+            e.to_string()
+                .contains("posts_from_chat: true and 2 audiences"),
+            "{e}"
+        );
+        assert!(
+            e.hint.as_deref().unwrap().contains("exactly one audience"),
+            "{e:?}"
+        );
+        let one = GOOD.replace(
+            "    audience: [group:12, department:3]\n",
+            "    audience: [group:12]\n    posts_from_chat: true\n",
+        );
+        let c = Config::parse(&one, "bridge.yaml", &good_env()).unwrap();
+        assert!(c.mappings[1].posts_from_chat);
     }
 
     #[test]

@@ -75,6 +75,12 @@ pub enum Incoming {
         /// The file the new content carries.
         files: Vec<ChatFile>,
     },
+    /// A person wrote a message outside any thread: a feed post where the room's mapping
+    /// publishes chat messages, nothing elsewhere.
+    TopLevel {
+        /// What they wrote.
+        body: Doc,
+    },
     /// A message was redacted.
     Deleted {
         /// The redacted event.
@@ -108,7 +114,9 @@ pub fn classify(event: &AnySyncTimelineEvent, own: &str) -> Incoming {
                 body: new_body(&r.new_content),
                 files: files_of(&r.new_content.msgtype),
             },
-            _ => Incoming::Ignored("a message outside any thread"),
+            _ => Incoming::TopLevel {
+                body: body_of(&m.content.msgtype),
+            },
         },
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomRedaction(
             SyncRoomRedactionEvent::Original(r),
@@ -413,6 +421,16 @@ impl MatrixIntake {
                 body,
                 files,
             },
+            Incoming::TopLevel { .. } if !self.rooms.takes_posts(room_id.as_str()) => {
+                debug!(event = %event_id, why = "a message outside any thread", "Matrix event ignored");
+                return;
+            }
+            Incoming::TopLevel { body } => ChatEvent::MessagePosted {
+                room,
+                message: ReplyId(event_id.to_string()),
+                author: self.person(room_id, &parsed).await,
+                body,
+            },
             Incoming::Edited {
                 replaces,
                 body,
@@ -420,6 +438,21 @@ impl MatrixIntake {
             } => {
                 let replaces = ReplyId(replaces);
                 let Some(thread) = self.thread_of(room_id, &replaces).await else {
+                    if self.rooms.takes_posts(room_id.as_str()) {
+                        // Perhaps a message that became a post: the engine knows.
+                        let author = self.person(room_id, &parsed).await;
+                        batch.events.push((
+                            Inbound::Chat(ChatEvent::MessageEdited {
+                                room,
+                                message: replaces,
+                                author,
+                                body,
+                            }),
+                            event.timestamp.map(|t| i64::from(t.get())),
+                        ));
+                        batch.dedupe.push(key);
+                        return;
+                    }
                     debug!(event = %event_id, "edit of a message outside any thread; ignored");
                     return;
                 };

@@ -84,6 +84,20 @@ pub enum Incoming {
         /// The deleted message's `ts`.
         ts: String,
     },
+    /// A person wrote (or edited) a top-level message: a feed post where the channel's
+    /// mapping publishes chat messages, nothing elsewhere.
+    TopLevel {
+        /// The channel.
+        channel: String,
+        /// The message's `ts`.
+        ts: String,
+        /// Who wrote it.
+        user: String,
+        /// Its mrkdwn text.
+        text: String,
+        /// An edit, not a new message.
+        edited: bool,
+    },
     /// Nothing for the bridge, and why.
     Ignored(&'static str),
 }
@@ -155,7 +169,13 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
                     text: s(event, "text").unwrap_or_default().into(),
                     files: files_of(event),
                 },
-                _ => Incoming::Ignored("top-level message"),
+                _ => Incoming::TopLevel {
+                    channel,
+                    ts: ts.into(),
+                    user: user.into(),
+                    text: s(event, "text").unwrap_or_default().into(),
+                    edited: false,
+                },
             }
         }
         Some("message_changed") => {
@@ -183,10 +203,20 @@ pub fn classify(event: &Value, own: &Identity) -> Incoming {
             let (Some(ts), Some(user)) = (s(msg, "ts"), s(msg, "user")) else {
                 return Incoming::Ignored("changed message without ts or user");
             };
-            let Some(thread) = s(msg, "thread_ts").filter(|t| *t != ts) else {
-                return Incoming::Ignored("change of a top-level message");
-            };
             let text = s(msg, "text").unwrap_or_default();
+            let Some(thread) = s(msg, "thread_ts").filter(|t| *t != ts) else {
+                let before = event.get("previous_message").and_then(|p| s(p, "text"));
+                if before == Some(text) {
+                    return Incoming::Ignored("change of a top-level message without new text");
+                }
+                return Incoming::TopLevel {
+                    channel,
+                    ts: ts.into(),
+                    user: user.into(),
+                    text: text.into(),
+                    edited: true,
+                };
+            };
             let files = files_of(msg);
             let previous = event.get("previous_message");
             let before = previous.and_then(|p| s(p, "text"));
@@ -278,10 +308,40 @@ impl SlackIntake {
             Incoming::Reply { channel, .. }
             | Incoming::Edited { channel, .. }
             | Incoming::Deleted { channel, .. }
+            | Incoming::TopLevel { channel, .. }
                 if !served(&channel) =>
             {
                 debug!(channel, "event in a channel no mapping names; ignored");
                 return Ok(());
+            }
+            Incoming::TopLevel { channel, .. } if !self.channels.takes_posts(&channel) => {
+                debug!(why = "top-level message", "Slack event ignored");
+                return Ok(());
+            }
+            Incoming::TopLevel {
+                channel,
+                ts,
+                user,
+                text,
+                edited,
+            } => {
+                let (room, message) = (Room::new(PLATFORM, channel), ReplyId(ts));
+                let (author, body) = (self.person(&user), self.parse_text(&text));
+                if edited {
+                    ChatEvent::MessageEdited {
+                        room,
+                        message,
+                        author,
+                        body,
+                    }
+                } else {
+                    ChatEvent::MessagePosted {
+                        room,
+                        message,
+                        author,
+                        body,
+                    }
+                }
             }
             Incoming::Reply {
                 channel,
@@ -370,6 +430,11 @@ fn thread_of(event: &ChatEvent) -> Option<(&str, &str)> {
         ChatEvent::ReplyDeleted { room, thread, .. } => {
             thread.as_ref().map(|t| (room.id.as_str(), t.as_str()))
         }
+        // A post from chat starts a thread: catch-up reads it after an outage.
+        ChatEvent::MessagePosted { room, message, .. } => {
+            Some((room.id.as_str(), message.as_str()))
+        }
+        ChatEvent::MessageEdited { .. } => None,
     }
 }
 
@@ -520,17 +585,23 @@ mod tests {
 
     #[test]
     fn top_level_and_other_events_are_ignored() {
+        // Top-level messages are posts only where a mapping says so (decided in `handle`).
         let top =
             json!({"type": "message", "channel": "C1", "user": "U2", "text": "hi", "ts": "1.0"});
-        assert_eq!(
-            classify(&top, &own()),
-            Incoming::Ignored("top-level message")
-        );
+        let as_top = |edited| Incoming::TopLevel {
+            channel: "C1".into(),
+            ts: "1.0".into(),
+            user: "U2".into(),
+            text: "hi".into(),
+            edited,
+        };
+        assert_eq!(classify(&top, &own()), as_top(false));
         let parent = json!({"type": "message", "channel": "C1", "user": "U2", "text": "hi", "ts": "1.0", "thread_ts": "1.0"});
-        assert_eq!(
-            classify(&parent, &own()),
-            Incoming::Ignored("top-level message")
-        );
+        assert_eq!(classify(&parent, &own()), as_top(false));
+        let changed = json!({"type": "message", "subtype": "message_changed", "channel": "C1",
+            "message": {"user": "U2", "text": "hi", "ts": "1.0"},
+            "previous_message": {"user": "U2", "text": "hello", "ts": "1.0"}});
+        assert_eq!(classify(&changed, &own()), as_top(true));
         assert!(matches!(
             classify(&json!({"type": "reaction_added"}), &own()),
             Incoming::Ignored(_)

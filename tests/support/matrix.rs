@@ -325,11 +325,13 @@ impl Person {
         self.room(room).redact(event, None, None).await.unwrap();
     }
 
-    pub async fn top_level(&self, room: &OwnedRoomId, body: &str) {
+    pub async fn top_level(&self, room: &OwnedRoomId, body: &str) -> OwnedEventId {
         self.room(room)
             .send(RoomMessageEventContent::text_plain(body))
             .await
-            .unwrap();
+            .unwrap()
+            .response
+            .event_id
     }
 
     fn sender_of(&self, room: &OwnedRoomId, event: &EventId) -> OwnedUserId {

@@ -47,6 +47,8 @@ pub struct World {
     pub extra_mappings: String,
     /// More top-level `bridge.yaml` sections (YAML, unindented) for the next start.
     pub extra_config: String,
+    /// The developers mapping publishes its rooms' top-level messages to the feed.
+    pub dev_posts_from_chat: bool,
 }
 
 pub struct MatrixPart {
@@ -189,6 +191,7 @@ impl World {
             }),
             extra_mappings: String::new(),
             extra_config: String::new(),
+            dev_posts_from_chat: false,
         }
     }
 
@@ -274,6 +277,9 @@ http: {{ listen: {listen} }}
             "  - name: developers\n    audience: [group:{}]\n    replies: true\n",
             self.group
         ));
+        if self.dev_posts_from_chat {
+            text.push_str("    posts_from_chat: true\n");
+        }
         text.push_str(&target(
             &self.dev,
             self.matrix.as_ref().map(|m| &m.dev_room),

@@ -49,6 +49,7 @@ async fn main() {
             .collect(),
         replies: true,
         mirror_replies: true,
+        posts_from_chat: false,
         since: 0,
     }]);
     let chat = MemoryChat::without_texts();

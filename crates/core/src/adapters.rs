@@ -6,8 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::model::{
-    Attachment, ChatFile, CommentId, Failure, FeedFile, Fetched, FileContent, MessageId, Person,
-    Platform, PostId,
+    Attachment, Audience, ChatFile, CommentId, Failure, FeedFile, Fetched, FileContent, MessageId,
+    Person, Platform, PostId,
 };
 use super::richtext::{Block, Doc, Inline, Mention};
 
@@ -289,5 +289,39 @@ pub trait FeedAdapter: Send + Sync {
     /// The feed's people by e-mail address, where it can say.
     fn directory(&self) -> Option<&dyn Directory> {
         None
+    }
+    /// Publish a post for `audience` written in chat (already attributed, or as `author`).
+    /// Not idempotent: the engine guards it with an intent and reconciles with
+    /// [`FeedAdapter::find_post`].
+    fn add_post<'a>(
+        &'a self,
+        audience: Audience,
+        doc: &'a Doc,
+        author: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<PostId, Failure>> {
+        let _ = (audience, doc, author);
+        Box::pin(async { Err(Failure::permanent("this feed takes no posts from chat")) })
+    }
+    /// The post with this content the bridge published for `audience` since `since_ms` and has
+    /// not recorded yet.
+    fn find_post<'a>(
+        &'a self,
+        audience: Audience,
+        doc: &'a Doc,
+        author: Option<&'a str>,
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<PostId>, Failure>> {
+        let _ = (audience, doc, author, since_ms);
+        Box::pin(async { Ok(None) })
+    }
+    /// Replace a post's text (its message in chat was edited).
+    fn update_post<'a>(&'a self, post: PostId, doc: &'a Doc) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = (post, doc);
+        Box::pin(async { Err(Failure::permanent("this feed takes no posts from chat")) })
+    }
+    /// Delete a post (its message in chat was deleted); one already gone counts as deleted.
+    fn delete_post<'a>(&'a self, post: PostId) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = post;
+        Box::pin(async { Err(Failure::permanent("this feed takes no posts from chat")) })
     }
 }

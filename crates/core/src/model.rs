@@ -381,7 +381,30 @@ pub enum ChatEvent {
         #[serde(default)]
         files: Vec<ChatFile>,
     },
-    /// A reply was deleted.
+    /// A person wrote a top-level message in a room whose mapping publishes to the feed
+    /// (`posts_from_chat`): it becomes a feed post, and the message its root in that room.
+    MessagePosted {
+        /// Where.
+        room: Room,
+        /// The message.
+        message: ReplyId,
+        /// Who wrote it.
+        author: Person,
+        /// What they wrote.
+        body: Doc,
+    },
+    /// They edited such a message.
+    MessageEdited {
+        /// Where.
+        room: Room,
+        /// The message.
+        message: ReplyId,
+        /// Who wrote it.
+        author: Person,
+        /// The new text.
+        body: Doc,
+    },
+    /// A reply was deleted (or a top-level message: a root, or a post from chat).
     ReplyDeleted {
         /// Where.
         room: Room,
@@ -399,6 +422,9 @@ impl ChatEvent {
             ChatEvent::ReplyPosted { reply, .. }
             | ChatEvent::ReplyEdited { reply, .. }
             | ChatEvent::ReplyDeleted { reply, .. } => reply,
+            ChatEvent::MessagePosted { message, .. } | ChatEvent::MessageEdited { message, .. } => {
+                message
+            }
         }
     }
 
@@ -407,7 +433,9 @@ impl ChatEvent {
         match self {
             ChatEvent::ReplyPosted { room, .. }
             | ChatEvent::ReplyEdited { room, .. }
-            | ChatEvent::ReplyDeleted { room, .. } => room,
+            | ChatEvent::ReplyDeleted { room, .. }
+            | ChatEvent::MessagePosted { room, .. }
+            | ChatEvent::MessageEdited { room, .. } => room,
         }
     }
 
@@ -417,6 +445,8 @@ impl ChatEvent {
             ChatEvent::ReplyPosted { .. } => "reply_posted",
             ChatEvent::ReplyEdited { .. } => "reply_edited",
             ChatEvent::ReplyDeleted { .. } => "reply_deleted",
+            ChatEvent::MessagePosted { .. } => "message_posted",
+            ChatEvent::MessageEdited { .. } => "message_edited",
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Route {
     /// Whether thread replies in these rooms are copied into the post's other rooms, and
     /// replies there into these.
     pub mirror_replies: bool,
+    /// Top-level messages in these rooms become feed posts for the route's one audience.
+    pub posts_from_chat: bool,
     /// Only posts published at or after this (unix seconds) take this route: a mapping added
     /// while the bridge runs starts from then, it does not pull older posts into its rooms
     /// when they are edited. 0: every post.
@@ -73,6 +75,15 @@ impl Router {
         self.routes
             .iter()
             .any(|r| r.mirror_replies && r.rooms.contains(room))
+    }
+
+    /// The audience a top-level message in `room` is published to, when a mapping of the
+    /// room publishes chat messages to the feed (the config allows one audience there).
+    pub fn chat_post_audience(&self, room: &Room) -> Option<Audience> {
+        self.routes
+            .iter()
+            .find(|r| r.posts_from_chat && r.rooms.contains(room))
+            .and_then(|r| r.audiences.first().copied())
     }
 
     /// Whether any mapping names `room`.
@@ -133,6 +144,12 @@ impl Served {
         Served { routing, platform }
     }
 
+    /// Whether top-level messages in room `id` become feed posts (`posts_from_chat`).
+    pub fn takes_posts(&self, id: &str) -> bool {
+        let room = Room::new(self.platform.clone(), id);
+        self.routing.current().chat_post_audience(&room).is_some()
+    }
+
     /// Whether a mapping in force names the room `id` of this platform.
     pub fn contains(&self, id: &str) -> bool {
         self.routing
@@ -166,6 +183,7 @@ mod tests {
                 rooms: vec![slack("CNEWS0001")],
                 replies: true,
                 mirror_replies: true,
+                posts_from_chat: false,
                 since: 0,
             },
             Route {
@@ -174,6 +192,7 @@ mod tests {
                 rooms: vec![slack("CDEV00001")],
                 replies: false,
                 mirror_replies: true,
+                posts_from_chat: false,
                 since: 0,
             },
             Route {
@@ -182,6 +201,7 @@ mod tests {
                 rooms: vec![slack("CNEWS0001"), slack("CDEV00001")],
                 replies: false,
                 mirror_replies: true,
+                posts_from_chat: false,
                 since: 0,
             },
         ])
@@ -234,6 +254,7 @@ mod tests {
             rooms: vec![Room::new(CHAT, "CLATE0001")],
             replies: true,
             mirror_replies: true,
+            posts_from_chat: false,
             since: 1_000,
         });
         let mut old = post(&[Audience::All]);

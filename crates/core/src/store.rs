@@ -123,6 +123,10 @@ pub struct Mirror {
     /// The message is pinned in the room (an important post's).
     #[serde(default)]
     pub pinned: bool,
+    /// The message is a person's, not the bot's: the post was written in this room
+    /// (`posts_from_chat`). The bridge never edits, pins or deletes it.
+    #[serde(default)]
+    pub foreign: bool,
 }
 
 /// A chat reply as the bridge copied it into another room's thread of the same post.
@@ -360,6 +364,15 @@ pub fn reply_mirror_intent_key(room: &Room, reply: &ReplyId, target: &Room) -> S
 /// The intent guarding the comment for `reply`.
 pub fn comment_intent_key(room: &Room, reply: &ReplyId) -> String {
     format!("comment/{}/{}/{}", room.platform, room.id, reply)
+}
+
+/// The intent guarding the feed post written for `message`, a top-level message in `room`.
+pub fn chat_post_intent_key(room: &Room, message: &ReplyId) -> String {
+    format!("{}{message}", chat_post_intent_prefix(room))
+}
+
+fn chat_post_intent_prefix(room: &Room) -> String {
+    format!("chatpost/{}/{}/", room.platform, room.id)
 }
 
 fn post_intent_prefix(room: &Room) -> String {
@@ -911,6 +924,17 @@ impl Store {
             .is_some())
     }
 
+    /// Whether a message of `room` may be on its way to becoming a feed post (an open intent).
+    pub fn has_chat_post_intent_in(&self, room: &Room) -> Result<bool> {
+        Ok(self
+            .inner
+            .intents
+            .scan_prefix(chat_post_intent_prefix(room).as_bytes())
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
     /// How many intents are open.
     pub fn intent_count(&self) -> usize {
         self.inner.intents.len()
@@ -1216,6 +1240,7 @@ mod tests {
             deleted: false,
             detached: false,
             pinned: false,
+            foreign: false,
         };
         store.record_mirror(PostId(7), &room, &m, &key).unwrap();
         assert!(!store.has_post_intent_in(&room).unwrap());

@@ -35,6 +35,7 @@ fn router() -> Router {
             rooms: vec![Room::new(CHAT, NEWS)],
             replies: true,
             mirror_replies: true,
+            posts_from_chat: false,
             since: 0,
         },
         Route {
@@ -43,6 +44,7 @@ fn router() -> Router {
             rooms: vec![Room::new(CHAT, DEV)],
             replies: false,
             mirror_replies: true,
+            posts_from_chat: false,
             since: 0,
         },
     ])

@@ -100,6 +100,8 @@ impl Inner {
                     }
                 }
             }
+            // A post from chat reaches other rooms as a post, not as a copy.
+            ChatEvent::MessagePosted { .. } | ChatEvent::MessageEdited { .. } => Ok(()),
             ChatEvent::ReplyDeleted { room, reply, .. } => {
                 let Some(m) = self
                     .store

@@ -10,7 +10,10 @@ use tracing::warn;
 
 use super::{Inner, IntentState, LANE_BATCH, LaneKey, Task, Ticket};
 use crate::model::{ChatEvent, Failure, FailureKind, Inbound};
-use crate::store::{Intent, comment_intent_key, now_ms, post_intent_key, reply_mirror_intent_key};
+use crate::store::{
+    Intent, chat_post_intent_key, comment_intent_key, now_ms, post_intent_key,
+    reply_mirror_intent_key,
+};
 
 impl Inner {
     /// A lane: runs its tasks one after another until the engine stops.
@@ -186,6 +189,12 @@ impl Inner {
                 ChatEvent::ReplyDeleted { room, reply, .. } => {
                     format!("deletion of {room}/{reply} → feed")
                 }
+                ChatEvent::MessagePosted { room, message, .. } => {
+                    format!("message {room}/{message} → feed post")
+                }
+                ChatEvent::MessageEdited { room, message, .. } => {
+                    format!("edit of {room}/{message} → feed post")
+                }
             },
             Task::MirrorReply { event, target } => {
                 format!("reply {}/{} → {target}", event.room(), event.reply())
@@ -214,6 +223,12 @@ impl Inner {
                 | ChatEvent::ReplyEdited { room, reply, .. } = e
                 {
                     let key = comment_intent_key(room, reply);
+                    let _ = self.store.remove_intent(&key);
+                    self.set_intent_state(&key, None);
+                }
+                // Left open, it would keep the room waiting for a post that is not coming.
+                if let ChatEvent::MessagePosted { room, message, .. } = e {
+                    let key = chat_post_intent_key(room, message);
                     let _ = self.store.remove_intent(&key);
                     self.set_intent_state(&key, None);
                 }

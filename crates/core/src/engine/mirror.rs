@@ -21,6 +21,17 @@ impl Inner {
         };
         let chat = self.chat(&room.platform)?;
         let mirror = self.store.mirror(post, room).map_err(store_failure)?;
+        if let Some(mut m) = mirror.clone().filter(|m| m.foreign) {
+            // The post was written in this room: its root is the person's own message, which
+            // the bridge leaves as it is (edits and deletions come from there).
+            if record.deleted && !m.deleted {
+                m.deleted = true;
+                self.store
+                    .put_mirror(post, room, &m)
+                    .map_err(store_failure)?;
+            }
+            return Ok(());
+        }
         if record.deleted {
             return self.delete_mirror(post, room, chat.as_ref(), mirror).await;
         }
@@ -43,6 +54,17 @@ impl Inner {
         };
         let hash = content_hash(&(&msg.author, &msg.doc));
         match mirror {
+            // A message of this room may be becoming this very post: its record decides.
+            None if self
+                .store
+                .has_chat_post_intent_in(room)
+                .map_err(store_failure)? =>
+            {
+                return Err(Failure::retry_after(
+                    "a message of this room is becoming a post",
+                    std::time::Duration::from_millis(200),
+                ));
+            }
             None => self.create_mirror(room, chat.as_ref(), &msg, hash).await?,
             Some(m) if m.deleted => return Ok(()),
             Some(m) if m.content_hash == hash => {}
@@ -287,6 +309,7 @@ impl Inner {
             deleted: false,
             detached: false,
             pinned: false,
+            foreign: false,
         };
         self.store
             .record_mirror(post, room, &mirror, &key)

@@ -19,6 +19,7 @@
 //! dead letters); [`mirror`] syncs a post's root message in one room; [`replies`] turns chat
 //! replies into feed comments; [`intents`] guards the non-idempotent effects.
 
+mod chat_posts;
 mod conversation;
 mod intents;
 mod lanes;
@@ -355,18 +356,39 @@ impl Inner {
             debug!(%room, "event for a room no mapping names; ignored");
             return Ok(Vec::new());
         }
+        // A top-level message (or its edit) becomes a feed post where the room publishes to
+        // the feed; the message's events share one lane.
+        if let ChatEvent::MessagePosted { message, .. } | ChatEvent::MessageEdited { message, .. } =
+            event
+        {
+            if self.router.current().chat_post_audience(room).is_none() {
+                debug!(%room, "the room does not publish to the feed; message ignored");
+                return Ok(Vec::new());
+            }
+            return Ok(vec![(
+                self.chat_post_lane(room, message),
+                Task::Reply(event.clone()),
+            )]);
+        }
         if let ChatEvent::ReplyDeleted {
             thread: None,
             reply,
             ..
         } = event
         {
-            // A deleted message that is itself a thread root: the bridge's root message.
+            // A deleted message that is itself a thread root: the bridge's root message, or
+            // the person's message a post from chat came from.
             let root = MessageId(reply.0.clone());
             if let Some(post) = self
                 .store
                 .post_for_thread(room, &ThreadId::rooted_at(&root))?
             {
+                if self.store.mirror(post, room)?.is_some_and(|m| m.foreign) {
+                    return Ok(vec![(
+                        self.chat_post_lane(room, reply),
+                        Task::Reply(event.clone()),
+                    )]);
+                }
                 let task = Task::Detach {
                     post,
                     room: room.clone(),
@@ -383,6 +405,8 @@ impl Inner {
                 Some(t) => Some(t.clone()),
                 None => self.store.comment_for_reply(room, reply)?.map(|c| c.thread),
             },
+            // Planned above.
+            ChatEvent::MessagePosted { .. } | ChatEvent::MessageEdited { .. } => None,
         };
         // Copies of the reply in other rooms (those recorded, for a deletion whose thread is
         // not known any more).
@@ -394,6 +418,21 @@ impl Inner {
             .chain(match &thread {
                 Some(t) => match self.store.post_for_thread(room, t)? {
                     Some(post) => self.reply_targets(room, post)?,
+                    // The thread's root is being sent right now, so its post is not known
+                    // yet: every room may carry it. Each copy task waits for the root's
+                    // record, then copies only where the post has a message.
+                    None if self.store.has_post_intent_in(room)? => {
+                        let router = self.router.current();
+                        if router.mirrors_replies(room) {
+                            router
+                                .rooms()
+                                .into_iter()
+                                .filter(|r| r != room && router.mirrors_replies(r))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        }
+                    }
                     None => Vec::new(),
                 },
                 None => Vec::new(),
@@ -426,6 +465,13 @@ impl Inner {
         let shard = (h.finish() % self.cfg.feed_lanes.max(1) as u64) as usize;
         copies.insert(0, (LaneKey::Feed(shard), Task::Reply(event.clone())));
         Ok(copies)
+    }
+
+    /// The feed lane of a top-level message's events (posted, edited, deleted).
+    fn chat_post_lane(&self, room: &Room, message: &crate::model::ReplyId) -> LaneKey {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (room, message).hash(&mut h);
+        LaneKey::Feed((h.finish() % self.cfg.feed_lanes.max(1) as u64) as usize)
     }
 
     fn live_mirror_rooms(&self, post: PostId) -> Result<Vec<Room>, StoreError> {

@@ -53,6 +53,23 @@ impl Inner {
                 self.add_comment(room, thread, reply, &author, &body, files)
                     .await
             }
+            ChatEvent::MessagePosted {
+                room,
+                message,
+                author,
+                body,
+            } => self.post_from_chat(room, message, author, body).await,
+            ChatEvent::MessageEdited {
+                room,
+                message,
+                author,
+                body,
+            } => self.edit_post_from_chat(room, message, author, body).await,
+            ChatEvent::ReplyDeleted { room, reply, .. }
+                if let Some(post) = self.chat_post_of(room, reply)? =>
+            {
+                self.delete_post_from_chat(room, post).await
+            }
             ChatEvent::ReplyDeleted { room, reply, .. } => {
                 let existing = self
                     .store
@@ -75,7 +92,7 @@ impl Inner {
     }
 
     /// The reply's author and body with the names the intake left for later filled in.
-    async fn resolved(
+    pub(super) async fn resolved(
         &self,
         room: &Room,
         author: &Person,
@@ -165,7 +182,7 @@ impl Inner {
 
     /// The feed user a chat person's comment is written as: their linked feed user, when
     /// `people.comments_as_author` is on and the feed lets the bridge write as others.
-    async fn feed_author(&self, room: &Room, author: &Person) -> Option<String> {
+    pub(super) async fn feed_author(&self, room: &Room, author: &Person) -> Option<String> {
         if !self.cfg.people.comments_as_author {
             return None;
         }
@@ -251,6 +268,17 @@ impl Inner {
         };
         match store.post(post).map_err(store_failure)? {
             Some(rec) if !rec.deleted => Ok(Some(post)),
+            // A post just written from this room: the feed has it, the bridge reads it soon.
+            None if store
+                .mirror(post, room)
+                .map_err(store_failure)?
+                .is_some_and(|m| m.foreign && !m.deleted) =>
+            {
+                Err(Failure::retry_after(
+                    "the post from chat is not read back yet",
+                    Duration::from_millis(500),
+                ))
+            }
             _ => {
                 debug!(%post, "reply to a deleted post; ignored");
                 Ok(None)
