@@ -268,7 +268,8 @@ async fn a_post_mapped_to_slack_and_matrix_arrives_once_in_each() {
     // Replies from both sides land on the same post.
     w.slack
         .reply(&w.anna, &w.news, &slack_root.ts, "from Slack", false);
-    w.m()
+    let matrix_reply = w
+        .m()
         .alice
         .thread_reply(&room, &root.event_id, "from Matrix", "from Matrix")
         .await;
@@ -334,6 +335,54 @@ async fn a_post_mapped_to_slack_and_matrix_arrives_once_in_each() {
         vec!["Anna Smirnova (Slack): from Slack".to_string()]
     );
     assert_eq!(w.comments(post).len(), 2, "copies never become comments");
+
+    // Edits and deletions follow the copies both ways.
+    w.m()
+        .alice
+        .edit(&room, &matrix_reply, "from Matrix, edited")
+        .await;
+    assert!(
+        w.slack
+            .wait_until(support::WAIT, |s| s
+                .thread(&w.news, &slack_root.ts)
+                .iter()
+                .any(|m| m.text == "from Matrix, edited"))
+            .await,
+        "the edit reached the Slack copy"
+    );
+    w.m().alice.redact(&room, &matrix_reply).await;
+    assert!(
+        w.slack
+            .wait_until(support::WAIT, |s| !s
+                .thread(&w.news, &slack_root.ts)
+                .iter()
+                .any(|m| m.text.starts_with("from Matrix")))
+            .await,
+        "the redaction deleted the Slack copy"
+    );
+    let slack_reply = w
+        .slack
+        .thread(&w.news, &slack_root.ts)
+        .into_iter()
+        .find(|m| m.text == "from Slack")
+        .expect("Anna's reply")
+        .ts;
+    let copy = w
+        .m()
+        .alice
+        .messages(&room, &bot)
+        .into_iter()
+        .find(|m| text_of(m).0 == "Anna Smirnova (Slack): from Slack")
+        .expect("the copy")
+        .event_id;
+    w.slack.delete(&w.anna, &w.news, &slack_reply);
+    w.m()
+        .alice
+        .wait("the Matrix copy redacted", |p| {
+            p.redactions_of(&room, &copy) > 0
+        })
+        .await;
+    w.wait_comments(post, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

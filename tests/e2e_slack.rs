@@ -1014,7 +1014,8 @@ async fn a_linked_persons_reply_is_their_own_comment() {
     w.slack.delete(&w.anna, &w.news, &reply);
     w.wait_comments(post, 1).await;
 
-    // Switched off, everyone is attributed again.
+    // Switched off, everyone is attributed again (as with a webhook of a non-administrator,
+    // below).
     w.stop().await;
     w.extra_config = "people:\n  comments_as_author: false\n".into();
     w.start().await;
@@ -1168,11 +1169,39 @@ async fn a_message_in_a_posting_channel_becomes_a_feed_post() {
         "a group post stays in the group"
     );
 
+    // Its thread works both ways: a reply there is a comment and a copy in the other
+    // channel's thread, and a reply there comes back into the message's thread.
     w.slack.reply(&w.anna, &board, &ts, "Count me in", false);
     assert_eq!(
         w.wait_comments(post.id, 1).await,
         vec!["[B]Anna Smirnova[/B] (Slack): Count me in".to_string()]
     );
+    let bot = w.slack.config().bot_id.clone();
+    let copies =
+        |s: &livefeed_sandbox::slack::FakeSlack, channel: &str, root: &str| -> Vec<String> {
+            s.thread(channel, root)
+                .into_iter()
+                .filter(|m| m.bot_id.as_deref() == Some(bot.as_str()) && m.ts != root)
+                .map(|m| m.text)
+                .collect()
+        };
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| copies(s, &w.dev, &dev_root.ts) == ["Count me in"])
+            .await,
+        "copied into the other channel: {:?}",
+        copies(&w.slack, &w.dev, &dev_root.ts)
+    );
+    w.slack
+        .reply(&w.anna, &w.dev, &dev_root.ts, "Me too", false);
+    assert!(
+        w.slack
+            .wait_until(WAIT, |s| copies(s, &board, &ts) == ["Me too"])
+            .await,
+        "copied into the message's thread: {:?}",
+        copies(&w.slack, &board, &ts)
+    );
+    w.wait_comments(post.id, 2).await;
 
     w.slack.edit(&w.anna, &board, &ts, "Release tomorrow");
     assert!(
@@ -1205,6 +1234,43 @@ async fn a_message_in_a_posting_channel_becomes_a_feed_post() {
             .await,
         "and removed the other channel's root"
     );
+    // The person's message was theirs to delete; the bridge never tried.
+    assert_eq!(
+        w.slack.ok_count("chat.delete"),
+        1,
+        "only the other channel's root"
+    );
     w.settle().await;
     assert_eq!(w.portal.posts().len(), before + 1, "one post, never two");
+}
+
+/// With a webhook whose user is not a portal administrator, a linked person's reply is
+/// attributed like anyone's, and nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_webhook_every_comment_is_attributed() {
+    let mut w = World::new(Setup {
+        non_admin_webhook: true,
+        ..Setup::default()
+    })
+    .await;
+    w.portal.add_user(livefeed_sandbox::bitrix::NewUser {
+        name: "Anna".into(),
+        last_name: "Smirnova".into(),
+        email: Some("anna@example.com".into()),
+        ..Default::default()
+    });
+    w.start().await;
+    let post = w.post_all("Offsite", "Where shall we go?");
+    let root = w.wait_root(&w.news.clone(), post).await;
+    w.slack.reply(&w.anna, &w.news, &root.ts, "The lake", false);
+    w.wait_comments(post, 1).await;
+    w.settle().await;
+    let comments = w.portal.comments(post);
+    assert_eq!(
+        (comments[0].author, comments[0].text.as_str()),
+        (1, "[B]Anna Smirnova[/B] (Slack): The lake")
+    );
+    let (status, body) = w.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dead_letters"], 0, "nothing failed: {body}");
 }

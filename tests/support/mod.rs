@@ -75,6 +75,8 @@ pub struct Setup {
     /// `bitrix24.intake`: `poll`, or `offline`/`push` through the portal's OAuth app (the
     /// safety-net poll then runs once an hour, so events alone must do the work).
     pub bitrix_intake: &'static str,
+    /// The webhook's user is not a portal administrator.
+    pub non_admin_webhook: bool,
 }
 
 impl Default for Setup {
@@ -86,6 +88,7 @@ impl Default for Setup {
             encrypted: false,
             slack_retention: Duration::from_secs(60),
             bitrix_intake: "poll",
+            non_admin_webhook: false,
         }
     }
 }
@@ -126,6 +129,7 @@ impl World {
             } else {
                 None
             },
+            webhook_user_admin: !setup.non_admin_webhook,
             ..PortalConfig::default()
         })
         .await
