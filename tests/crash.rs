@@ -28,6 +28,60 @@ use std::time::Duration;
 
 use support::workload::{Options, env_or, run};
 
+/// The bridge binary run by hand against a test world, its log in one file across runs.
+struct Runs {
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    /// `LIVEFEED_CRASHPOINTS` for a run that should abort.
+    crashpoint: &'static str,
+}
+
+impl Runs {
+    fn new(w: &support::World, crashpoint: &'static str) -> Runs {
+        Runs {
+            config: w.config_path(),
+            log: w.dir.path().join("bridge.log"),
+            crashpoint,
+        }
+    }
+
+    /// Start the bridge; with `crash`, it aborts at the crash point.
+    fn bridge(&self, crash: bool) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"));
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            ))
+            .kill_on_drop(true);
+        if crash {
+            cmd.env("LIVEFEED_CRASHPOINTS", self.crashpoint);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// Wait until the bridge's log says `text`.
+    async fn log_says(&self, text: &str) {
+        let deadline = tokio::time::Instant::now() + support::WAIT;
+        while !std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log never said {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_survives_kill_9_at_any_moment() {
     crash_suite("crash suite", "poll", 60, 40, 8).await;
@@ -103,50 +157,14 @@ async fn crash_suite(
 async fn a_kill_right_after_an_upload_sends_no_file_twice() {
     use livefeed_sandbox::bitrix::{NewFile, NewPost};
     use support::{Setup, WAIT, World};
-    use tokio::process::Command;
 
     let w = World::new(Setup::default()).await;
     w.write_config(&w.config_text("127.0.0.1:0"));
-    let log = w.dir.path().join("bridge.log");
-    let bridge = |crash: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"));
-        cmd.args(["run", "--config"])
-            .arg(w.config_path())
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            ))
-            .kill_on_drop(true);
-        if crash {
-            // Abort at the first file sent: after Slack has it, before the record.
-            cmd.env("LIVEFEED_CRASHPOINTS", "engine.file_sent:1");
-        }
-        cmd.spawn().unwrap()
-    };
-    let log_says = |text: &'static str| {
-        let log = log.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while !std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains(text)
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the log never said {text:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    // Abort at the first file sent: after Slack has it, before the record.
+    let runs = Runs::new(&w, "engine.file_sent:1");
 
-    let mut first = bridge(true);
-    log_says("first Bitrix24 poll done").await;
+    let mut first = runs.bridge(true);
+    runs.log_says("first Bitrix24 poll done").await;
     let file = |name: &str| NewFile {
         name: name.into(),
         bytes: name.repeat(50).into_bytes(),
@@ -168,7 +186,7 @@ async fn a_kill_right_after_an_upload_sends_no_file_twice() {
     assert!(status.code().is_none(), "aborted, not exited: {status}");
     assert_eq!(w.slack.ok_count("files.completeUploadExternal"), 1);
 
-    let mut second = bridge(false);
+    let mut second = runs.bridge(false);
     let news = w.news.clone();
     let root = w.wait_root(&news, post).await;
     let bot = w.slack.config().bot_id.clone();
@@ -202,53 +220,17 @@ async fn a_kill_right_after_an_upload_sends_no_file_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_right_after_a_reply_copy_sends_no_copy_twice() {
     use support::{Setup, WAIT, World};
-    use tokio::process::Command;
 
     let mut w = World::new(Setup::default()).await;
     let hands = w.slack.add_channel("all-hands", false, true);
     w.extra_mappings =
         format!("  - name: all-hands\n    audience: [all]\n    slack: {{ channel: {hands} }}\n");
     w.write_config(&w.config_text("127.0.0.1:0"));
-    let log = w.dir.path().join("bridge.log");
-    let bridge = |crash: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"));
-        cmd.args(["run", "--config"])
-            .arg(w.config_path())
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            ))
-            .kill_on_drop(true);
-        if crash {
-            // Abort at the first copy sent: after Slack has it, before the record.
-            cmd.env("LIVEFEED_CRASHPOINTS", "engine.reply_copied:1");
-        }
-        cmd.spawn().unwrap()
-    };
-    let log_says = |text: &'static str| {
-        let log = log.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while !std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains(text)
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the log never said {text:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    // Abort at the first copy sent: after Slack has it, before the record.
+    let runs = Runs::new(&w, "engine.reply_copied:1");
 
-    let mut first = bridge(true);
-    log_says("first Bitrix24 poll done").await;
+    let mut first = runs.bridge(true);
+    runs.log_says("first Bitrix24 poll done").await;
     let post = w.post_all("Offsite", "Where shall we go?");
     let news_root = w.wait_root(&w.news.clone(), post).await;
     let hands_root = w.wait_root(&hands, post).await;
@@ -269,8 +251,8 @@ async fn a_kill_right_after_a_reply_copy_sends_no_copy_twice() {
     };
     assert_eq!(copies(&w.slack), vec!["The lake".to_string()]);
 
-    let mut second = bridge(false);
-    log_says("found the copied reply sent before").await;
+    let mut second = runs.bridge(false);
+    runs.log_says("found the copied reply sent before").await;
     w.wait_comments(post, 1).await;
     second.start_kill().unwrap();
     second.wait().await.unwrap();
@@ -286,7 +268,6 @@ async fn a_kill_right_after_a_reply_copy_sends_no_copy_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_right_after_a_post_from_chat_publishes_it_once() {
     use support::{Setup, WAIT, World};
-    use tokio::process::Command;
 
     let mut w = World::new(Setup::default()).await;
     let board = w.slack.add_channel("board", false, true);
@@ -295,46 +276,11 @@ async fn a_kill_right_after_a_post_from_chat_publishes_it_once() {
         w.group
     );
     w.write_config(&w.config_text("127.0.0.1:0"));
-    let log = w.dir.path().join("bridge.log");
-    let bridge = |crash: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livefeed-bridge"));
-        cmd.args(["run", "--config"])
-            .arg(w.config_path())
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            ))
-            .kill_on_drop(true);
-        if crash {
-            // Abort at the first post from chat: after the portal has it, before the record.
-            cmd.env("LIVEFEED_CRASHPOINTS", "engine.posted:1");
-        }
-        cmd.spawn().unwrap()
-    };
-    let log_says = |text: &'static str| {
-        let log = log.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while !std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains(text)
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the log never said {text:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    // Abort at the first post from chat: after the portal has it, before the record.
+    let runs = Runs::new(&w, "engine.posted:1");
 
-    let mut first = bridge(true);
-    log_says("first Bitrix24 poll done").await;
+    let mut first = runs.bridge(true);
+    runs.log_says("first Bitrix24 poll done").await;
     let before = w.portal.posts().len();
     let ts = w.slack.post(&w.anna, &board, "Release tonight");
     let status = tokio::time::timeout(WAIT, first.wait())
@@ -345,8 +291,8 @@ async fn a_kill_right_after_a_post_from_chat_publishes_it_once() {
     assert_eq!(w.portal.posts().len(), before + 1);
     let post = w.portal.posts().last().unwrap().id;
 
-    let mut second = bridge(false);
-    log_says("found the post written before").await;
+    let mut second = runs.bridge(false);
+    runs.log_says("found the post written before").await;
     // The post's thread is the message's: a reply there is a comment on it.
     let dev_root = w.wait_root(&w.dev.clone(), post).await;
     w.slack.reply(&w.anna, &board, &ts, "Count me in", false);
