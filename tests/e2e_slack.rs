@@ -1274,3 +1274,51 @@ async fn without_an_admin_webhook_every_comment_is_attributed() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["dead_letters"], 0, "nothing failed: {body}");
 }
+
+/// A post shared later with more people reaches another channel late: that channel's thread
+/// gets the conversation so far, each reply once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_gets_a_post_late_gets_its_conversation_so_far() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let post = w.portal.create_post(
+        w.ivan,
+        NewPost {
+            title: Some("Group first".into()),
+            text: "for the group".into(),
+            dest: vec![format!("SG{}", w.group)],
+            important: false,
+            files: Vec::new(),
+        },
+    );
+    let dev_root = w.wait_root(&w.dev.clone(), post).await;
+    w.settle().await;
+    w.slack
+        .reply(&w.anna, &w.dev, &dev_root.ts, "Early reply", false);
+    w.wait_comments(post, 1).await;
+    w.settle().await;
+
+    w.portal.share_post(post, vec!["UA".into()]);
+    let news_root = w.wait_root(&w.news.clone(), post).await;
+    let bot = w.slack.config().bot_id.clone();
+    let copies = |s: &livefeed_sandbox::slack::FakeSlack| -> Vec<(Option<String>, String)> {
+        s.thread(&w.news, &news_root.ts)
+            .into_iter()
+            .filter(|m| m.bot_id.as_deref() == Some(bot.as_str()) && m.ts != news_root.ts)
+            .map(|m| (m.username, m.text))
+            .collect()
+    };
+    assert!(
+        w.slack.wait_until(WAIT, |s| !copies(s).is_empty()).await,
+        "the conversation reached the late channel"
+    );
+    w.settle().await;
+    assert_eq!(
+        copies(&w.slack),
+        vec![(
+            Some("Anna Smirnova (Slack)".to_string()),
+            "Early reply".to_string()
+        )]
+    );
+    assert_eq!(w.comments(post).len(), 1);
+}

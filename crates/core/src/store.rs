@@ -35,6 +35,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use super::model::{
     CommentId, FeedPost, Inbound, MessageId, Person, Platform, PostId, ReplyId, Room, ThreadId,
 };
+use super::richtext::Doc;
 
 /// The layout version this build writes; older stores are migrated on open, newer refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -127,6 +128,17 @@ pub struct Mirror {
     /// (`posts_from_chat`). The bridge never edits, pins or deletes it.
     #[serde(default)]
     pub foreign: bool,
+}
+
+/// A reply in one of a post's threads as the store keeps it, for rooms that get the post later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadReply {
+    /// The thread (the root message in the reply's room).
+    pub thread: ThreadId,
+    /// Who wrote it.
+    pub author: Person,
+    /// What it says now.
+    pub body: Doc,
 }
 
 /// A chat reply as the bridge copied it into another room's thread of the same post.
@@ -304,6 +316,15 @@ fn reply_key(room: &Room, reply: &ReplyId) -> Vec<u8> {
 
 fn tombstone_key(room: &Room, reply: &ReplyId) -> Vec<u8> {
     let mut k = vec![b't'];
+    k.extend(message_key(room, reply.as_str()));
+    k
+}
+
+/// `l` + the post + the reply's key: a reply in one of the post's threads, kept so a room that
+/// gets the post later gets the conversation so far.
+fn thread_log_key(post: PostId, room: &Room, reply: &ReplyId) -> Vec<u8> {
+    let mut k = vec![b'l'];
+    k.extend_from_slice(&post.0.to_be_bytes());
     k.extend(message_key(room, reply.as_str()));
     k
 }
@@ -771,6 +792,46 @@ impl Store {
             .comments
             .remove(reply_mirror_key(room, reply, target))?;
         Ok(())
+    }
+
+    /// Keep `reply` (in `room`'s thread of `post`) for rooms that get the post later.
+    pub fn log_thread_reply(
+        &self,
+        post: PostId,
+        room: &Room,
+        reply: &ReplyId,
+        entry: &ThreadReply,
+    ) -> Result<()> {
+        self.inner
+            .comments
+            .insert(thread_log_key(post, room, reply), enc(entry))?;
+        Ok(())
+    }
+
+    /// Forget a deleted reply.
+    pub fn unlog_thread_reply(&self, post: PostId, room: &Room, reply: &ReplyId) -> Result<()> {
+        self.inner
+            .comments
+            .remove(thread_log_key(post, room, reply))?;
+        Ok(())
+    }
+
+    /// The replies kept for `post`, oldest key first: (room, reply, entry).
+    pub fn thread_log(&self, post: PostId) -> Result<Vec<(Room, ReplyId, ThreadReply)>> {
+        let mut prefix = vec![b'l'];
+        prefix.extend_from_slice(&post.0.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.inner.comments.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(room) = room_from_key(rest) else {
+                continue;
+            };
+            let reply = &rest[room_key(&room).len()..];
+            let reply = ReplyId(String::from_utf8_lossy(reply).into_owned());
+            out.push((room, reply, dec("comments", &v)?));
+        }
+        Ok(out)
     }
 
     /// The comment written for `reply`, if any.

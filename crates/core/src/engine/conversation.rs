@@ -127,6 +127,35 @@ impl Inner {
         }
     }
 
+    /// Copy the replies written in the post's other rooms into `target`'s thread, where they
+    /// are not yet: a room that gets the post late (its audiences grew) gets the conversation
+    /// so far. Each copy is the same guarded effect as a live one.
+    pub(super) async fn copy_conversation(
+        &self,
+        post: PostId,
+        target: &Room,
+    ) -> Result<(), Failure> {
+        let router = self.router.current();
+        if !router.mirrors_replies(target) {
+            return Ok(());
+        }
+        for (room, reply, entry) in self.store.thread_log(post).map_err(store_failure)? {
+            if room == *target || !router.mirrors_replies(&room) {
+                continue;
+            }
+            let event = ChatEvent::ReplyPosted {
+                room,
+                thread: entry.thread,
+                reply,
+                author: entry.author,
+                body: entry.body,
+                files: Vec::new(),
+            };
+            self.mirror_reply(&event, target).await?;
+        }
+        Ok(())
+    }
+
     /// The post whose thread this is; a root still being sent is waited for.
     fn thread_post(&self, room: &Room, thread: &ThreadId) -> Result<Option<PostId>, Failure> {
         match self

@@ -73,6 +73,7 @@ impl Inner {
                     .await?
             }
         }
+        self.copy_conversation(post, room).await?;
         self.sync_files(&record.post, room, chat.as_ref()).await?;
         let pin = self.cfg.pin_important && record.post.important;
         self.sync_pin(post, room, chat.as_ref(), pin).await

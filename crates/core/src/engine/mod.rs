@@ -47,7 +47,7 @@ use crate::model::{
 };
 use crate::richtext::{Doc, MentionKind};
 use crate::route::Routing;
-use crate::store::{JournalEntry, PostRecord, Store, StoreError};
+use crate::store::{JournalEntry, PostRecord, Store, StoreError, ThreadReply};
 
 /// The engine's knobs (tests shorten the retry delays).
 #[derive(Debug, Clone)]
@@ -447,6 +447,36 @@ impl Inner {
                 (LaneKey::Room(target), task)
             })
             .collect();
+        // The conversation so far is kept for rooms that get the post later.
+        if let Some(t) = &thread
+            && let Some(post) = self.store.post_for_thread(room, t)?
+        {
+            match event {
+                ChatEvent::ReplyPosted {
+                    reply,
+                    author,
+                    body,
+                    ..
+                }
+                | ChatEvent::ReplyEdited {
+                    reply,
+                    author,
+                    body,
+                    ..
+                } => {
+                    let entry = ThreadReply {
+                        thread: t.clone(),
+                        author: author.clone(),
+                        body: body.clone(),
+                    };
+                    self.store.log_thread_reply(post, room, reply, &entry)?
+                }
+                ChatEvent::ReplyDeleted { reply, .. } => {
+                    self.store.unlog_thread_reply(post, room, reply)?
+                }
+                ChatEvent::MessagePosted { .. } | ChatEvent::MessageEdited { .. } => {}
+            }
+        }
         let Some(thread) = thread else {
             if copies.is_empty() {
                 debug!(%room, "deleted message was never bridged; ignored");
