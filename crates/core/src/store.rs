@@ -128,6 +128,10 @@ pub struct Mirror {
     /// (`posts_from_chat`). The bridge never edits, pins or deletes it.
     #[serde(default)]
     pub foreign: bool,
+    /// The replies written in the post's other rooms before this message existed were
+    /// copied into its thread (later ones come as live copies).
+    #[serde(default)]
+    pub conversation: bool,
 }
 
 /// A reply in one of a post's threads as the store keeps it, for rooms that get the post later.
@@ -1302,6 +1306,7 @@ mod tests {
             detached: false,
             pinned: false,
             foreign: false,
+            conversation: false,
         };
         store.record_mirror(PostId(7), &room, &m, &key).unwrap();
         assert!(!store.has_post_intent_in(&room).unwrap());

@@ -67,6 +67,7 @@ impl Inner {
             detached: false,
             pinned: false,
             foreign: true,
+            conversation: false,
         };
         self.store
             .record_mirror(post, room, &mirror, &key)
@@ -86,12 +87,7 @@ impl Inner {
         author: &Person,
         body: &Doc,
     ) -> Result<(), Failure> {
-        let root = ThreadId::rooted_at(&MessageId(message.as_str().to_string()));
-        let Some(post) = self
-            .store
-            .post_for_thread(room, &root)
-            .map_err(store_failure)?
-        else {
+        let Some(post) = self.chat_post_of(room, message)? else {
             return Ok(());
         };
         let Some(mut m) = self

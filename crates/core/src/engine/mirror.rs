@@ -73,7 +73,17 @@ impl Inner {
                     .await?
             }
         }
-        self.copy_conversation(post, room).await?;
+        // Once per room (not on every sync): later replies arrive as live copies.
+        if let Some(mut m) = self.store.mirror(post, room).map_err(store_failure)?
+            && !m.conversation
+            && !m.deleted
+        {
+            self.copy_conversation(post, room).await?;
+            m.conversation = true;
+            self.store
+                .put_mirror(post, room, &m)
+                .map_err(store_failure)?;
+        }
         self.sync_files(&record.post, room, chat.as_ref()).await?;
         let pin = self.cfg.pin_important && record.post.important;
         self.sync_pin(post, room, chat.as_ref(), pin).await
@@ -311,6 +321,7 @@ impl Inner {
             detached: false,
             pinned: false,
             foreign: false,
+            conversation: false,
         };
         self.store
             .record_mirror(post, room, &mirror, &key)
