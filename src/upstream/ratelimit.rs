@@ -18,18 +18,34 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// How much slower than the configured rate a bucket refills. A call sent on time can still
-/// reach the platform a few milliseconds early (scheduling, the network), and a platform that
-/// counts it early answers 429, which costs a whole `Retry-After` second on that key: pacing
-/// 2% under the limit trades 2% of the ceiling for never being told to wait.
-pub const PACING_MARGIN: f64 = 0.02;
+/// How much slower than the configured rate a bucket refills: enough that the bridge's clock and
+/// the platform's never drift into the platform's last token, and no more.
+pub const PACING_MARGIN: f64 = 0.005;
 
 fn paced(per_second: f64) -> f64 {
     (per_second * (1.0 - PACING_MARGIN)).max(f64::MIN_POSITIVE)
 }
 
-/// A token bucket: `burst` tokens, refilled just under `per_second` ([`PACING_MARGIN`]). The
-/// rate can change while it runs (a configuration reload); the tokens it holds stay.
+/// How many of the platform's burst tokens the bridge leaves unused. A call sent on time can
+/// still reach the platform early (scheduling, the network, a slow call before it arriving
+/// late), and a platform that counts it early answers 429, which costs a whole `Retry-After`
+/// second on that key. With one token left in the platform's bucket, an arrival up to one
+/// interval early still finds a token; keeping it costs one call's worth once, where pacing a
+/// few percent under the rate would cost those percent for the whole run.
+pub const BURST_RESERVE: u32 = 1;
+
+fn usable_burst(burst: u32) -> f64 {
+    let burst = burst.max(1);
+    f64::from(if burst > BURST_RESERVE {
+        burst - BURST_RESERVE
+    } else {
+        burst
+    })
+}
+
+/// A token bucket: the platform's `burst` less [`BURST_RESERVE`], refilled just under
+/// `per_second` ([`PACING_MARGIN`]). The rate can change while it runs (a configuration
+/// reload); the tokens it holds stay.
 #[derive(Debug)]
 pub struct TokenBucket {
     state: Mutex<Bucket>,
@@ -46,7 +62,7 @@ struct Bucket {
 impl TokenBucket {
     /// A full bucket for `rate`.
     pub fn new(rate: RateLimit) -> Self {
-        let burst = f64::from(rate.burst.max(1));
+        let burst = usable_burst(rate.burst);
         TokenBucket {
             state: Mutex::new(Bucket {
                 tokens: burst,
@@ -61,8 +77,14 @@ impl TokenBucket {
     pub fn set_rate(&self, rate: RateLimit) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.per_second = paced(rate.per_second);
-        s.burst = f64::from(rate.burst.max(1));
+        s.burst = usable_burst(rate.burst);
         s.tokens = s.tokens.min(s.burst);
+    }
+
+    /// Give back a token taken and not used.
+    pub fn refund(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.tokens = (s.tokens + 1.0).min(s.burst);
     }
 
     /// Take a token, waiting as long as needed. Returns whether it had to wait.
@@ -227,14 +249,15 @@ mod tests {
             burst: 3,
         });
         let start = Instant::now();
-        for _ in 0..3 {
+        // The burst less the one token left to the platform.
+        for _ in 0..2 {
             assert!(!b.acquire().await);
         }
         assert!(b.acquire().await);
-        // One token at 98% of 2/s: 510 ms, never earlier than the platform's 500 ms.
+        // One token at 99.5% of 2/s: 502.5 ms, never earlier than the platform's 500 ms.
         let elapsed = start.elapsed();
         assert!(
-            elapsed >= Duration::from_millis(510) && elapsed < Duration::from_millis(600),
+            elapsed >= Duration::from_micros(502_500) && elapsed < Duration::from_millis(510),
             "{elapsed:?}"
         );
     }
