@@ -212,7 +212,7 @@ async fn thread_replies_edits_and_redactions_become_comment_changes() {
         vec!["[B]Alice Liddell[/B] (Matrix): Me too".to_string()]
     );
     // The bridge's own root and edits never came back as comments.
-    assert_eq!(w.portal.request_count("log.blogcomment.add"), 3);
+    assert_eq!(w.portal.call_count("log.blogcomment.add"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,7 +165,7 @@ async fn thread_replies_become_attributed_comments_and_deletions_follow() {
     w.slack.delete(&w.anna, &w.news, &broadcast);
     w.wait_comments(post, 0).await;
     w.settle().await;
-    assert_eq!(w.portal.request_count("log.blogcomment.add"), 2);
+    assert_eq!(w.portal.call_count("log.blogcomment.add"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +222,7 @@ async fn the_bots_own_messages_never_come_back() {
         echoes >= 2,
         "the fake echoed the bot's post and edit ({echoes})"
     );
-    assert_eq!(w.portal.request_count("log.blogcomment.add"), 0);
+    assert_eq!(w.portal.call_count("log.blogcomment.add"), 0);
     assert_eq!(w.comments(post), Vec::<String>::new());
     assert_eq!(w.slack.request_count("chat.postMessage"), 1);
 }

@@ -467,3 +467,73 @@ async fn comment_recovery_as_the_linked_author_takes_only_an_unambiguous_comment
         None
     );
 }
+
+/// Comments that wait for the rate limiter at the same time leave together in one `batch`,
+/// the way a backlog of replies does after an outage: each still lands on its own post with
+/// exactly its text and answers with its own id, and a comment the portal refuses fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comments_waiting_for_the_limiter_share_one_batch_and_keep_their_own_answers() {
+    use livefeed_bridge::upstream::ratelimit::RateLimit;
+    use livefeed_sandbox::bitrix::LeakyBucket;
+
+    let portal = FakePortal::start(PortalConfig {
+        rate_limit: Some(LeakyBucket {
+            burst: 2.0,
+            drain_per_sec: 2.0,
+        }),
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let client = BitrixClient::new(
+        Credentials::Webhook(Secret::new(portal.webhook_url()), 1),
+        Some(RateLimit {
+            per_second: 2.0,
+            burst: 2,
+        }),
+        Duration::from_secs(10),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let feed = BitrixFeed::new(client, store);
+    let posts: Vec<u64> = (0..12)
+        .map(|i| post_for_all(&portal, 1, &format!("post {i}")))
+        .collect();
+    let missing = PostId(999_999);
+    // Characters the command line of a batch must carry intact.
+    let docs: Vec<Doc> = (0..12)
+        .map(|i| Doc::plain(&format!("Q&A #{i}: 100% + ünï = ok?\nsecond line")))
+        .collect();
+    let refused = Doc::plain("on a post that is not there");
+
+    let mut calls: Vec<_> = posts
+        .iter()
+        .zip(&docs)
+        .map(|(post, doc)| feed.add_comment(PostId(*post), doc, &[], None))
+        .collect();
+    calls.push(feed.add_comment(missing, &refused, &[], None));
+    let answers = futures_util::future::join_all(calls).await;
+
+    for ((post, doc), answer) in posts.iter().zip(&docs).zip(&answers) {
+        let id = answer.as_ref().expect("written");
+        let comments = portal.comments(*post);
+        assert_eq!(comments.len(), 1, "exactly one comment on post {post}");
+        assert_eq!(comments[0].comment_id, id.0, "its own id came back");
+        assert_eq!(comments[0].text, bbcode::render(doc));
+    }
+    let failure = answers[12].as_ref().expect_err("no such post");
+    assert_eq!(failure.kind, FailureKind::Permanent, "{failure}");
+    assert_eq!(portal.comment_count(), 12);
+    // The first call found a token and went alone; the other twelve waited for the next one.
+    assert_eq!(portal.call_count("log.blogcomment.add"), 13);
+    assert_eq!(portal.request_count("log.blogcomment.add"), 1);
+    assert_eq!(portal.request_count("batch"), 1);
+    let limited = portal
+        .requests()
+        .iter()
+        .filter(|r| r.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED"))
+        .count();
+    assert_eq!(limited, 0);
+}

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
 use tracing::{debug, trace};
 
 use livefeed_core::metrics::Metrics;
@@ -112,6 +113,35 @@ pub struct BitrixClient {
     operating_strikes: Arc<Mutex<HashMap<String, u32>>>,
     /// Methods paused after OPERATION_TIME_LIMIT: every caller waits, nobody hammers.
     paused: Arc<Blocks>,
+    /// Calls waiting for a token that the next request may carry along (see [`rides_along`]).
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+/// Calls waiting for the rate limiter. Whichever of them gets a token first sends all of them
+/// (up to [`MAX_BATCH`]) in one `batch`: the portal counts a batch as one request, so under
+/// load many calls share a token, and alone a call still goes out as itself, at once.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    calls: Vec<Queued>,
+}
+
+struct Queued {
+    id: u64,
+    method: String,
+    params: Value,
+    answer: oneshot::Sender<Result<Response, ApiError>>,
+}
+
+/// Most commands one `batch` runs (docs/platforms/bitrix24.md §3).
+pub const MAX_BATCH: usize = 50;
+
+/// Whether a call may ride in another call's `batch`. Only comment writes without files do:
+/// they are what a backlog of replies is made of, inside a batch they answer as they do alone
+/// (their errors are told apart by `error_description`, which a batch keeps), and files
+/// (base64 in the command line) would make one request as large as all of them.
+fn rides_along(method: &str, params: &Value) -> bool {
+    method == "log.blogcomment.add" && params.get("FILES").is_none()
 }
 
 /// First and longest pause of a method after OPERATION_TIME_LIMIT. The budget is spread over
@@ -150,6 +180,7 @@ impl BitrixClient {
             operating_reset: Arc::new(Mutex::new(HashMap::new())),
             operating_strikes: Arc::new(Mutex::new(HashMap::new())),
             paused: Arc::new(Blocks::new()),
+            waiting: Arc::new(Mutex::new(Waiting::default())),
         })
     }
 
@@ -222,82 +253,151 @@ impl BitrixClient {
     /// Run up to 50 commands in one request (`key → (method, params)`). Commands that fail
     /// appear in `errors`; the call itself fails only if the whole request does.
     pub async fn batch(&self, cmds: &[(String, String, Value)]) -> Result<BatchResponse, ApiError> {
-        assert!(cmds.len() <= 50, "batch takes at most 50 commands");
-        let mut cmd = Map::new();
-        for (key, method, params) in cmds {
-            let query = php_query(params);
-            let line = if query.is_empty() {
-                method.clone()
-            } else {
-                format!("{method}?{query}")
-            };
-            cmd.insert(key.clone(), Value::String(line));
-        }
-        let resp = self
-            .call("batch", json!({ "halt": 0, "cmd": cmd }), Repeat::Safe)
-            .await?;
-        let mut out = BatchResponse::default();
-        let section = |name: &str| -> Vec<(String, Value)> {
-            match resp.result.get(name) {
-                Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                // `[]` is PHP's empty map; list-shaped sections index by position.
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (i.to_string(), v.clone()))
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
-        for (key, value) in section("result") {
-            out.results.insert(key, value);
-        }
-        for (key, value) in section("result_error") {
-            let (method, _) = cmds
-                .iter()
-                .find(|(k, _, _)| *k == key)
-                .map(|(_, m, p)| (m.clone(), p))
-                .unwrap_or_default();
-            let code = value.get("error").map(value_text).unwrap_or_default();
-            let description = value
-                .get("error_description")
-                .map(value_text)
-                .unwrap_or_default();
-            let class = classify(None, &code);
-            out.errors.insert(
-                key,
-                ApiError {
-                    method,
-                    status: None,
-                    code,
-                    description,
-                    class,
-                    retry_after: None,
-                },
-            );
-        }
-        for (key, value) in section("result_total") {
-            if let Some(n) = as_u64(&value) {
-                out.totals.insert(key, n);
-            }
-        }
-        for (key, value) in section("result_next") {
-            if let Some(n) = as_u64(&value) {
-                out.nexts.insert(key, n);
-            }
-        }
-        Ok(out)
+        assert!(cmds.len() <= MAX_BATCH, "batch takes at most 50 commands");
+        let resp = self.call("batch", batch_body(cmds), Repeat::Safe).await?;
+        Ok(parse_batch(&resp.result, cmds))
     }
 
     async fn call_once(&self, method: &str, params: &Value) -> Result<Response, ApiError> {
         if self.paused.wait(method).await {
             self.metrics.rate_limit_wait(PLATFORM.as_str());
         }
-        if let Some(limiter) = &self.limiter
-            && limiter.acquire().await
-        {
+        if let Some(limiter) = &self.limiter {
+            if rides_along(method, params) {
+                return self.call_together(limiter, method, params).await;
+            }
+            if limiter.acquire().await {
+                self.metrics.rate_limit_wait(PLATFORM.as_str());
+            }
+        }
+        self.request(method, params).await
+    }
+
+    /// Wait for a token in [`Waiting`]: either this call gets one and sends every waiting call
+    /// with it, or another call's token carries this one along.
+    async fn call_together(
+        &self,
+        limiter: &TokenBucket,
+        method: &str,
+        params: &Value,
+    ) -> Result<Response, ApiError> {
+        let (answer, mut answered) = oneshot::channel();
+        let id = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            w.next_id += 1;
+            let id = w.next_id;
+            w.calls.push(Queued {
+                id,
+                method: method.to_string(),
+                params: params.clone(),
+                answer,
+            });
+            id
+        };
+        // A caller that gives up (shutdown) leaves the queue with its call.
+        let _leave = Leave {
+            waiting: &self.waiting,
+            id,
+        };
+        let lost = || {
+            Err(ApiError {
+                method: method.to_string(),
+                status: None,
+                code: "NETWORK".into(),
+                description: "the request carrying this call was abandoned".into(),
+                class: ErrorClass::Transient,
+                retry_after: None,
+            })
+        };
+        let waited = tokio::select! {
+            biased;
+            a = &mut answered => return a.unwrap_or_else(|_| lost()),
+            waited = limiter.acquire() => waited,
+        };
+        if waited {
             self.metrics.rate_limit_wait(PLATFORM.as_str());
         }
+        let group = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            match w.calls.iter().position(|q| q.id == id) {
+                // Taken along after this token came: the token goes back.
+                None => Vec::new(),
+                Some(i) => {
+                    let own = w.calls.remove(i);
+                    let others = w.calls.len().min(MAX_BATCH - 1);
+                    std::iter::once(own)
+                        .chain(w.calls.drain(..others))
+                        .collect()
+                }
+            }
+        };
+        if group.is_empty() {
+            limiter.refund();
+        } else {
+            self.send_together(group).await;
+        }
+        answered.await.unwrap_or_else(|_| lost())
+    }
+
+    /// Send `group` as one request and answer each call: alone as itself, together as a
+    /// `batch` whose per-command results and errors go to their callers. A failed request
+    /// fails every call in it the same way (none of them ran, or any may have).
+    async fn send_together(&self, mut group: Vec<Queued>) {
+        if group.len() == 1 {
+            let q = group.remove(0);
+            let answer = self.request(&q.method, &q.params).await;
+            let _ = q.answer.send(answer);
+            return;
+        }
+        let cmds: Vec<(String, String, Value)> = group
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (format!("c{i}"), q.method.clone(), q.params.clone()))
+            .collect();
+        trace!(calls = cmds.len(), "Bitrix24 calls sent together");
+        let answer = self.request("batch", &batch_body(&cmds)).await;
+        let mut parsed = match &answer {
+            Ok(resp) => parse_batch(&resp.result, &cmds),
+            Err(_) => BatchResponse::default(),
+        };
+        for ((key, method, _), q) in cmds.iter().zip(group) {
+            let own = match &answer {
+                Err(e) => Err(ApiError {
+                    method: method.clone(),
+                    ..e.clone()
+                }),
+                Ok(_) => match (parsed.results.remove(key), parsed.errors.remove(key)) {
+                    (Some(result), None) => Ok(Response {
+                        total: parsed.totals.get(key).copied(),
+                        next: parsed.nexts.get(key).copied(),
+                        result,
+                    }),
+                    (_, Some(mut e)) => {
+                        if e.code == "OPERATION_TIME_LIMIT" {
+                            let wait = self.operating_wait(method);
+                            e.retry_after = Some(wait);
+                            self.paused.block(method, wait).await;
+                        }
+                        Err(e)
+                    }
+                    // An answer without this command: it may or may not have run.
+                    (None, None) => Err(ApiError {
+                        method: method.clone(),
+                        status: None,
+                        code: "ERROR_UNEXPECTED_ANSWER".into(),
+                        description: "the batch answer says nothing of this command".into(),
+                        class: ErrorClass::Transient,
+                        retry_after: None,
+                    }),
+                },
+            };
+            let _ = q.answer.send(own);
+        }
+    }
+
+    /// One request, paced already: the answer, with a token refresh and an operating-time
+    /// pause where the portal asks for them.
+    async fn request(&self, method: &str, params: &Value) -> Result<Response, ApiError> {
         let (mut result, token) = self.send(method, params).await;
         if let (Err(e), Some(token), Credentials::App(tokens)) =
             (&result, &token, &self.credentials)
@@ -499,6 +599,89 @@ impl BitrixClient {
             retry_after: None,
         }
     }
+}
+
+/// Takes a queued call out of [`Waiting`] when its caller stops waiting.
+struct Leave<'a> {
+    waiting: &'a Mutex<Waiting>,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        w.calls.retain(|q| q.id != self.id);
+    }
+}
+
+/// The body of a `batch` request: `halt: 0` and each command as `method?query`.
+fn batch_body(cmds: &[(String, String, Value)]) -> Value {
+    let mut cmd = Map::new();
+    for (key, method, params) in cmds {
+        let query = php_query(params);
+        let line = if query.is_empty() {
+            method.clone()
+        } else {
+            format!("{method}?{query}")
+        };
+        cmd.insert(key.clone(), Value::String(line));
+    }
+    json!({ "halt": 0, "cmd": cmd })
+}
+
+/// A `batch` answer's sections by command key.
+fn parse_batch(result: &Value, cmds: &[(String, String, Value)]) -> BatchResponse {
+    let mut out = BatchResponse::default();
+    let section = |name: &str| -> Vec<(String, Value)> {
+        match result.get(name) {
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            // `[]` is PHP's empty map; list-shaped sections index by position.
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    for (key, value) in section("result") {
+        out.results.insert(key, value);
+    }
+    for (key, value) in section("result_error") {
+        let method = cmds
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, m, _)| m.clone())
+            .unwrap_or_default();
+        let code = value.get("error").map(value_text).unwrap_or_default();
+        let description = value
+            .get("error_description")
+            .map(value_text)
+            .unwrap_or_default();
+        let class = classify(None, &code);
+        out.errors.insert(
+            key,
+            ApiError {
+                method,
+                status: None,
+                code,
+                description,
+                class,
+                retry_after: None,
+            },
+        );
+    }
+    for (key, value) in section("result_total") {
+        if let Some(n) = as_u64(&value) {
+            out.totals.insert(key, n);
+        }
+    }
+    for (key, value) in section("result_next") {
+        if let Some(n) = as_u64(&value) {
+            out.nexts.insert(key, n);
+        }
+    }
+    out
 }
 
 fn exponential(b: Backoff) -> ExponentialBuilder {

@@ -52,7 +52,9 @@ use crate::store::{JournalEntry, PostRecord, Store, StoreError, ThreadReply};
 /// The engine's knobs (tests shorten the retry delays).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Lanes for replies going to the feed (sharded by post).
+    /// Lanes for replies going to the feed (sharded by post). Their comment writes run at
+    /// once and, while they wait for the portal's rate limit, leave together in one `batch`:
+    /// the more lanes, the more comments a request carries during a catch-up.
     pub feed_lanes: usize,
     /// First retry delay of a failed task; doubles up to `retry_max`.
     pub retry_base: Duration,
@@ -70,7 +72,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            feed_lanes: 4,
+            feed_lanes: 16,
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             pin_important: true,
