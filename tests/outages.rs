@@ -90,7 +90,72 @@ async fn replies_written_edited_and_deleted_during_a_long_outage_are_caught_up()
     );
     w.settle().await;
     assert_eq!(w.comments(post), comments_now);
-    assert_eq!(w.portal.request_count("log.blogcomment.add"), 4);
+    assert_eq!(w.portal.call_count("log.blogcomment.add"), 4);
+}
+
+/// A backlog of posts written during an outage is read in two requests, not one per page:
+/// the first round reads one page per audience, the next reads ahead as many pages as a
+/// `batch` holds. Every post is mirrored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_posts_is_read_ahead_and_mirrored_once_each() {
+    let mut w = World::new(Setup::default()).await;
+    w.start().await;
+    let first = w.post_all("Before", "Written before the outage");
+    let news = w.news.clone();
+    w.wait_root(&news, first).await;
+    w.settle().await;
+    w.stop().await;
+
+    // Four and a half pages of 50.
+    let backlog: Vec<u64> = (0..225)
+        .map(|i| {
+            w.post_all(
+                &format!("Backlog {i}"),
+                &format!("written during the outage ({i})"),
+            )
+        })
+        .collect();
+    let requests_before = w.portal.requests().len();
+    w.start().await;
+    let slack = w.slack.clone();
+    assert!(
+        slack
+            .wait_until(WAIT * 2, |s| s.history(&news).len() >= 226)
+            .await,
+        "the backlog was not mirrored: {} roots",
+        w.roots(&news).len()
+    );
+    w.settle().await;
+    let roots = w.roots(&news);
+    assert_eq!(roots.len(), 226, "each post once");
+    for (i, post) in backlog.iter().enumerate() {
+        let text = format!("written during the outage ({i})");
+        assert_eq!(
+            roots.iter().filter(|r| r.text.contains(&text)).count(),
+            1,
+            "post {post} mirrored once"
+        );
+    }
+    // The feed was read before anything was sent: one request for the first page of each
+    // audience, one for the pages after it. One request per page would be five.
+    let first_root_us = w
+        .slack
+        .requests()
+        .iter()
+        .filter(|r| r.method == "chat.postMessage" && r.ok)
+        .map(|r| r.arrived_us)
+        .nth(1) // the first is the post before the outage
+        .expect("roots were sent");
+    let reads = w.portal.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.answered_us < first_root_us)
+        // Feed pages (alone, or in a batch), not the reconcile's re-reads by `POST_ID`.
+        .filter(|r| {
+            r.method == "log.blogpost.get"
+                || r.sub_calls.iter().any(|c| c.query.contains("LOG_RIGHTS"))
+        })
+        .count();
+    assert_eq!(reads, 2, "the backlog's pages in two reads: {reads}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

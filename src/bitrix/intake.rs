@@ -28,7 +28,7 @@ use livefeed_core::richtext::{Doc, Inline};
 use livefeed_core::route::Routing;
 use livefeed_core::store::{Store, StoreError, now_ms};
 
-use super::client::{ApiError, BitrixClient, as_list, as_u64, value_text};
+use super::client::{ApiError, BitrixClient, MAX_BATCH, as_list, as_u64, value_text};
 use super::config::{BitrixConfig, PollConfig};
 use super::people::People;
 use super::{PLATFORM, bbcode};
@@ -384,31 +384,61 @@ impl PollIntake {
             .into_iter()
             .map(|a| (a, 0))
             .collect();
+        let max_pages = self.poll.get().max_pages as usize;
         let mut pages = 0;
-        while !pending.is_empty() && pages < self.poll.get().max_pages {
-            pages += 1;
+        while !pending.is_empty() && pages < max_pages {
+            // The first round reads one page per audience. An audience whose whole page was
+            // new (a backlog after an outage) is read ahead in the next round: as many pages
+            // as one `batch` holds, so a backlog costs two requests, not one per page.
+            let ahead = if pages == 0 {
+                1
+            } else {
+                (MAX_BATCH / pending.len()).clamp(1, max_pages - pages)
+            };
+            pages += ahead;
+            let wanted: Vec<(Audience, u64)> = pending
+                .iter()
+                .flat_map(|(a, start)| {
+                    (0..ahead as u64).map(move |k| (*a, start + k * PAGE as u64))
+                })
+                .collect();
+            let read = self.read_pages(&wanted).await?;
             let mut next_pending = Vec::new();
-            for (audience, posts, next) in self.read_pages(&pending).await? {
-                let full = posts.len() >= PAGE;
-                let mut last_is_new = false;
-                for post in posts {
-                    last_is_new = self.is_new_or_changed(&post, audience, state.baseline_max_id)?;
-                    if !addressed_to(&post, audience) {
-                        continue;
+            for (audience, start) in &pending {
+                // This audience's pages in order, up to the first that failed.
+                let mut expected = *start;
+                let mut follow = None;
+                for (_, page_start, posts, next) in read.iter().filter(|r| r.0 == *audience) {
+                    if *page_start != expected {
+                        break;
                     }
-                    found
-                        .entry(post.id)
-                        .or_insert_with(|| (post, BTreeSet::new()))
-                        .1
-                        .insert(audience);
+                    expected += PAGE as u64;
+                    let full = posts.len() >= PAGE;
+                    let mut last_is_new = false;
+                    for post in posts {
+                        last_is_new =
+                            self.is_new_or_changed(post, *audience, state.baseline_max_id)?;
+                        if !addressed_to(post, *audience) {
+                            continue;
+                        }
+                        found
+                            .entry(post.id)
+                            .or_insert_with(|| (post.clone(), BTreeSet::new()))
+                            .1
+                            .insert(*audience);
+                    }
+                    let want_more = if first_run {
+                        found.len() < self.backfill as usize
+                    } else {
+                        full && last_is_new
+                    };
+                    follow = want_more.then_some(*next).flatten();
+                    if follow.is_none() {
+                        break;
+                    }
                 }
-                let want_more = if first_run {
-                    found.len() < self.backfill as usize
-                } else {
-                    full && last_is_new
-                };
-                if let (true, Some(next)) = (want_more, next) {
-                    next_pending.push((audience, next));
+                if let Some(next) = follow {
+                    next_pending.push((*audience, next));
                 }
             }
             pending = next_pending;
@@ -924,8 +954,8 @@ impl PollIntake {
             .read_pages(&pending)
             .await?
             .into_iter()
-            .filter(|(_, posts, _)| !posts.is_empty())
-            .map(|(a, _, _)| a)
+            .filter(|(_, _, posts, _)| !posts.is_empty())
+            .map(|(a, _, _, _)| a)
             .collect())
     }
 
@@ -1008,7 +1038,7 @@ impl PollIntake {
     async fn read_pages(
         &self,
         pending: &[(Audience, u64)],
-    ) -> Result<Vec<(Audience, Vec<RawPost>, Option<u64>)>, ApiError> {
+    ) -> Result<Vec<(Audience, u64, Vec<RawPost>, Option<u64>)>, ApiError> {
         let params =
             |a: Audience, start: u64| json!({ "LOG_RIGHTS": audience_codes(a), "start": start });
         let parse = |v: &Value| {
@@ -1022,7 +1052,7 @@ impl PollIntake {
                 .client
                 .call("log.blogpost.get", params(*audience, *start), Repeat::Safe)
                 .await?;
-            return Ok(vec![(*audience, parse(&resp.result), resp.next)]);
+            return Ok(vec![(*audience, *start, parse(&resp.result), resp.next)]);
         }
         let mut out = Vec::new();
         for chunk in pending.chunks(50) {
@@ -1038,7 +1068,7 @@ impl PollIntake {
                 })
                 .collect();
             let resp = self.client.batch(&cmds).await?;
-            for (i, (audience, _)) in chunk.iter().enumerate() {
+            for (i, (audience, start)) in chunk.iter().enumerate() {
                 let key = format!("a{i}");
                 if let Some(err) = resp.errors.get(&key) {
                     // One audience failing (e.g. a group the webhook user left) must not stop
@@ -1050,7 +1080,7 @@ impl PollIntake {
                     continue;
                 }
                 let posts = resp.results.get(&key).map(parse).unwrap_or_default();
-                out.push((*audience, posts, resp.nexts.get(&key).copied()));
+                out.push((*audience, *start, posts, resp.nexts.get(&key).copied()));
             }
         }
         Ok(out)

@@ -68,6 +68,7 @@ pub(crate) fn run(
             sub_calls.push(SubCallRecord {
                 key: key.to_owned(),
                 method,
+                query: split_call(&call).1.to_owned(),
                 error: outcome.as_ref().err().map(|e| e.code.clone()),
             });
             match outcome {

@@ -327,5 +327,7 @@ pub struct RequestRecord {
 pub struct SubCallRecord {
     pub key: String,
     pub method: String,
+    /// The command's query string, as sent (percent-encoded).
+    pub query: String,
     pub error: Option<String>,
 }
