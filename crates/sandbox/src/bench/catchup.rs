@@ -5,10 +5,11 @@
 //! sides (the fakes' limits and the bridge's configured pacing) so a run takes minutes. Every
 //! figure is also given as a share of the ceiling that binds it, which does not depend on the
 //! scale or the machine: 4 channels × Slack's 1 message/s for root messages, Bitrix24's
-//! 2 requests/s for comments (each comment is one `log.blogcomment.add`; they cannot be
-//! batched without losing the answer that says which comment is whose).
+//! 2 requests/s for comments. Comments that wait for the portal's limit leave together in
+//! one `batch` (up to 50 to a request), so they can pass the one-comment-per-request
+//! ceiling; what they must not pass is the request budget.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::process::{Bridge, free_port, poll_until, temp_dir};
 use super::{Fakes, Report};
@@ -36,6 +37,10 @@ pub struct CatchUp {
     pub replies_drained: Duration,
     /// Root messages per second over the ceiling for that time (burst included).
     pub posts_of_ceiling: f64,
+    /// From the bridge's start to the first root message: the restart and the backlog's read.
+    pub first_root_after: Duration,
+    /// Root messages per second from the first to the last, over the ceiling for that time.
+    pub posts_of_ceiling_sending: f64,
     /// Comments per second over the ceiling for that time (burst included).
     pub comments_of_ceiling: f64,
     /// Every portal request while the comments were written (the poll's reads too), per
@@ -43,6 +48,8 @@ pub struct CatchUp {
     pub bitrix_used_of_ceiling: f64,
     /// Those requests per second.
     pub bitrix_used_per_sec: f64,
+    /// Those requests per comment written.
+    pub bitrix_per_comment: f64,
     /// Requests to the portal while the posts were mirrored, per post.
     pub bitrix_per_post: f64,
     /// The same without the poll's steady reads (one per interval, found nothing new): what
@@ -141,6 +148,7 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
     let slack_before = slack.requests().len();
     let roots_before = slack.ok_count("chat.postMessage");
     let started = Instant::now();
+    let started_us = unix_micros();
     let bridge = Bridge::start(&dir, &config, port, Duration::from_secs(30)).await;
     let ms = Duration::from_millis;
     let roots = |s: &FakeSlack| s.ok_count("chat.postMessage") - roots_before;
@@ -178,6 +186,13 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
     peak_rss = peak_rss.max(bridge.peak_rss_bytes().unwrap_or(0));
     bridge.stop().await;
 
+    let root_times: Vec<i64> = slack.requests()[slack_before..]
+        .iter()
+        .filter(|r| r.method == "chat.postMessage" && r.ok)
+        .map(|r| r.arrived_us)
+        .collect();
+    let first_root_us = root_times.iter().min().copied().unwrap_or(started_us);
+    let last_root_us = root_times.iter().max().copied().unwrap_or(started_us);
     let limited: Vec<String> = slack.requests()[slack_before..]
         .iter()
         .filter(|r| r.status == 429 || r.error.as_deref() == Some("ratelimited"))
@@ -195,11 +210,14 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
         .iter()
         .filter(|r| r.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED"))
         .count();
-    let _ = std::fs::remove_dir_all(&dir);
+    super::process::remove_dir(&dir);
     let secs = posts_drained.as_secs_f64();
     let steady_polls = (secs / poll_interval.as_secs_f64()).floor() as usize;
     let post_ceiling =
         CHANNELS as f64 * (SLACK_PER_SEC * scale_f * secs + f64::from(SLACK_BURST)) / secs;
+    let sending = ((last_root_us - first_root_us) as f64 / 1e6).max(f64::MIN_POSITIVE);
+    let sending_ceiling =
+        CHANNELS as f64 * (SLACK_PER_SEC * scale_f * sending + f64::from(SLACK_BURST)) / sending;
     let rsecs = replies_drained.as_secs_f64();
     let comment_ceiling = (B24_PER_SEC * scale_f * rsecs + B24_BURST) / rsecs;
     CatchUp {
@@ -208,9 +226,12 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
         replies,
         replies_drained,
         posts_of_ceiling: posts as f64 / secs / post_ceiling,
+        first_root_after: Duration::from_micros((first_root_us - started_us).max(0) as u64),
+        posts_of_ceiling_sending: posts as f64 / sending / sending_ceiling,
         comments_of_ceiling: replies as f64 / rsecs / comment_ceiling,
         bitrix_used_of_ceiling: bitrix_replies_phase as f64 / rsecs / comment_ceiling,
         bitrix_used_per_sec: bitrix_replies_phase as f64 / rsecs,
+        bitrix_per_comment: bitrix_replies_phase as f64 / replies as f64,
         bitrix_per_post: bitrix_posts_phase as f64 / posts as f64,
         backlog_per_post: bitrix_posts_phase.saturating_sub(steady_polls) as f64 / posts as f64,
         slack_429_methods,
@@ -245,6 +266,22 @@ pub async fn run(report: &mut Report, posts: usize, scale: u32) {
     );
     report.add(
         s,
+        "  first root message after the start",
+        c.first_root_after.as_secs_f64(),
+        "s",
+        None,
+        None,
+    );
+    report.add(
+        s,
+        "  root messages per second from the first to the last",
+        c.posts as f64 / (c.posts_drained - c.first_root_after).as_secs_f64(),
+        "msg/s",
+        Some(c.posts_of_ceiling_sending),
+        None,
+    );
+    report.add(
+        s,
         &format!("{} thread replies into comments: drained in", c.replies),
         c.replies_drained.as_secs_f64(),
         "s",
@@ -253,11 +290,11 @@ pub async fn run(report: &mut Report, posts: usize, scale: u32) {
     );
     report.add(
         s,
-        "comments per second",
+        "comments per second (ceiling: one comment per request)",
         c.replies as f64 / c.replies_drained.as_secs_f64(),
-        "req/s",
+        "msg/s",
         Some(c.comments_of_ceiling),
-        Some("≥ 97 % of 2/s (scaled)"),
+        None,
     );
     report.add(
         s,
@@ -265,6 +302,14 @@ pub async fn run(report: &mut Report, posts: usize, scale: u32) {
         c.bitrix_used_per_sec,
         "req/s",
         Some(c.bitrix_used_of_ceiling),
+        Some("≥ 97 % of 2/s (scaled)"),
+    );
+    report.add(
+        s,
+        "  Bitrix24 requests per comment",
+        c.bitrix_per_comment,
+        "req",
+        None,
         None,
     );
     report.add(
@@ -312,4 +357,10 @@ pub async fn run(report: &mut Report, posts: usize, scale: u32) {
         None,
         None,
     );
+}
+
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

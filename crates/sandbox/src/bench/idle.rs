@@ -144,7 +144,7 @@ pub async fn measure(mode: &str, scale: u32, seconds: u64) -> IdleCost {
     );
     bridge.stop().await;
     let hours = (seconds * u64::from(scale)) as f64 / 3600.0;
-    let _ = std::fs::remove_dir_all(&dir);
+    super::process::remove_dir(&dir);
     IdleCost {
         bitrix_per_hour: (b1 - b0) as f64 / hours,
         refreshes_per_hour: (r1 - r0) as f64 / hours,

@@ -79,7 +79,7 @@ pub async fn measure(posts: usize) -> Vec<i64> {
         }
     }
     bridge.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    super::process::remove_dir(&dir);
     out
 }
 

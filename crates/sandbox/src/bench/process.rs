@@ -16,6 +16,16 @@ pub fn bridge_binary() -> PathBuf {
     me.with_file_name("livefeed-bridge")
 }
 
+/// Remove a run's directory, unless `BENCH_KEEP` is set (to read the bridge's log, run with
+/// `BENCH_BRIDGE_LOG=info` or `debug`, after a run).
+pub fn remove_dir(dir: &Path) {
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// A free loopback port (bound and released; the bridge binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -129,7 +129,7 @@ pub async fn measure(posts: usize) -> Scale {
     let answered = batches(&portal);
     let reconcile_took = Duration::from_micros((answered[rounds] - answered[0]).max(0) as u64);
     bridge.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    super::process::remove_dir(&dir);
     Scale {
         posts,
         ready,
