@@ -36,6 +36,16 @@ use crate::reload::Live;
 use crate::upstream::{ErrorClass, Repeat};
 
 const STATE_KEY: &str = "bitrix24/poll";
+/// How a poll cycle hands its changes to the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// Flushed before returning: for a read an event asked for, which is acknowledged after.
+    Durably,
+    /// Flushed by the next flush (the poll's own cycles): a crash before it only means the
+    /// same changes are read again ([`Journal::accept_repeatable`]).
+    Repeatably,
+}
+
 /// How soon a failed first poll is tried again, whatever the poll interval.
 const FIRST_POLL_RETRY: Duration = Duration::from_secs(5);
 const SEEN_PREFIX: &str = "bitrix24/seen/";
@@ -306,7 +316,7 @@ impl PollIntake {
         }
         loop {
             let outcome = async {
-                self.poll_once().await?;
+                self.poll_once(Accept::Repeatably).await?;
                 // New posts flow once the poll works: ready now, not after a reconcile round
                 // that re-reads a whole window of posts (minutes on a large portal).
                 self.health.ok(PLATFORM.as_str());
@@ -344,7 +354,7 @@ impl PollIntake {
     }
 
     /// One poll cycle: read what is new, accept it.
-    pub async fn poll_once(&self) -> Result<(), PollError> {
+    pub async fn poll_once(&self, accept: Accept) -> Result<(), PollError> {
         // The safety-net poll and the event worker read the same posts: one at a time, or
         // both would announce a new post.
         let _reading = self.reading.lock().await;
@@ -363,7 +373,13 @@ impl PollIntake {
                 serde_json::to_vec(&new_state).expect("serializable"),
             ));
         }
-        self.journal.accept(batch).await?;
+        if first_run || accept == Accept::Durably {
+            // A baseline is never repeatable: read again later, it would take posts written
+            // in between for history.
+            self.journal.accept(batch).await?;
+        } else {
+            self.journal.accept_repeatable(batch).await?;
+        }
         if first_run {
             info!("first Bitrix24 poll done: posts from now on will be mirrored");
             self.baselined.send_replace(true);
@@ -526,6 +542,24 @@ impl PollIntake {
         batch
     }
 
+    /// The seen posts that `keep` keeps, read one at a time: the store holds one per post
+    /// ever seen, and a round needs only some of them.
+    fn seen_posts(
+        &self,
+        keep: impl Fn(u64, &SeenPost) -> bool,
+    ) -> Result<Vec<(u64, SeenPost)>, StoreError> {
+        let mut kept = Vec::new();
+        for item in self.store.scan_cursors::<SeenPost>(SEEN_PREFIX) {
+            let (key, seen) = item?;
+            if let Ok(id) = key[SEEN_PREFIX.len()..].parse()
+                && keep(id, &seen)
+            {
+                kept.push((id, seen));
+            }
+        }
+        Ok(kept)
+    }
+
     /// Re-read tracked posts younger than the window: find deletions and edits that did not
     /// bubble up to the first page. A post that comes back empty is verified before its
     /// mirrors go (see [`PollIntake::settle_vanished`]).
@@ -533,13 +567,9 @@ impl PollIntake {
         let _reading = self.reading.lock().await;
         let cutoff = (now_ms() - self.poll.get().reconcile_window.as_millis() as i64) / 1000;
         let held = self.held()?;
-        let tracked: Vec<(u64, SeenPost)> = self
-            .store
-            .cursors_with_prefix::<SeenPost>(SEEN_PREFIX)?
-            .into_iter()
-            .filter_map(|(k, s)| k[SEEN_PREFIX.len()..].parse().ok().map(|id| (id, s)))
-            .filter(|(id, s)| !s.deleted && (s.published_at >= cutoff || held.contains_key(id)))
-            .collect();
+        let tracked = self.seen_posts(|id, s| {
+            !s.deleted && (s.published_at >= cutoff || held.contains_key(&id))
+        })?;
         let mut batch = self.reread_tracked(tracked, &held).await?;
         let mut state: PollState = self.store.cursor(STATE_KEY)?.unwrap_or_default();
         state.last_reconcile_ms = now_ms();
@@ -576,13 +606,7 @@ impl PollIntake {
     pub async fn importance_round(&self, count: bool) -> Result<(), PollError> {
         let _reading = self.reading.lock().await;
         let now = now_ms() / 1000;
-        let important: Vec<(u64, SeenPost)> = self
-            .store
-            .cursors_with_prefix::<SeenPost>(SEEN_PREFIX)?
-            .into_iter()
-            .filter_map(|(k, s)| k[SEEN_PREFIX.len()..].parse().ok().map(|id| (id, s)))
-            .filter(|(_, s)| !s.deleted && s.important)
-            .collect();
+        let important = self.seen_posts(|_, s| !s.deleted && s.important)?;
         let mut batch = Batch::default();
         let record = |id: u64, next: &SeenPost, batch: &mut Batch| {
             let event = FeedEvent::ImportanceChanged {
@@ -656,7 +680,8 @@ impl PollIntake {
             }
         }
         if untracked {
-            self.poll_once().await?;
+            // The event that asked for this read is cleared once it returns.
+            self.poll_once(Accept::Durably).await?;
         }
         if !tracked.is_empty() {
             let _reading = self.reading.lock().await;

@@ -58,6 +58,20 @@ impl Journal {
     /// Durably accept a batch (one transaction, one group-committed flush), then wake the
     /// engine.
     pub async fn accept(&self, batch: Batch) -> Result<(), StoreError> {
+        self.accept_with(batch, true).await
+    }
+
+    /// Accept a batch from a source that can be read again (the feed poll: the batch carries
+    /// the poll's own cursor) in one transaction, without waiting for its flush. A crash
+    /// before the next flush loses the entries and the cursor together, and the next read
+    /// finds the same changes; the first flush after it (at the latest, the intent's flush
+    /// before a message is sent) makes both durable. This saves a new post one flush on its
+    /// way to the rooms. Never for a source that is acknowledged after accepting.
+    pub async fn accept_repeatable(&self, batch: Batch) -> Result<(), StoreError> {
+        self.accept_with(batch, false).await
+    }
+
+    async fn accept_with(&self, batch: Batch, flush: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -73,7 +87,9 @@ impl Journal {
             .collect();
         self.store.append(&entries, &batch.cursors, &batch.dedupe)?;
         crate::crashpoint::hit("journal.appended");
-        self.store.sync().await?;
+        if flush {
+            self.store.sync().await?;
+        }
         for (event, _) in &batch.events {
             self.metrics
                 .accepted(event.source(&self.feed).as_str(), event.kind());
