@@ -12,7 +12,8 @@
 //! `slack.catch_up_rate` (default under Slack's tier-3 limit, 50+ calls a minute). Thread activity is kept in the store by the adapter (a root sent) and the
 //! intake (a reply seen); entries older than the window are forgotten here.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,8 +165,10 @@ impl CatchUp {
     fn active_threads(&self) -> Result<Vec<(String, String)>, StoreError> {
         let store = self.journal.store();
         let cutoff = now_ms() - self.window.as_millis() as i64;
-        let mut threads = Vec::new();
-        for (key, last) in store.cursors_with_prefix::<i64>(THREAD_PREFIX)? {
+        // The newest MAX_THREADS, kept while reading: there is a record per active thread.
+        let mut newest = BinaryHeap::new();
+        for item in store.scan_cursors::<i64>(THREAD_PREFIX) {
+            let (key, last) = item?;
             if last < cutoff {
                 store.remove_cursor(&key)?;
                 continue;
@@ -174,14 +177,17 @@ impl CatchUp {
                 continue;
             };
             if self.channels.contains(channel) {
-                threads.push((last, channel.to_string(), thread.to_string()));
+                newest.push(Reverse((last, channel.to_string(), thread.to_string())));
+                if newest.len() > MAX_THREADS {
+                    newest.pop();
+                }
             }
         }
-        threads.sort_by_key(|t| std::cmp::Reverse(t.0));
-        Ok(threads
+        // Ascending by `Reverse`, so most recent first.
+        Ok(newest
+            .into_sorted_vec()
             .into_iter()
-            .take(MAX_THREADS)
-            .map(|(_, c, t)| (c, t))
+            .map(|Reverse((_, c, t))| (c, t))
             .collect())
     }
 

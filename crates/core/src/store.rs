@@ -1090,15 +1090,25 @@ impl Store {
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
-        let mut out = Vec::new();
-        for item in self.inner.cursors.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = item?;
-            out.push((
-                String::from_utf8_lossy(&k).into_owned(),
-                dec("cursors", &v)?,
-            ));
-        }
-        Ok(out)
+        self.scan_cursors(prefix).collect()
+    }
+
+    /// The cursors whose key starts with `prefix`, read one at a time. Some prefixes hold one
+    /// cursor per post: whoever keeps only a few of them should not collect them all first.
+    pub fn scan_cursors<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> impl Iterator<Item = Result<(String, T)>> + '_ {
+        self.inner
+            .cursors
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    dec("cursors", &v)?,
+                ))
+            })
     }
 
     /// Write an intake's bookkeeping value.
