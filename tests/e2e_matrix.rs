@@ -404,6 +404,43 @@ async fn synapse_rate_limits_still_deliver_every_post_once() {
     titles.sort();
     titles.dedup();
     assert_eq!(titles.len(), 6, "no duplicates");
+    assert!(
+        refused_sends(&w).await > 0,
+        "the refusals are seen and counted"
+    );
+}
+
+/// Paced as the homeserver limits the bot (`matrix.send_rate`), the bridge waits its turn
+/// instead of being told to: every post arrives once and Synapse never refuses a send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_paced_like_its_limit_is_never_refused() {
+    let hs = homeserver!("a_bot_paced_like_its_limit_is_never_refused");
+    let mut w = World::with_matrix(matrix_only(), hs).await;
+    let bot = w.m().bot.clone();
+    w.m().hs.limit_messages(&bot, 2, 3).await;
+    w.matrix_extra = "  send_rate: { per_second: 2, burst: 3 }\n".into();
+    w.start().await;
+    let posts: Vec<u64> = (0..8)
+        .map(|i| w.post_all(&format!("Paced {i}"), "at the bot's own rate"))
+        .collect();
+    let room = w.m().news_room.clone();
+    root_of(&w, posts[7], &room, 8).await;
+    w.settle().await;
+    assert_eq!(w.m().alice.roots(&room, &bot).len(), 8, "every post once");
+    assert_eq!(refused_sends(&w).await, 0, "Synapse refused no send");
+}
+
+/// Sends the homeserver refused with `M_LIMIT_EXCEEDED`, as the bridge's `/metrics` counts them.
+async fn refused_sends(w: &World) -> u64 {
+    let (_, metrics) = w.http_get("/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"livefeed_bridge_api_calls_total{platform="matrix",method="send",outcome="rate_limited"} "#,
+            )
+        })
+        .map_or(0, |n| n.parse().expect("a count"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

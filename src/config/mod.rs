@@ -1100,6 +1100,29 @@ mappings:
     }
 
     #[test]
+    fn matrix_send_rate_is_off_unless_set() {
+        let token = env(&[("MATRIX_ACCESS_TOKEN", "syt_x")]);
+        let c = Config::parse(MATRIX, "f", &token).unwrap();
+        assert_eq!(c.matrix.unwrap().send_rate, None);
+        let with = |rate: &str| {
+            MATRIX.replace(
+                "access_token: ${MATRIX_ACCESS_TOKEN}",
+                &format!("access_token: ${{MATRIX_ACCESS_TOKEN}}\n  send_rate: {rate}"),
+            )
+        };
+        let c = Config::parse(&with("{ per_second: 0.2, burst: 10 }"), "f", &token).unwrap();
+        assert_eq!(
+            c.matrix.unwrap().send_rate,
+            Some(crate::upstream::ratelimit::RateLimit {
+                per_second: 0.2,
+                burst: 10
+            })
+        );
+        let c = Config::parse(&with("{ per_second: 0 }"), "f", &token).unwrap();
+        assert_eq!(c.matrix.unwrap().send_rate, None);
+    }
+
+    #[test]
     fn matrix_errors() {
         let e = parse_err(MATRIX, &env(&[]));
         assert!(

@@ -7,10 +7,11 @@
 //! reconciliation after a crash is simply sending again: [`ChatAdapter::find_root`] has nothing
 //! to look up.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use matrix_sdk::Client;
 use matrix_sdk::attachment::AttachmentConfig;
+use matrix_sdk::config::RequestConfig;
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
 use matrix_sdk::room::reply::{EnforceThread, Reply};
 use matrix_sdk::ruma::events::Mentions;
@@ -30,9 +31,10 @@ use livefeed_core::model::{
     Attachment, ChatFile, Failure, Fetched, FileContent, MessageId, Platform, PostId,
 };
 
+use super::config::MatrixConfig;
 use super::session::{http_failure, sdk_failure};
 use super::{DISPLAY_NAME, PLATFORM, html};
-use crate::upstream::ratelimit::Blocks;
+use crate::upstream::ratelimit::{Blocks, RateLimit, TokenBucket};
 use crate::upstream::{self, ErrorClass};
 use livefeed_core::store::Store;
 
@@ -46,24 +48,66 @@ pub struct MatrixChat {
     /// `M_LIMIT_EXCEEDED` holds (the homeserver limits the bot, not a room), kept across
     /// restarts.
     blocks: Blocks,
+    /// `matrix.send_rate`, when set: every send waits for a token first.
+    pacing: Pacing,
+    /// Sends are tried once by the SDK: a refusal comes back to us, to be counted, to hold
+    /// every send for as long as the homeserver asks, and to be retried by the engine under the
+    /// same transaction id. (The SDK's own retries would hide `M_LIMIT_EXCEEDED`.)
+    send_config: RequestConfig,
+}
+
+/// The bot's send pacing, replaceable by a reload (set, changed or switched off).
+pub type Pacing = Arc<RwLock<Option<Arc<TokenBucket>>>>;
+
+/// Pace with `rate` from now on (`None`: unpaced).
+pub fn set_pacing(pacing: &Pacing, rate: Option<RateLimit>) {
+    let mut slot = pacing.write().unwrap_or_else(|p| p.into_inner());
+    match (slot.as_ref(), rate) {
+        (Some(bucket), Some(rate)) => bucket.set_rate(rate),
+        (None, Some(rate)) => *slot = Some(Arc::new(TokenBucket::new(rate))),
+        (_, None) => *slot = None,
+    }
 }
 
 /// The one key of [`MatrixChat::blocks`]: Synapse rate-limits a user's sends as a whole.
 const SENDS: &str = "send";
 
 impl MatrixChat {
-    /// Root messages through the signed-in `client`; rate-limit holds kept in `store`.
-    pub fn new(client: Client, metrics: Arc<Metrics>, store: Store) -> Self {
+    /// Root messages through the signed-in `client`, paced and timed as `cfg` says; rate-limit
+    /// holds kept in `store`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, store: Store, cfg: &MatrixConfig) -> Self {
+        let pacing = Pacing::default();
+        set_pacing(&pacing, cfg.send_rate);
         MatrixChat {
             client,
             metrics,
             blocks: Blocks::persistent(store, PLATFORM.as_str()),
+            pacing,
+            send_config: RequestConfig::new()
+                .retry_limit(1)
+                .timeout(cfg.request_timeout),
         }
     }
 
-    /// Wait out a hold the homeserver asked for (also one from before a restart).
+    /// The pacing a reload retunes.
+    pub fn pacing(&self) -> Pacing {
+        self.pacing.clone()
+    }
+
+    /// Wait out a hold the homeserver asked for (also one from before a restart), then for
+    /// the pacing's token.
     async fn unblocked(&self) {
         if self.blocks.wait(SENDS).await {
+            self.metrics.rate_limit_wait(PLATFORM.as_str());
+        }
+        let bucket = self
+            .pacing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(bucket) = bucket
+            && bucket.acquire().await
+        {
             self.metrics.rate_limit_wait(PLATFORM.as_str());
         }
     }
@@ -188,6 +232,7 @@ impl MatrixChat {
         let sent = room
             .send(content)
             .with_transaction_id(file_txn(root, key))
+            .with_request_config(self.send_config)
             .await
             .map_err(|e| sdk_failure(&e));
         let sent = self.counted("send", sent).await?;
@@ -243,6 +288,7 @@ impl ChatAdapter for MatrixChat {
             let sent = room
                 .send(Self::content(msg))
                 .with_transaction_id(root_txn(msg.post))
+                .with_request_config(self.send_config)
                 .await
                 .map_err(|e| sdk_failure(&e));
             let sent = self.counted("send", sent).await?;
@@ -277,6 +323,7 @@ impl ChatAdapter for MatrixChat {
             let sent = room
                 .send(content)
                 .with_transaction_id(edit_txn(message, edit, msg))
+                .with_request_config(self.send_config)
                 .await
                 .map_err(|e| sdk_failure(&e));
             self.counted("send", sent).await.map(drop)
@@ -297,6 +344,7 @@ impl ChatAdapter for MatrixChat {
             let sent = room
                 .send(content)
                 .with_transaction_id(reply_txn(&reply.key))
+                .with_request_config(self.send_config)
                 .await
                 .map_err(|e| sdk_failure(&e));
             let sent = self.counted("send", sent).await?;

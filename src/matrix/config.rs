@@ -7,8 +7,9 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::config::validate::{Optional, Str, Validator, check_scheme};
+use crate::config::validate::{Optional, RawRate, Str, Validator, check_scheme};
 use crate::secret::Secret;
+use crate::upstream::ratelimit::RateLimit;
 
 #[derive(Debug, Clone, PartialEq)]
 /// The `matrix:` section, validated.
@@ -25,6 +26,11 @@ pub struct MatrixConfig {
     pub request_timeout: Duration,
     /// Long-poll timeout of `/sync`.
     pub sync_timeout: Duration,
+    /// Pacing of the bot's sends (`matrix.send_rate`): off unless set, since a bridge bot is
+    /// usually exempted from the homeserver's limit. Set it just as the homeserver limits the
+    /// bot (Synapse's `rc_message`: 0.2/s, burst 10 by default) to wait instead of being
+    /// told to.
+    pub send_rate: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +69,8 @@ pub(crate) struct RawMatrix {
     pub(crate) request_timeout: Option<Str>,
     #[serde(default)]
     pub(crate) sync_timeout: Option<Str>,
+    #[serde(default)]
+    pub(crate) send_rate: Option<RawRate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +123,17 @@ pub(crate) fn validate(v: &Validator, raw: &RawMatrix) -> Result<MatrixConfig, C
             raw.sync_timeout.as_ref(),
             Duration::from_secs(30),
         )?,
+        // Absent: unpaced. `per_second: 0` says the same.
+        send_rate: raw.send_rate.as_ref().and_then(|r| {
+            v.rate(
+                "matrix.send_rate",
+                Some(r),
+                RateLimit {
+                    per_second: 0.2,
+                    burst: 10,
+                },
+            )
+        }),
     })
 }
 

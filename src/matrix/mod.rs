@@ -23,7 +23,8 @@ use livefeed_core::model::Platform;
 use tracing::info;
 
 use crate::assembly::{ChatSide, Shared};
-use crate::reload::Resolve;
+use crate::config::Config;
+use crate::reload::{Resolve, Retune};
 use adapter::MatrixChat;
 use config::MatrixConfig;
 use intake::MatrixIntake;
@@ -73,16 +74,19 @@ pub async fn connect(
                 .map_err(|e| e.to_string())
         })
     });
+    let adapter = MatrixChat::new(client, shared.metrics.clone(), shared.store.clone(), cfg);
+    let pacing = adapter.pacing();
+    let retune: Retune = Box::new(move |config: &Config| {
+        if let Some(new) = &config.matrix {
+            adapter::set_pacing(&pacing, new.send_rate);
+        }
+    });
     Ok(ChatSide {
-        adapter: Arc::new(MatrixChat::new(
-            client,
-            shared.metrics.clone(),
-            shared.store.clone(),
-        )),
+        adapter: Arc::new(adapter),
         rooms: resolved,
         tasks: vec![Box::pin(intake.run(shared.cancel.clone()))],
         routes: None,
         resolve: Some(resolve),
-        retune: None,
+        retune: Some(retune),
     })
 }

@@ -45,6 +45,8 @@ pub struct World {
     pub push_port: Option<u16>,
     /// More `mappings:` entries (YAML, indented as list items) for the next start.
     pub extra_mappings: String,
+    /// More `matrix:` settings (YAML, indented two spaces) for the next start.
+    pub matrix_extra: String,
     /// More top-level `bridge.yaml` sections (YAML, unindented) for the next start.
     pub extra_config: String,
     /// The developers mapping publishes its rooms' top-level messages to the feed.
@@ -194,6 +196,7 @@ impl World {
                 l.local_addr().expect("bound").port()
             }),
             extra_mappings: String::new(),
+            matrix_extra: String::new(),
             extra_config: String::new(),
             dev_posts_from_chat: false,
         }
@@ -258,8 +261,8 @@ http: {{ listen: {listen} }}
         ));
         if let Some(m) = &self.matrix {
             text.push_str(&format!(
-                "matrix:\n  homeserver: {}\n  user_id: \"{}\"\n  password: {}\n  encryption: true\n  sync_timeout: 2s\n",
-                m.hs.url, m.bot, m.bot_password
+                "matrix:\n  homeserver: {}\n  user_id: \"{}\"\n  password: {}\n  encryption: true\n  sync_timeout: 2s\n{}",
+                m.hs.url, m.bot, m.bot_password, self.matrix_extra
             ));
         }
         let target = |slack: &str, room: Option<&OwnedRoomId>| {
