@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::matrix::{self as mx, Homeserver};
 use super::process::{Bridge, free_port, poll_until, temp_dir};
 use super::{Fakes, Report};
 use crate::bitrix::{FakePortal, LeakyBucket, NewPost, PortalConfig};
@@ -63,6 +64,23 @@ pub struct CatchUp {
     pub bitrix_limited: usize,
     /// Peak RSS of the bridge during the run.
     pub peak_rss: u64,
+    /// The Matrix room's part, when a homeserver was there.
+    pub matrix: Option<MatrixCatchUp>,
+}
+
+/// The encrypted Matrix room that gets the first channel's posts too.
+#[derive(Debug, Clone)]
+pub struct MatrixCatchUp {
+    /// Posts it gets.
+    pub posts: usize,
+    /// From the bridge's start to the last of them sent.
+    pub drained: Duration,
+    /// Root messages per second over Synapse's limit on the bot for that time.
+    pub of_ceiling: f64,
+    /// Sends Synapse refused with `M_LIMIT_EXCEEDED`, over the whole run.
+    pub limited: f64,
+    /// RSS of the bridge idle after its first start: Slack and an encrypted Matrix room.
+    pub idle_rss: u64,
 }
 
 /// Run one catch-up of `posts` posts, two replies each, with limits sped up `scale` times.
@@ -105,13 +123,27 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
         groups.push(group);
         channels.push(channel);
     }
+    // The first channel's posts also go to an encrypted Matrix room, when there is a homeserver.
+    let matrix = match Homeserver::from_env() {
+        Some(hs) => Some(hs.room_for_bot(mx::PER_SEC * scale, mx::BURST).await),
+        None => None,
+    };
+    let mut matrix_section = String::new();
+    if let Some(m) = &matrix {
+        mappings = mappings.replacen(
+            "\n  - name: team-1",
+            &format!("\n    matrix: {{ room: \"{}\" }}\n  - name: team-1", m.room),
+            1,
+        );
+        matrix_section = m.config(f64::from(mx::PER_SEC * scale), mx::BURST);
+    }
     let dir = temp_dir();
     let port = free_port();
     let cfg = slack.config();
     // The default 5 s poll, sped up like everything else.
     let poll_interval = Duration::from_millis(u64::from((5_000 / scale).max(1)));
     let config = format!(
-        "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: {}ms, reconcile_interval: 1h }}\n  rate_limit: {{ per_second: {}, burst: {} }}\nslack:\n  bot_token: {}\n  app_token: {}\n  api_base: {}\n  post_rate: {{ per_second: {}, burst: {SLACK_BURST} }}\nstore: {{ path: {} }}\nhttp: {{ listen: 127.0.0.1:{port} }}\nmappings:\n{mappings}",
+        "bitrix24:\n  webhook_url: {}\n  poll: {{ interval: {}ms, reconcile_interval: 1h }}\n  rate_limit: {{ per_second: {}, burst: {} }}\nslack:\n  bot_token: {}\n  app_token: {}\n  api_base: {}\n  post_rate: {{ per_second: {}, burst: {SLACK_BURST} }}\nstore: {{ path: {} }}\nhttp: {{ listen: 127.0.0.1:{port} }}\n{matrix_section}mappings:\n{mappings}",
         portal.webhook_url(),
         poll_interval.as_millis(),
         B24_PER_SEC * scale_f,
@@ -130,6 +162,12 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
             .await,
         "no first poll"
     );
+    let mut matrix_idle_rss = 0;
+    if matrix.is_some() {
+        // Signed in, keys uploaded, first sync done: what a Matrix bridge costs at rest.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        matrix_idle_rss = bridge.rss_bytes().unwrap_or(0);
+    }
     bridge.stop().await;
     let mut ids = Vec::with_capacity(posts);
     for i in 0..posts {
@@ -160,6 +198,26 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
     );
     let posts_drained = started.elapsed();
     let bitrix_posts_phase = portal.requests().len() - b24_before;
+    let matrix_posts = posts.div_ceil(CHANNELS);
+    let mut matrix_drained = None;
+    if matrix.is_some() {
+        let patience = Duration::from_secs_f64(
+            matrix_posts as f64 / f64::from(mx::PER_SEC * scale) * 4.0 + 60.0,
+        );
+        let deadline = Instant::now() + patience;
+        loop {
+            let sent = mx::sample(&bridge.metrics().await, mx::SENT) as usize;
+            if sent >= matrix_posts {
+                matrix_drained = Some(started.elapsed());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Matrix room did not get its {matrix_posts} posts within {patience:?}: {sent}"
+            );
+            tokio::time::sleep(ms(50)).await;
+        }
+    }
     let mut peak_rss = bridge.peak_rss_bytes().unwrap_or(0);
 
     // Two replies per post, written in the threads now; each becomes one comment.
@@ -184,6 +242,7 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
     let replies_drained = replies_started.elapsed();
     let bitrix_replies_phase = portal.requests().len() - b24_replies_before;
     peak_rss = peak_rss.max(bridge.peak_rss_bytes().unwrap_or(0));
+    let matrix_limited = mx::sample(&bridge.metrics().await, mx::LIMITED);
     bridge.stop().await;
 
     let root_times: Vec<i64> = slack.requests()[slack_before..]
@@ -238,6 +297,18 @@ pub async fn measure(posts: usize, scale: u32) -> CatchUp {
         slack_429,
         bitrix_limited,
         peak_rss,
+        matrix: matrix_drained.map(|drained| {
+            let secs = drained.as_secs_f64();
+            let rate = f64::from(mx::PER_SEC * scale);
+            let ceiling = (rate * secs + f64::from(mx::BURST)) / secs;
+            MatrixCatchUp {
+                posts: matrix_posts,
+                drained,
+                of_ceiling: matrix_posts as f64 / secs / ceiling,
+                limited: matrix_limited,
+                idle_rss: matrix_idle_rss,
+            }
+        }),
     }
 }
 
@@ -349,6 +420,53 @@ pub async fn run(report: &mut Report, posts: usize, scale: u32) {
         None,
         Some("0"),
     );
+    match &c.matrix {
+        Some(m) => {
+            report.add(
+                s,
+                &format!(
+                    "{} of them also into 1 encrypted Matrix room: drained in",
+                    m.posts
+                ),
+                m.drained.as_secs_f64(),
+                "s",
+                None,
+                None,
+            );
+            report.add(
+                s,
+                "Matrix root messages per second",
+                m.posts as f64 / m.drained.as_secs_f64(),
+                "msg/s",
+                Some(m.of_ceiling),
+                Some("≥ 97 % of the bot's 1/s (scaled)"),
+            );
+            report.add(
+                s,
+                "Matrix M_LIMIT_EXCEEDED answers",
+                m.limited,
+                "",
+                None,
+                Some("0"),
+            );
+            report.add(
+                s,
+                "RSS idle, Slack and an encrypted Matrix room",
+                m.idle_rss as f64 / 1_048_576.0,
+                "MiB",
+                None,
+                Some("≤ 60 MB"),
+            );
+        }
+        None => report.add(
+            s,
+            "Matrix: not measured (no homeserver; see docs/performance.md)",
+            0.0,
+            "",
+            None,
+            None,
+        ),
+    }
     report.add(
         s,
         "peak RSS during catch-up",

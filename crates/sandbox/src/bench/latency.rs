@@ -1,6 +1,6 @@
 //! Added latency: from the portal's answer that first shows a post to the `chat.postMessage`
 //! that mirrors it, as both fakes timestamp them (one process, one clock). That span holds
-//! only the bridge: parsing the page, journaling durably (a flushed write), the engine, and
+//! only the bridge: parsing the page, journaling, the engine, the intent's flush to disk and
 //! rendering, plus two loopback hops. Upstream time is outside it, and Slack's pacing is off.
 //!
 //! Each post is written within 2 ms of a poll answer and the bridge polls every 100 ms, so the

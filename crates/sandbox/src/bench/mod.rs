@@ -6,7 +6,9 @@
 //! - [`process`]: start the bridge binary on a generated config, wait for `/readyz`, read its
 //!   RSS, stop it with SIGTERM.
 //! - [`idle`]: what the bridge costs the platforms when nothing happens, per intake mode.
-//! - [`catchup`]: a backlog after a restart, and replies coming back, against scaled limits.
+//! - [`catchup`]: a backlog after a restart, and replies coming back, against scaled limits;
+//!   with a homeserver in the environment, part of it into an encrypted Matrix room.
+//! - [`matrix`]: a real Synapse's bot, person and room for it.
 //! - [`latency`]: from the portal's answer to the chat call, per post.
 //! - [`scale`]: a store with many mapped posts: ready time, RSS, disk, a reconcile round.
 //! - [`Report`]: the table, printed and written as JSON.
@@ -14,6 +16,7 @@
 pub mod catchup;
 pub mod idle;
 pub mod latency;
+pub mod matrix;
 pub mod process;
 pub mod scale;
 

@@ -5,6 +5,9 @@
 //! cargo build --release --locked --workspace --bins && target/release/livefeed-bench  # all
 //! target/release/livefeed-bench --only idle --smoke                         # one, short
 //! ```
+//!
+//! With `MATRIX_HOMESERVER` and `MATRIX_ADMIN_TOKEN` set (the lines `scripts/synapse.sh start`
+//! prints), the catch-up also mirrors into an encrypted room on that Synapse.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
