@@ -252,7 +252,7 @@ struct Inner {
     sync_requested: AtomicU64,
     sync_done: AtomicU64,
     flush_lock: tokio::sync::Mutex<()>,
-    /// Held around every transaction that appends to the journal, so sequence numbers commit in
+    /// Held around every write that appends to the journal, so sequence numbers commit in
     /// the order they are allocated and a reader that has seen `n` never misses a later `< n`.
     journal_lock: std::sync::Mutex<()>,
     /// Entries in `journal`, kept here because sled's `len()` walks the whole tree.
@@ -400,6 +400,14 @@ fn chat_post_intent_prefix(room: &Room) -> String {
     format!("chatpost/{}/{}/", room.platform, room.id)
 }
 
+/// The room and post of a [`post_intent_key`].
+fn parse_post_intent_key(key: &str) -> Option<(Room, PostId)> {
+    let (platform, rest) = key.strip_prefix("post/")?.split_once('/')?;
+    let (room, post) = rest.rsplit_once('/')?;
+    let platform: Platform = serde_json::from_value(serde_json::Value::from(platform)).ok()?;
+    Some((Room::new(platform, room), PostId(post.parse().ok()?)))
+}
+
 fn post_intent_prefix(room: &Room) -> String {
     format!("post/{}/{}/", room.platform, room.id)
 }
@@ -496,7 +504,28 @@ impl Store {
             inner: Arc::new(inner),
         };
         store.migrate()?;
+        store.settle_recorded_intents()?;
         Ok(store)
+    }
+
+    /// Close the intents of root messages whose mirror is recorded: a crash in the middle of
+    /// [`Store::record_mirror`] can leave one open, and an open intent would keep the room
+    /// waiting for a root message that was in fact sent and recorded.
+    fn settle_recorded_intents(&self) -> Result<()> {
+        let i = &self.inner;
+        for item in i.intents.scan_prefix(b"post/") {
+            let (key, _) = item?;
+            let Some((room, post)) = std::str::from_utf8(&key)
+                .ok()
+                .and_then(parse_post_intent_key)
+            else {
+                continue;
+            };
+            if i.posts.contains_key(mirror_key(post, &room))? {
+                i.intents.remove(&key)?;
+            }
+        }
+        Ok(())
     }
 
     /// Like [`Store::open`], but waits up to `patience` for another holder to let go (a bridge
@@ -589,34 +618,27 @@ impl Store {
     }
 
     /// Read-modify-write a post record atomically; `f` gets the current record (if any) and
-    /// returns the new one (or `None` to leave it unchanged).
+    /// returns the new one (or `None` to leave it unchanged). `f` may run more than once.
+    ///
+    /// A compare-and-swap loop, not a sled transaction: every sled transaction writes and
+    /// syncs the log twice (`pin_log`), which made it the engine's most expensive step.
     pub fn update_post(
         &self,
         id: PostId,
         f: impl Fn(Option<PostRecord>) -> Option<PostRecord>,
     ) -> Result<Option<PostRecord>> {
         let key = id.0.to_be_bytes();
-        let res = self
-            .inner
-            .posts
-            .transaction(|t| {
-                let current = match t.get(key)? {
-                    Some(v) => Some(
-                        dec::<PostRecord>("posts", &v)
-                            .map_err(ConflictableTransactionError::Abort)?,
-                    ),
-                    None => None,
-                };
-                let next = f(current.clone());
-                if let Some(next) = &next {
-                    t.insert(&key, enc(next))?;
-                    Ok(Some(next.clone()))
-                } else {
-                    Ok(current)
-                }
-            })
-            .map_err(StoreError::from)?;
-        Ok(res)
+        let posts = &self.inner.posts;
+        loop {
+            let raw = posts.get(key)?;
+            let current = raw.as_ref().map(|v| dec("posts", v)).transpose()?;
+            let Some(next) = f(current.clone()) else {
+                return Ok(current);
+            };
+            if posts.compare_and_swap(key, raw, Some(enc(&next)))?.is_ok() {
+                return Ok(Some(next));
+            }
+        }
     }
 
     /// The root message of `post` in `room`, if one was recorded.
@@ -644,8 +666,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Record a new mirror, its index entry, and drop the intent that protected its creation,
-    /// in one transaction.
+    /// Record a new mirror and its index entry, then drop the intent that protected its
+    /// creation.
+    ///
+    /// Three single-key writes in this order, not a transaction (see [`Store::update_post`]).
+    /// sled recovers a prefix of its log, so a crash leaves one of: nothing, the index entry
+    /// alone, both records with the intent still open, or all three. With the intent open the
+    /// engine reconciles the send; a mirror with its intent still open is settled at the next
+    /// open ([`Store::open_with`]).
     pub fn record_mirror(
         &self,
         post: PostId,
@@ -654,17 +682,13 @@ impl Store {
         intent: &str,
     ) -> Result<()> {
         let i = &self.inner;
-        (&i.posts, &i.chat_index, &i.intents)
-            .transaction(|(posts, index, intents)| {
-                posts.insert(mirror_key(post, room), enc(mirror))?;
-                index.insert(
-                    message_key(room, mirror.message_id.as_str()),
-                    enc(&IndexEntry { post }),
-                )?;
-                intents.remove(intent.as_bytes())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(StoreError::from)
+        i.chat_index.insert(
+            message_key(room, mirror.message_id.as_str()),
+            enc(&IndexEntry { post }),
+        )?;
+        i.posts.insert(mirror_key(post, room), enc(mirror))?;
+        i.intents.remove(intent.as_bytes())?;
+        Ok(())
     }
 
     /// Update a recorded root message (after an edit or a deletion).
@@ -1007,8 +1031,14 @@ impl Store {
 
     // -- journal ----------------------------------------------------------------------------
 
-    /// Append events and apply intake bookkeeping (cursor values, dedupe keys) in one
-    /// transaction. Not yet durable: call [`Store::sync`] before acknowledging the source.
+    /// Append events and apply intake bookkeeping (cursor values, dedupe keys). Not yet
+    /// durable: call [`Store::sync`] before acknowledging the source.
+    ///
+    /// Single-key writes in this order, not a transaction (see [`Store::update_post`]): the
+    /// entries, then the dedupe keys, then the cursors. sled recovers a prefix of its log, so
+    /// a crash never keeps a cursor or a dedupe key without the entries it stands for; it
+    /// may keep some entries without them, and the source then repeats what the journal
+    /// already holds, which applying (idempotent) absorbs.
     pub fn append(
         &self,
         entries: &[JournalEntry],
@@ -1017,27 +1047,26 @@ impl Store {
     ) -> Result<Vec<u64>> {
         let i = &self.inner;
         let now = enc(&now_ms());
+        // Sequences are handed out and written under one lock, so the journal only ever
+        // grows at its end and a reader never skips an entry written late.
         let _order = i.journal_order();
-        let seqs = (&i.journal, &i.cursors, &i.dedupe)
-            .transaction(|(journal, cur, dd)| {
-                let mut seqs = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let seq = journal.generate_id()?;
-                    journal.insert(&seq.to_be_bytes(), enc(entry))?;
-                    seqs.push(seq);
-                }
-                for (k, v) in cursors {
-                    cur.insert(k.as_bytes(), v.as_slice())?;
-                }
-                for k in dedupe {
-                    dd.insert(k.as_bytes(), now.as_slice())?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(seqs)
-            })
-            .map_err(StoreError::from)?;
-        self.inner
-            .journal_len
-            .fetch_add(seqs.len() as u64, Ordering::SeqCst);
+        let mut seqs = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let seq = i.db.generate_id()?;
+            // Counted first: the engine may apply (and uncount) it as soon as it is written.
+            i.journal_len.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = i.journal.insert(seq.to_be_bytes(), enc(entry)) {
+                i.journal_len.fetch_sub(1, Ordering::SeqCst);
+                return Err(e.into());
+            }
+            seqs.push(seq);
+        }
+        for k in dedupe {
+            i.dedupe.insert(k.as_bytes(), now.as_slice())?;
+        }
+        for (k, v) in cursors {
+            i.cursors.insert(k.as_bytes(), v.as_slice())?;
+        }
         Ok(seqs)
     }
 
@@ -1288,6 +1317,53 @@ mod tests {
     use super::*;
     use crate::model::FeedEvent;
     use crate::testing::{CHAT, fixtures::post};
+
+    /// A crash between `record_mirror`'s writes leaves the mirror recorded with its intent
+    /// open; the next open closes it, and leaves alone the intents of sends not recorded.
+    #[test]
+    fn an_intent_whose_mirror_is_recorded_is_closed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = Room::new(CHAT, "!room/with:slash");
+        let recorded = post_intent_key(PostId(7), &room);
+        let pending = post_intent_key(PostId(8), &room);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_intent(&recorded, &Intent { started_ms: 1 })
+                .unwrap();
+            store
+                .put_intent(&pending, &Intent { started_ms: 1 })
+                .unwrap();
+            // What a crash after the mirror's write and before the intent's removal leaves.
+            store
+                .put_mirror(
+                    PostId(7),
+                    &room,
+                    &Mirror {
+                        message_id: MessageId::from("1.0001"),
+                        content_hash: 9,
+                        edits: 0,
+                        deleted: false,
+                        detached: false,
+                        pinned: false,
+                        foreign: false,
+                        conversation: false,
+                    },
+                )
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.intent(&recorded).unwrap(), None);
+        assert_eq!(
+            store.intent(&pending).unwrap(),
+            Some(Intent { started_ms: 1 })
+        );
+        assert_eq!(
+            parse_post_intent_key(&pending),
+            Some((room.clone(), PostId(8)))
+        );
+    }
 
     #[tokio::test]
     async fn mirrors_index_and_intents() {
