@@ -318,7 +318,8 @@ pub struct RequestRecord {
     pub status: u16,
     pub error: Option<String>,
     pub sub_calls: Vec<SubCallRecord>,
-    /// When the answer was ready, unix microseconds (the bench's latency figures).
+    /// When the answer was ready, its body written, unix microseconds (the bench's latency
+    /// figures).
     pub answered_us: i64,
 }
 
