@@ -255,7 +255,7 @@ impl BitrixClient {
     pub async fn batch(&self, cmds: &[(String, String, Value)]) -> Result<BatchResponse, ApiError> {
         assert!(cmds.len() <= MAX_BATCH, "batch takes at most 50 commands");
         let resp = self.call("batch", batch_body(cmds), Repeat::Safe).await?;
-        Ok(parse_batch(&resp.result, cmds))
+        Ok(parse_batch(resp.result, cmds))
     }
 
     async fn call_once(&self, method: &str, params: &Value) -> Result<Response, ApiError> {
@@ -355,9 +355,9 @@ impl BitrixClient {
             .map(|(i, q)| (format!("c{i}"), q.method.clone(), q.params.clone()))
             .collect();
         trace!(calls = cmds.len(), "Bitrix24 calls sent together");
-        let answer = self.request("batch", &batch_body(&cmds)).await;
-        let mut parsed = match &answer {
-            Ok(resp) => parse_batch(&resp.result, &cmds),
+        let mut answer = self.request("batch", &batch_body(&cmds)).await;
+        let mut parsed = match &mut answer {
+            Ok(resp) => parse_batch(resp.result.take(), &cmds),
             Err(_) => BatchResponse::default(),
         };
         for ((key, method, _), q) in cmds.iter().zip(group) {
@@ -510,7 +510,7 @@ impl BitrixClient {
                     retry_after,
                 })
             }
-            Some(Value::Object(obj)) if status < 300 && obj.contains_key("result") => {
+            Some(Value::Object(mut obj)) if status < 300 && obj.contains_key("result") => {
                 self.operating_strikes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -528,7 +528,8 @@ impl BitrixClient {
                 Ok(Response {
                     total: obj.get("total").and_then(as_u64),
                     next: obj.get("next").and_then(as_u64),
-                    result: obj.get("result").cloned().unwrap_or(Value::Null),
+                    // Moved, not cloned: a page of 50 posts is most of the answer.
+                    result: obj.remove("result").unwrap_or(Value::Null),
                 })
             }
             _ => Err(ApiError {
@@ -630,16 +631,16 @@ fn batch_body(cmds: &[(String, String, Value)]) -> Value {
 }
 
 /// A `batch` answer's sections by command key.
-fn parse_batch(result: &Value, cmds: &[(String, String, Value)]) -> BatchResponse {
+fn parse_batch(mut result: Value, cmds: &[(String, String, Value)]) -> BatchResponse {
     let mut out = BatchResponse::default();
-    let section = |name: &str| -> Vec<(String, Value)> {
-        match result.get(name) {
-            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    let mut section = |name: &str| -> Vec<(String, Value)> {
+        match result.get_mut(name).map(Value::take) {
+            Some(Value::Object(m)) => m.into_iter().collect(),
             // `[]` is PHP's empty map; list-shaped sections index by position.
             Some(Value::Array(a)) => a
-                .iter()
+                .into_iter()
                 .enumerate()
-                .map(|(i, v)| (i.to_string(), v.clone()))
+                .map(|(i, v)| (i.to_string(), v))
                 .collect(),
             _ => Vec::new(),
         }
