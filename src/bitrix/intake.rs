@@ -97,7 +97,9 @@ impl SeenPost {
 }
 
 /// Posts found in one poll: id → (the post, the audiences it was found under).
-type Found = BTreeMap<u64, (RawPost, BTreeSet<Audience>)>;
+/// Posts read, with the audiences they were found under and whether any of those reads found
+/// them new or changed (so that unchanged posts are not looked up twice per cycle).
+type Found = BTreeMap<u64, (RawPost, BTreeSet<Audience>, bool)>;
 /// A post to journal: as read, its audiences, and what the intake saw of it before.
 type Change = (RawPost, BTreeSet<Audience>, Option<SeenPost>);
 
@@ -437,11 +439,11 @@ impl PollIntake {
                         if !addressed_to(post, *audience) {
                             continue;
                         }
-                        found
+                        let entry = found
                             .entry(post.id)
-                            .or_insert_with(|| (post.clone(), BTreeSet::new()))
-                            .1
-                            .insert(*audience);
+                            .or_insert_with(|| (post.clone(), BTreeSet::new(), false));
+                        entry.1.insert(*audience);
+                        entry.2 |= last_is_new;
                     }
                     let want_more = if first_run {
                         found.len() < self.backfill as usize
@@ -476,7 +478,7 @@ impl PollIntake {
             .collect();
         let mut changed = Vec::new();
         for id in newest.into_iter().rev() {
-            let (raw, auds) = found.remove(&id).expect("id from the map");
+            let (raw, auds, _) = found.remove(&id).expect("id from the map");
             changed.push((raw, auds, None));
         }
         debug!(
@@ -491,7 +493,12 @@ impl PollIntake {
     fn changed(&self, state: &PollState, found: Found) -> Result<Vec<Change>, PollError> {
         let baseline = state.baseline_max_id.unwrap_or(0);
         let mut changed = Vec::new();
-        for (id, (raw, auds)) in found {
+        for (id, (raw, auds, flagged)) in found {
+            // Unflagged: its record matched under every audience it was read under, which is
+            // what the checks below would find again.
+            if !flagged {
+                continue;
+            }
             let seen: Option<SeenPost> = self.store.cursor(&seen_key(id))?;
             match &seen {
                 Some(s) if s.deleted => continue,
