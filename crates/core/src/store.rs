@@ -1318,6 +1318,20 @@ mod tests {
     use crate::model::FeedEvent;
     use crate::testing::{CHAT, fixtures::post};
 
+    /// A root message as the engine records it right after sending.
+    fn sent_mirror(message: &str) -> Mirror {
+        Mirror {
+            message_id: MessageId::from(message),
+            content_hash: 9,
+            edits: 0,
+            deleted: false,
+            detached: false,
+            pinned: false,
+            foreign: false,
+            conversation: false,
+        }
+    }
+
     /// A crash between `record_mirror`'s writes leaves the mirror recorded with its intent
     /// open; the next open closes it, and leaves alone the intents of sends not recorded.
     #[test]
@@ -1336,20 +1350,7 @@ mod tests {
                 .unwrap();
             // What a crash after the mirror's write and before the intent's removal leaves.
             store
-                .put_mirror(
-                    PostId(7),
-                    &room,
-                    &Mirror {
-                        message_id: MessageId::from("1.0001"),
-                        content_hash: 9,
-                        edits: 0,
-                        deleted: false,
-                        detached: false,
-                        pinned: false,
-                        foreign: false,
-                        conversation: false,
-                    },
-                )
+                .put_mirror(PostId(7), &room, &sent_mirror("1.0001"))
                 .unwrap();
             store.flush_blocking().unwrap();
         }
@@ -1384,16 +1385,7 @@ mod tests {
         store.put_intent(&key, &Intent { started_ms: 1 }).unwrap();
         assert!(store.has_post_intent_in(&room).unwrap());
         store.sync().await.unwrap();
-        let m = Mirror {
-            message_id: MessageId::from("1.0001"),
-            content_hash: 9,
-            edits: 0,
-            deleted: false,
-            detached: false,
-            pinned: false,
-            foreign: false,
-            conversation: false,
-        };
+        let m = sent_mirror("1.0001");
         store.record_mirror(PostId(7), &room, &m, &key).unwrap();
         assert!(!store.has_post_intent_in(&room).unwrap());
         assert_eq!(store.mirror(PostId(7), &room).unwrap(), Some(m.clone()));
