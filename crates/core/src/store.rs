@@ -134,6 +134,22 @@ pub struct Mirror {
     pub conversation: bool,
 }
 
+impl Mirror {
+    /// A root message the bridge has just sent (or found it had sent): nothing done to it yet.
+    pub fn new(message_id: MessageId, content_hash: u64) -> Mirror {
+        Mirror {
+            message_id,
+            content_hash,
+            edits: 0,
+            deleted: false,
+            detached: false,
+            pinned: false,
+            foreign: false,
+            conversation: false,
+        }
+    }
+}
+
 /// A reply in one of a post's threads as the store keeps it, for rooms that get the post later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadReply {
@@ -363,8 +379,12 @@ fn room_from_key(key: &[u8]) -> Option<Room> {
     let mut parts = key.split(|b| *b == 0);
     let platform = std::str::from_utf8(parts.next()?).ok()?;
     let id = std::str::from_utf8(parts.next()?).ok()?;
-    let platform: Platform = serde_json::from_value(serde_json::Value::from(platform)).ok()?;
-    Some(Room::new(platform, id))
+    Some(Room::new(platform_named(platform)?, id))
+}
+
+/// The platform a key names.
+fn platform_named(name: &str) -> Option<Platform> {
+    serde_json::from_value(serde_json::Value::from(name)).ok()
 }
 
 /// Intent keys: one per non-idempotent effect.
@@ -404,8 +424,10 @@ fn chat_post_intent_prefix(room: &Room) -> String {
 fn parse_post_intent_key(key: &str) -> Option<(Room, PostId)> {
     let (platform, rest) = key.strip_prefix("post/")?.split_once('/')?;
     let (room, post) = rest.rsplit_once('/')?;
-    let platform: Platform = serde_json::from_value(serde_json::Value::from(platform)).ok()?;
-    Some((Room::new(platform, room), PostId(post.parse().ok()?)))
+    Some((
+        Room::new(platform_named(platform)?, room),
+        PostId(post.parse().ok()?),
+    ))
 }
 
 fn post_intent_prefix(room: &Room) -> String {
@@ -1318,20 +1340,6 @@ mod tests {
     use crate::model::FeedEvent;
     use crate::testing::{CHAT, fixtures::post};
 
-    /// A root message as the engine records it right after sending.
-    fn sent_mirror(message: &str) -> Mirror {
-        Mirror {
-            message_id: MessageId::from(message),
-            content_hash: 9,
-            edits: 0,
-            deleted: false,
-            detached: false,
-            pinned: false,
-            foreign: false,
-            conversation: false,
-        }
-    }
-
     /// A crash between `record_mirror`'s writes leaves the mirror recorded with its intent
     /// open; the next open closes it, and leaves alone the intents of sends not recorded.
     #[test]
@@ -1350,7 +1358,7 @@ mod tests {
                 .unwrap();
             // What a crash after the mirror's write and before the intent's removal leaves.
             store
-                .put_mirror(PostId(7), &room, &sent_mirror("1.0001"))
+                .put_mirror(PostId(7), &room, &Mirror::new(MessageId::from("1.0001"), 9))
                 .unwrap();
             store.flush_blocking().unwrap();
         }
@@ -1385,7 +1393,7 @@ mod tests {
         store.put_intent(&key, &Intent { started_ms: 1 }).unwrap();
         assert!(store.has_post_intent_in(&room).unwrap());
         store.sync().await.unwrap();
-        let m = sent_mirror("1.0001");
+        let m = Mirror::new(MessageId::from("1.0001"), 9);
         store.record_mirror(PostId(7), &room, &m, &key).unwrap();
         assert!(!store.has_post_intent_in(&room).unwrap());
         assert_eq!(store.mirror(PostId(7), &room).unwrap(), Some(m.clone()));

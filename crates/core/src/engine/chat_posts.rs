@@ -60,14 +60,8 @@ impl Inner {
         };
         crate::crashpoint::hit("engine.posted");
         let mirror = Mirror {
-            message_id: root,
-            content_hash: content_hash(&doc),
-            edits: 0,
-            deleted: false,
-            detached: false,
-            pinned: false,
             foreign: true,
-            conversation: false,
+            ..Mirror::new(root, content_hash(&doc))
         };
         self.store
             .record_mirror(post, room, &mirror, &key)

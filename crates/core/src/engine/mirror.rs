@@ -313,16 +313,7 @@ impl Inner {
         // that edit fails).
         // A message found by reconciliation may have been pinned before the stop: pinning
         // again is harmless, so it counts as unpinned.
-        let mirror = Mirror {
-            message_id,
-            content_hash: if reconciled { UNKNOWN_CONTENT } else { hash },
-            edits: 0,
-            deleted: false,
-            detached: false,
-            pinned: false,
-            foreign: false,
-            conversation: false,
-        };
+        let mirror = Mirror::new(message_id, if reconciled { UNKNOWN_CONTENT } else { hash });
         self.store
             .record_mirror(post, room, &mirror, &key)
             .map_err(store_failure)?;
